@@ -83,7 +83,7 @@ impl SyntheticRegister {
             0x4000_0083 => Self::Simp,
             0x4000_0084 => Self::Eom,
             0x4000_0090..=0x4000_009F => Self::Sint((msr - 0x4000_0090) as u8),
-            0x4000_00B0..=0x4000_00B7 if msr % 2 == 0 => {
+            0x4000_00B0..=0x4000_00B7 if msr.is_multiple_of(2) => {
                 Self::StimerConfig(((msr - 0x4000_00B0) / 2) as u8)
             }
             0x4000_00B0..=0x4000_00B7 => Self::StimerCount(((msr - 0x4000_00B1) / 2) as u8),
