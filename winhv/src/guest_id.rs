@@ -97,3 +97,27 @@ impl GuestOsId {
 pub fn clear_guest_os_id(cpu: &impl Cpu) {
     cpu.write_register(SyntheticRegister::GuestOsId, 0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_source_encoding_matches_linux() {
+        // Linux writes 0x8100 << 48 | LINUX_VERSION_CODE << 16; 6.1.0 is 0x060100.
+        let id = GuestOsId::open_source(OpenSourceOsType::LINUX, 0, 0x06_0100, 0).unwrap();
+        assert_eq!(id.raw(), 0x8100_0000_0000_0000 | (0x06_0100 << 16));
+        assert!(id.is_open_source());
+        let id = GuestOsId::open_source(OpenSourceOsType(0x7F), 0xAB, u32::MAX, 0x1234).unwrap();
+        assert_eq!(id.raw(), 0xFFAB_FFFF_FFFF_1234);
+    }
+
+    #[test]
+    fn rejects_out_of_range_and_zero() {
+        assert_eq!(
+            GuestOsId::open_source(OpenSourceOsType(0x80), 0, 0, 0),
+            Err(GuestOsIdError::OsTypeOutOfRange(0x80))
+        );
+        assert_eq!(GuestOsId::from_raw(0), Err(GuestOsIdError::Zero));
+    }
+}

@@ -118,3 +118,39 @@ impl SyntheticRegister {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SyntheticRegister;
+
+    #[test]
+    fn msr_numbers_round_trip() {
+        for msr in 0x4000_0000..0x4000_0200u32 {
+            if let Some(register) = SyntheticRegister::from_x86_msr(msr) {
+                assert_eq!(register.x86_msr(), Some(msr), "{register:?}");
+            }
+        }
+        assert_eq!(SyntheticRegister::Sint(2).x86_msr(), Some(0x4000_0092));
+        assert_eq!(
+            SyntheticRegister::StimerConfig(3).x86_msr(),
+            Some(0x4000_00B6)
+        );
+        assert_eq!(
+            SyntheticRegister::StimerCount(3).x86_msr(),
+            Some(0x4000_00B7)
+        );
+        assert_eq!(SyntheticRegister::Sint(16).x86_msr(), None);
+        assert_eq!(SyntheticRegister::CrashParameter(5).x86_msr(), None);
+    }
+
+    #[test]
+    fn arm64_names_follow_the_tlfs() {
+        assert_eq!(SyntheticRegister::GuestOsId.arm64_name(), Some(0x0009_0002));
+        assert_eq!(SyntheticRegister::Hypercall.arm64_name(), None);
+        assert_eq!(SyntheticRegister::Sint(15).arm64_name(), Some(0x000A_000F));
+        assert_eq!(
+            SyntheticRegister::CrashControl.arm64_name(),
+            Some(0x0000_0215)
+        );
+    }
+}

@@ -140,3 +140,39 @@ impl fmt::Display for HvError {
 }
 
 impl core::error::Error for HvError {}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::format;
+
+    use super::*;
+
+    #[test]
+    fn known_and_unknown_codes_print() {
+        assert_eq!(
+            format!("{:?}", HvStatus::ACCESS_DENIED),
+            "HV_STATUS_ACCESS_DENIED"
+        );
+        assert!(format!("{}", HvStatus(0x12)).contains("connection id"));
+        assert_eq!(format!("{:?}", HvStatus(0x7777)), "HV_STATUS(0x7777)");
+        assert_eq!(
+            format!("{}", HvStatus(0x7777)),
+            "unknown hypervisor status 0x7777"
+        );
+        assert!(
+            format!("{}", HvError(HvStatus::INVALID_ALIGNMENT)).starts_with("hypercall failed")
+        );
+    }
+
+    #[test]
+    fn transient_statuses() {
+        assert!(HvStatus::INSUFFICIENT_BUFFERS.is_transient());
+        assert!(!HvStatus::INVALID_CONNECTION_ID.is_transient());
+        assert_eq!(HvStatus::SUCCESS.result(), Ok(()));
+        assert_eq!(
+            HvStatus(5).result(),
+            Err(HvError(HvStatus::INVALID_PARAMETER))
+        );
+    }
+}

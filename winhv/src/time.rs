@@ -192,3 +192,18 @@ impl ReferenceClock {
         self.tsc_page.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scale_tsc;
+
+    #[test]
+    fn scale_is_a_64_64_fixed_point_multiply() {
+        // 2.5 GHz TSC -> 10 MHz reference: scale = 2^64 / 250.
+        let scale = ((1u128 << 64) / 250) as u64;
+        assert_eq!(scale_tsc(250_000, scale, 0), 999);
+        assert_eq!(scale_tsc(250_000, scale, 1), 1000);
+        assert_eq!(scale_tsc(250_000, scale, -999), 0);
+        assert_eq!(scale_tsc(u64::MAX, u64::MAX, 0), u64::MAX - 1);
+    }
+}

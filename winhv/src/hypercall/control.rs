@@ -98,3 +98,36 @@ impl HypercallResult {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_fields_land_in_their_bits() {
+        assert_eq!(
+            HypercallControl::new(HypercallCode::SIGNAL_EVENT)
+                .fast()
+                .raw(),
+            0x0001_005D
+        );
+        let c = HypercallControl::new(HypercallCode::FLUSH_VIRTUAL_ADDRESS_LIST)
+            .with_rep_count(MAX_REP_COUNT)
+            .with_rep_start(5)
+            .with_variable_header_size(3);
+        assert_eq!(c.raw(), 0x0005_0FFF_0000_0003 | (3 << 17));
+        assert!(!c.is_fast());
+        // Overwriting a field clears the old value; out-of-range values cannot spill over.
+        assert_eq!(
+            c.with_rep_count(0xFFFF).with_rep_count(1).raw() >> 32 & 0xFFF,
+            1
+        );
+    }
+
+    #[test]
+    fn result_decodes_status_and_reps() {
+        let r = HypercallResult::from_raw(0xFFFF_F123_4567_0013);
+        assert_eq!(r.status, HvStatus::INSUFFICIENT_BUFFERS);
+        assert_eq!(r.reps_completed, 0x123);
+    }
+}

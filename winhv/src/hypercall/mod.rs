@@ -404,3 +404,53 @@ pub fn retry_transient<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_stops_on_success_permanent_error_or_budget() {
+        let transient = HypercallError::Hv(HvError(HvStatus::INSUFFICIENT_BUFFERS));
+        let permanent = HypercallError::Hv(HvError(HvStatus::INVALID_CONNECTION_ID));
+        let (mut calls, mut backoffs) = (0, 0);
+        let r = retry_transient(
+            5,
+            || {
+                calls += 1;
+                if calls < 3 { Err(transient) } else { Ok(calls) }
+            },
+            |_| backoffs += 1,
+        );
+        assert_eq!((r, calls, backoffs), (Ok(3), 3, 2));
+        calls = 0;
+        let r: Result<(), _> = retry_transient(
+            5,
+            || {
+                calls += 1;
+                Err(permanent)
+            },
+            |_| {},
+        );
+        assert_eq!((r, calls), (Err(permanent), 1));
+        calls = 0;
+        let r: Result<(), _> = retry_transient(
+            4,
+            || {
+                calls += 1;
+                Err(transient)
+            },
+            |_| {},
+        );
+        assert_eq!((r, calls), (Err(transient), 4));
+    }
+
+    #[test]
+    fn gva_range_encoding() {
+        let r = GvaRange {
+            start: 0xFFFF_8000_1234_5678,
+            additional_pages: 0x1FFF,
+        };
+        assert_eq!(r.encode(), 0xFFFF_8000_1234_5FFF);
+    }
+}
