@@ -25,10 +25,17 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
+    /// # Panics
+    ///
+    /// Below 10 MHz, which the TSC page's 64-bit scale cannot express.
     pub(crate) fn new(tsc_frequency: u64) -> Self {
+        assert!(
+            tsc_frequency >= 10_000_000,
+            "TSC frequency {tsc_frequency} Hz below 10 MHz cannot be expressed by the TSC page"
+        );
         Self {
             now: 0,
-            tsc_frequency: tsc_frequency.max(1),
+            tsc_frequency,
             reference_tsc_msr: 0,
             sequence: 0,
             page_valid: true,
@@ -43,10 +50,12 @@ impl Clock {
     }
 
     /// Scale such that `(tsc * scale) >> 64` counts 100 ns units; rounded up so that whole
-    /// ticks come out exactly for frequencies dividing evenly.
+    /// ticks come out exactly for frequencies dividing evenly. A 10 MHz TSC would need 2^64:
+    /// saturated (off by far less than a tick).
     pub(crate) fn scale(&self) -> u64 {
         let num = 10_000_000u128 << 64;
-        num.div_ceil(u128::from(self.tsc_frequency)) as u64
+        num.div_ceil(u128::from(self.tsc_frequency))
+            .min(u128::from(u64::MAX)) as u64
     }
 
     /// Offset such that `((tsc * scale) >> 64) + offset` is the reference time.

@@ -58,6 +58,10 @@ pub struct MockHypervisor {
 
 impl MockHypervisor {
     /// Creates the partition described by `config`.
+    ///
+    /// # Panics
+    ///
+    /// If `config.tsc_frequency_hz` is below 10 MHz (the TSC page cannot express it).
     pub fn new(config: MockConfig) -> Self {
         let memory = GuestMemory::new(
             config.memory_base_gpa,
