@@ -850,3 +850,65 @@ fn handles_are_send_and_sync() {
     fn send<T: Send + Clone>() {}
     send::<MockVp>();
 }
+
+// ---------------------------------------------------------------- overlays, misuse
+
+#[test]
+fn synic_pages_are_overlays() {
+    let m = hv(HostPreset::Ws2022);
+    let cpu = m.vp(0);
+    let (_, page) = m.alloc_page();
+    write(&m, page, &[0xEE; 4096]);
+    cpu.write_register(R::Simp, page | 1);
+    // The overlay starts empty, whatever RAM held.
+    assert_eq!(bytes(&m, page, 4096), vec![0; 4096]);
+    cpu.write_register(R::Scontrol, 1);
+    cpu.write_register(R::Sint(2), 0xF3);
+    m.deliver_message(0, 2, 7, b"kept").unwrap();
+    // Disabling brings the RAM back; re-enabling shows the overlay again, message included.
+    cpu.write_register(R::Simp, page);
+    assert_eq!(bytes(&m, page, 4096), vec![0xEE; 4096]);
+    cpu.write_register(R::Simp, page | 1);
+    assert_eq!(u32_at(&m, page + 512), 7);
+    assert_eq!(bytes(&m, page + 512 + 16, 4), b"kept");
+
+    let (_, tsc) = m.alloc_page();
+    write(&m, tsc, &[0x11; 32]);
+    cpu.write_register(R::ReferenceTsc, tsc | 1);
+    assert_ne!(u32_at(&m, tsc), 0x1111_1111);
+    cpu.write_register(R::ReferenceTsc, 0);
+    assert_eq!(bytes(&m, tsc, 32), [0x11; 32]);
+}
+
+#[test]
+fn hypercall_msr_lock() {
+    let m = hv(HostPreset::Ws2016);
+    let cpu = m.vp(0);
+    cpu.write_register(R::GuestOsId, GUEST_OS_ID);
+    let (_, gpa) = m.alloc_page();
+    // WS2016 preset has no MSR lock feature (EDX bit 18).
+    assert_gp(&m, || cpu.write_register(R::Hypercall, gpa | 0b11));
+    let m = hv(HostPreset::Ws2022);
+    let cpu = m.vp(0);
+    cpu.write_register(R::GuestOsId, GUEST_OS_ID);
+    let (_, gpa) = m.alloc_page();
+    cpu.write_register(R::Hypercall, gpa | 0b11);
+    cpu.write_register(R::Hypercall, 0);
+    assert_eq!(cpu.read_register(R::Hypercall), gpa | 0b11);
+    assert_eq!(m.protocol_errors().len(), 1);
+}
+
+#[test]
+fn hal_free_of_unknown_allocation_panics() {
+    let m = hv(HostPreset::Ws2022);
+    let hal = m.hal();
+    let a = hal.alloc_pages(2).unwrap();
+    let msg = panic_message(|| {
+        // SAFETY: deliberately wrong size; the mock detects it before touching anything.
+        unsafe { hal.free_pages(a, 1) }
+    });
+    assert!(msg.contains("not a live allocation"), "{msg}");
+    // SAFETY: exactly the allocation above.
+    unsafe { hal.free_pages(a, 2) };
+    assert_eq!(m.protocol_errors().len(), 1);
+}

@@ -97,7 +97,7 @@ impl State {
         control: u64,
         params: Params,
     ) -> Result<u64, Fault> {
-        if self.hypercall_overlay.is_none() {
+        if self.hypercall_page.gpa().is_none() {
             return Err(Fault::Ud("hypercall page not enabled".into()));
         }
         let code = control as u16;

@@ -9,6 +9,7 @@ mod config;
 mod hal;
 mod hypercall;
 mod memory;
+mod overlay;
 mod presets;
 mod registers;
 mod state;

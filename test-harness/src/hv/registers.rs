@@ -99,13 +99,14 @@ impl State {
                 if value == 0 {
                     // Clearing the guest OS id disables the hypercall page.
                     self.hypercall_msr &= !1;
-                    self.unmap_hypercall_page(mem);
+                    self.set_hypercall_page(mem, None);
                 }
             }
             R::Hypercall => self.write_hypercall_msr(mem, value)?,
             R::ReferenceTsc => {
                 self.check_overlay_gpn(mem, reg, value)?;
                 self.clock.reference_tsc_msr = value;
+                self.tsc_page.set(mem, enabled_page(value));
                 self.clock.publish(mem);
             }
             R::Scontrol => {
@@ -115,11 +116,13 @@ impl State {
             R::Simp => {
                 self.check_overlay_gpn(mem, reg, value)?;
                 self.vps[vp].synic.simp = value;
+                self.vps[vp].simp_page.set(mem, enabled_page(value));
                 self.scan_all(mem, vp);
             }
             R::Siefp => {
                 self.check_overlay_gpn(mem, reg, value)?;
                 self.vps[vp].synic.siefp = value;
+                self.vps[vp].siefp_page.set(mem, enabled_page(value));
             }
             R::Eom => {
                 self.vps[vp].eom_count += 1;
@@ -194,10 +197,7 @@ impl State {
             value &= !1;
         }
         self.hypercall_msr = value;
-        match enabled_page(value) {
-            Some(gpa) => self.map_hypercall_page(mem, gpa),
-            None => self.unmap_hypercall_page(mem),
-        }
+        self.set_hypercall_page(mem, enabled_page(value));
         Ok(())
     }
 

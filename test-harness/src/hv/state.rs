@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::clock::Clock;
 use super::config::MockConfig;
 use super::hal::PageAllocator;
-use super::memory::{GuestMemory, PAGE_SIZE};
+use super::memory::GuestMemory;
+use super::overlay::Overlay;
 use super::presets::{HostPreset, Identity};
-use super::synic::{QueuedMessage, Synic, enabled_page};
+use super::synic::{QueuedMessage, Synic};
 use super::timers::{self, Fire, Timer};
 use super::types::{CrashReport, PostedMessage, TlbFlush};
 
@@ -37,6 +38,8 @@ pub(crate) struct VpState {
     pub timers: [Timer; 4],
     pub interrupts: Vec<u8>,
     pub eom_count: u64,
+    pub simp_page: Overlay,
+    pub siefp_page: Overlay,
 }
 
 /// A message port created by the host for HvCallPostMessage.
@@ -46,12 +49,8 @@ pub(crate) struct MessagePort {
     pub queued: usize,
 }
 
-/// The hypercall page overlay: where it is and the RAM it covers.
-#[derive(Debug)]
-pub(crate) struct HypercallOverlay {
-    pub gpa: u64,
-    pub saved: Vec<u8>,
-}
+/// Hypercall page contents at offset 0: `vmcall; ret` (Intel).
+pub(crate) const HYPERCALL_STUB: [u8; 4] = [0x0F, 0x01, 0xC1, 0xC3];
 
 /// Everything mutable.
 pub(crate) struct State {
@@ -61,7 +60,8 @@ pub(crate) struct State {
     pub apic_frequency: u64,
     pub guest_os_id: u64,
     pub hypercall_msr: u64,
-    pub hypercall_overlay: Option<HypercallOverlay>,
+    pub hypercall_page: Overlay,
+    pub tsc_page: Overlay,
     pub clock: Clock,
     pub vps: Vec<VpState>,
     pub message_ports: BTreeMap<u32, MessagePort>,
@@ -87,7 +87,8 @@ impl State {
             apic_frequency: config.apic_frequency_hz,
             guest_os_id: 0,
             hypercall_msr: 0,
-            hypercall_overlay: None,
+            hypercall_page: Overlay::default(),
+            tsc_page: Overlay::default(),
             clock: Clock::new(config.tsc_frequency_hz),
             vps: (0..config.vp_count.max(1))
                 .map(|_| VpState::default())
@@ -126,31 +127,23 @@ impl State {
 
     /// The enabled overlay pages (hypercall, every VP's SIMP/SIEFP, TSC page).
     pub(crate) fn overlay_pages(&self) -> Vec<u64> {
-        let mut pages: Vec<u64> = self.hypercall_overlay.iter().map(|o| o.gpa).collect();
+        let mut pages: Vec<u64> = self.hypercall_page.gpa().into_iter().collect();
+        pages.extend(self.tsc_page.gpa());
         for vp in &self.vps {
-            pages.extend(enabled_page(vp.synic.simp));
-            pages.extend(enabled_page(vp.synic.siefp));
+            pages.extend(vp.simp_page.gpa());
+            pages.extend(vp.siefp_page.gpa());
         }
-        pages.extend(enabled_page(self.clock.reference_tsc_msr));
         pages
     }
 
-    /// Removes the hypercall page overlay, restoring the RAM under it.
-    pub(crate) fn unmap_hypercall_page(&mut self, mem: &GuestMemory) {
-        if let Some(o) = self.hypercall_overlay.take() {
-            mem.write(o.gpa, &o.saved);
+    /// Maps the hypercall page overlay at `gpa` (a RAM page) or unmaps it; each mapping shows
+    /// a fresh stub page.
+    pub(crate) fn set_hypercall_page(&mut self, mem: &GuestMemory, gpa: Option<u64>) {
+        self.hypercall_page.set(mem, None);
+        if gpa.is_some() {
+            self.hypercall_page = Overlay::with_contents(&HYPERCALL_STUB);
+            self.hypercall_page.set(mem, gpa);
         }
-    }
-
-    /// Overlays the hypercall page at `gpa` (inside RAM, checked by the caller).
-    pub(crate) fn map_hypercall_page(&mut self, mem: &GuestMemory, gpa: u64) {
-        self.unmap_hypercall_page(mem);
-        let saved = mem.read(gpa, PAGE_SIZE).unwrap_or_default();
-        let mut page = vec![0u8; PAGE_SIZE];
-        // vmcall; ret
-        page[..4].copy_from_slice(&[0x0F, 0x01, 0xC1, 0xC3]);
-        mem.write(gpa, &page);
-        self.hypercall_overlay = Some(HypercallOverlay { gpa, saved });
     }
 
     /// Queues a message for `vp`/`sint` and tries to deliver it.
