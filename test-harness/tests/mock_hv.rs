@@ -912,3 +912,29 @@ fn hal_free_of_unknown_allocation_panics() {
     unsafe { hal.free_pages(a, 2) };
     assert_eq!(m.protocol_errors().len(), 1);
 }
+
+#[test]
+fn per_vp_synic_and_threads() {
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let cpu = m.vp(i);
+                assert_eq!(cpu.read_register(R::VpIndex), u64::from(i));
+                let (simp, _) = enable_synic(&m, &cpu, false);
+                simp
+            })
+        })
+        .collect();
+    let simps: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    m.deliver_message(1, 2, 9, b"vp1").unwrap();
+    assert_eq!(u32_at(&m, slot(simps[1], 2)), 9);
+    assert_eq!(u32_at(&m, slot(simps[0], 2)), 0);
+    assert_eq!(m.take_interrupts(1), vec![0xF3]);
+    assert!(m.take_interrupts(0).is_empty());
+    assert!(m.deliver_message(2, 2, 1, b"").is_err());
+    assert!(m.deliver_message(0, 16, 1, b"").is_err());
+    assert!(m.deliver_message(0, 2, 0, b"").is_err());
+    assert!(m.deliver_message(0, 2, 1, &[0; 241]).is_err());
+}
