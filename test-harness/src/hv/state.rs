@@ -199,6 +199,11 @@ impl State {
             let Some((expiry, vp, index)) = next else {
                 break;
             };
+            firings += 1;
+            assert!(
+                firings <= MAX_FIRINGS,
+                "mock hv: over {MAX_FIRINGS} synthetic timer expiries in one advance_time step"
+            );
             self.clock.now = self.clock.now.max(expiry);
             match self.vps[vp].timers[index].fire(expiry) {
                 Fire::Interrupt(vector) => self.vps[vp].interrupts.push(vector),
