@@ -938,3 +938,14 @@ fn per_vp_synic_and_threads() {
     assert!(m.deliver_message(0, 2, 0, b"").is_err());
     assert!(m.deliver_message(0, 2, 1, &[0; 241]).is_err());
 }
+
+#[test]
+fn writing_the_hypercall_page_is_caught() {
+    let m = hv(HostPreset::Ws2022);
+    let cpu = m.vp(0);
+    let page = enable_hypercalls(&m, &cpu);
+    write(&m, page, &[0x90]);
+    assert_gp(&m, || {
+        cpu.fast_hypercall(0x1_0008, 0, 0);
+    });
+}

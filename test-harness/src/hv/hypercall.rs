@@ -2,7 +2,7 @@
 
 use super::memory::{GuestMemory, PAGE_SIZE};
 use super::presets::{feature, privilege};
-use super::state::{Fault, State};
+use super::state::{Fault, HYPERCALL_STUB, State};
 use super::types::{PostedMessage, TlbFlush};
 
 /// HV_STATUS values the mock returns.
@@ -97,8 +97,14 @@ impl State {
         control: u64,
         params: Params,
     ) -> Result<u64, Fault> {
-        if self.hypercall_page.gpa().is_none() {
+        let Some(page) = self.hypercall_page.gpa() else {
             return Err(Fault::Ud("hypercall page not enabled".into()));
+        };
+        if mem.read(page, HYPERCALL_STUB.len()).as_deref() != Some(&HYPERCALL_STUB[..]) {
+            // The page is read+execute only on Hyper-V; the guest's write would have faulted.
+            return Err(Fault::Gp(format!(
+                "the hypercall page overlay at {page:#x} was written (writes fault on Hyper-V)"
+            )));
         }
         let code = control as u16;
         let (status, reps) = match self.dispatch(mem, control, params) {
