@@ -1,2 +1,4 @@
 //! Host side for testing the guest stack on a development machine: a mock hypervisor and
 //! VMBus host that behave like Hyper-V, device models, the demo and benchmarks.
+
+pub mod hv;
