@@ -1,4 +1,5 @@
 //! Host side for testing the guest stack on a development machine: a mock hypervisor and
 //! VMBus host that behave like Hyper-V, device models, the demo and benchmarks.
 
+pub mod guest;
 pub mod hv;
