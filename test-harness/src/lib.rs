@@ -1,5 +1,6 @@
 //! Host side for testing the guest stack on a development machine: a mock hypervisor and
 //! VMBus host that behave like Hyper-V, device models, the demo and benchmarks.
 
+pub mod demo;
 pub mod guest;
 pub mod hv;
