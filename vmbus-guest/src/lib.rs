@@ -6,5 +6,6 @@
 #![no_std]
 
 pub mod hal;
+pub mod ring;
 
 pub use hal::{HV_PAGE_SIZE, Hal, HalError, PhysAddr};

@@ -1,0 +1,2 @@
+//! Ring benchmark (filled in next).
+fn main() {}
