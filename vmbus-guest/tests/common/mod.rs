@@ -24,6 +24,7 @@ impl HeapRing {
 
 /// Wraps a memory and panics on any access outside the data area: hostile input must never
 /// make the ring code ask for out-of-bounds bytes.
+#[derive(Debug, Clone, Copy)]
 pub struct Checked<M>(pub M);
 
 impl<M: RingMemory> RingMemory for Checked<M> {
