@@ -106,11 +106,9 @@ fn model(size: u32, packets: u8, payload: usize, batch: u8, mask: bool, bound: u
                 match w.write(&OutgoingPacket::in_band(i as u64, false, &[&bytes])) {
                     Ok(()) => {
                         i += 1;
-                        if i % batch == 0 || i == packets {
-                            if w.commit().is_needed() {
-                                s.data_signals.fetch_add(1, Ordering::Relaxed);
-                                s.data_ready.signal();
-                            }
+                        if (i.is_multiple_of(batch) || i == packets) && w.commit().is_needed() {
+                            s.data_signals.fetch_add(1, Ordering::Relaxed);
+                            s.data_ready.signal();
                         }
                     }
                     Err(WriteError::Full { needed }) => {
