@@ -55,6 +55,16 @@ impl Event {
     }
 }
 
+/// The same polling step as the reference ring: spin a little, then yield the CPU.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 256 {
+        spin_loop();
+    } else {
+        thread::yield_now();
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
     Reference,
@@ -119,8 +129,9 @@ fn run_ours(payload: usize, batch: u64, poll: bool, dur: Duration) -> Run {
                                 data_ready.signal();
                             }
                             let t = Instant::now();
-                            while t.elapsed() < POLL {
-                                spin_loop();
+                            let mut spins = 0u32;
+                            while !spins.is_multiple_of(32) || t.elapsed() < POLL {
+                                backoff(&mut spins);
                                 if w.write(&pkt).is_ok() {
                                     break 'write;
                                 }
@@ -176,8 +187,9 @@ fn run_ours(payload: usize, batch: u64, poll: bool, dur: Duration) -> Run {
                         }
                         if poll {
                             let t = Instant::now();
-                            while t.elapsed() < POLL {
-                                spin_loop();
+                            let mut spins = 0u32;
+                            while !spins.is_multiple_of(32) || t.elapsed() < POLL {
+                                backoff(&mut spins);
                                 if !r.is_empty().unwrap() {
                                     continue 'outer;
                                 }
@@ -279,6 +291,47 @@ fn run_memcpy(payload: usize, dur: Duration) -> Run {
     }
 }
 
+/// Context only (`RING_BENCH_ST=1`): per-packet cost of each ring with producer and consumer
+/// alternating on one thread, 32 packets at a time, free of cross-core effects.
+fn single_thread(payload: usize) {
+    const N: u64 = 100_000;
+    let data = vec![0x5Au8; payload];
+    let slices = [&data[..]];
+    let mut out = vec![0u8; payload + 64];
+    let mut buf = vec![0u64; (4096 + DATA_SIZE) / 8];
+    let (mut w, mut r) = FlatRingMemory::new_pair(&mut buf).unwrap();
+    let (mut p, mut c) = reference::ring(DATA_SIZE);
+    let (mut ours, mut reference) = (f64::MAX, f64::MAX);
+    for _ in 0..15 {
+        let t = Instant::now();
+        for i in 0..N / 32 {
+            for j in 0..32 {
+                w.write(&OutgoingPacket::in_band(i * 32 + j, false, &slices))
+                    .unwrap();
+            }
+            let _ = w.commit();
+            for _ in 0..32 {
+                black_box(r.read(&mut out).unwrap().payload()[0]);
+            }
+            let _ = r.publish();
+        }
+        ours = ours.min(t.elapsed().as_nanos() as f64 / N as f64);
+        let t = Instant::now();
+        for i in 0..N / 32 {
+            for j in 0..32 {
+                p.push(i * 32 + j, &data);
+            }
+            for _ in 0..32 {
+                black_box(c.pop(&mut out));
+            }
+        }
+        reference = reference.min(t.elapsed().as_nanos() as f64 / N as f64);
+    }
+    println!(
+        "single thread {payload:>5} B (best of 15): vmbus ring {ours:.1} ns/packet, reference {reference:.1} ns/packet"
+    );
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -340,6 +393,12 @@ fn main() {
         "unmask/1k",
         "excess"
     );
+    if std::env::var("RING_BENCH_ST").is_ok() {
+        for payload in [64usize, 256, 1500, 4096] {
+            single_thread(payload);
+        }
+        return;
+    }
     for payload in [64usize, 256, 1500, 4096] {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds {

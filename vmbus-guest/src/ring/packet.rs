@@ -117,6 +117,7 @@ impl<'a> OutgoingPacket<'a> {
     /// Bytes of type-specific header between descriptor and payload, or `None` if the packet is
     /// malformed (GPA range PFN count not matching its span, offset beyond the first page, no
     /// ranges) or absurdly large.
+    #[inline]
     pub(crate) fn header_len(&self) -> Option<usize> {
         match self.header {
             Header::None => Some(0),
@@ -140,6 +141,7 @@ impl<'a> OutgoingPacket<'a> {
     }
 
     /// Total payload bytes.
+    #[inline]
     pub(crate) fn payload_len(&self) -> Option<usize> {
         self.payload
             .iter()
@@ -318,6 +320,9 @@ impl<'b> IncomingPacket<'b> {
 
     /// Parses `bytes` (exactly `length8 * 8` bytes, `descriptor` already checked for
     /// `2 <= data_offset8 <= length8`).
+    // Inlined into the reader so the packet is built in place: returning it from a call and
+    // copying it stalls on store forwarding in the hot path.
+    #[inline(always)]
     pub(crate) fn parse(descriptor: PacketDescriptor, bytes: &'b [u8]) -> Result<Self, Corrupt> {
         let data_offset = descriptor.data_offset8 as usize * 8;
         let (head, payload) = bytes

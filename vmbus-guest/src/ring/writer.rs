@@ -9,7 +9,6 @@ use super::packet::OutgoingPacket;
 use super::protocol::{DESCRIPTOR_SIZE, FEATURE_PENDING_SEND_SIZE, TRAILER_SIZE};
 use super::signal::Signal;
 use super::sync::{Ordering, fence};
-use zerocopy::IntoBytes;
 
 /// Writes packets into a ring: reserve and copy any number of packets with
 /// [`write`](Self::write), then publish them with one [`commit`](Self::commit), which says
@@ -129,18 +128,29 @@ impl<M: RingMemory> RingWriter<M> {
                 cursor = advance(cursor, bytes.len() as u32, size);
             }
         };
-        put(packet.descriptor(offset8, len8).as_bytes());
+        // The descriptor as two 8-byte words built in registers: assembling it field by field
+        // in memory and copying it as one 16-byte block stalls on store forwarding.
+        let d = packet.descriptor(offset8, len8);
+        let word0 = d.packet_type.0 as u64
+            | (d.data_offset8 as u64) << 16
+            | (d.length8 as u64) << 32
+            | (d.flags as u64) << 48;
+        put(&word0.to_le_bytes());
+        put(&d.transaction_id.to_le_bytes());
         packet.emit_header(&mut put);
-        let mut written = DESCRIPTOR_SIZE + packet.header_len().unwrap_or(0);
         for s in packet.payload() {
             put(s);
-            written += s.len();
         }
-        // Zero padding to 8, then the trailer: the old write index in the high 32 bits.
-        let pad = len8 as usize * 8 - written;
-        let mut tail_bytes = [0u8; 16];
-        tail_bytes[pad..pad + 8].copy_from_slice(&((start as u64) << 32).to_le_bytes());
-        put(&tail_bytes[..pad + 8]);
+        // Zero padding up to 8: one fixed 8-byte store from the payload end (it may run into
+        // the trailer slot, which is written next). Then the trailer: the old write index in
+        // the high 32 bits. Fixed-size copies compile to plain stores.
+        let len = len8 as u32 * 8;
+        if cursor != advance(start, len, size) {
+            copy_to_ring(mem, cursor, &[0u8; 8]);
+        }
+        let trailer = ((start as u64) << 32).to_le_bytes();
+        copy_to_ring(mem, advance(start, len, size), &trailer);
+        let cursor = advance(start, total, size);
         self.tail = cursor;
         if self.pending_set {
             self.mem
