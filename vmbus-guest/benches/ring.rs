@@ -190,11 +190,9 @@ fn run_ours(payload: usize, batch: u64, poll: bool, dur: Duration) -> Run {
                         }
                     }
                     Err(ReadError::Empty) => {
-                        unpublished = 0;
-                        if r.publish().is_needed() {
-                            run.space_signals += 1;
-                            space_ready.signal();
-                        }
+                        // Nothing to publish early: the writer has the space it asked for
+                        // (every `batch` packets are published), and `finish_drain`
+                        // publishes the rest before sleeping.
                         if poll {
                             let t = Instant::now();
                             let mut spins = 0u32;
@@ -205,6 +203,7 @@ fn run_ours(payload: usize, batch: u64, poll: bool, dur: Duration) -> Run {
                                 }
                             }
                         }
+                        unpublished = 0;
                         let end = r.finish_drain();
                         run.unmasks += 1;
                         if end.signal.is_needed() {
