@@ -84,17 +84,11 @@ fn packets_cross_the_end_through_the_second_mapping() {
     let mut crossed = 0;
     for i in 0..5000u64 {
         let payload: Vec<u8> = (0..rng.below(3000)).map(|_| rng.next() as u8).collect();
-        let before = r
-            .control()
-            .write_index
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let before = r.control_snapshot().write_index;
         let _ = w
             .send(&OutgoingPacket::in_band(i, false, &[&payload]))
             .unwrap();
-        let after = r
-            .control()
-            .write_index
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let after = r.control_snapshot().write_index;
         if after < before {
             crossed += 1;
         }

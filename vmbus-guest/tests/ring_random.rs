@@ -195,11 +195,7 @@ fn run<M: RingMemory + Copy>(mem: M, seed: u64, steps: usize, min_fulls: u64) {
                         false
                     }
                 };
-                if r.control()
-                    .read_index
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    < 64
-                {
+                if r.control_snapshot().read_index < 64 {
                     wraps += 1;
                 }
                 if published {

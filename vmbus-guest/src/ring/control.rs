@@ -70,6 +70,36 @@ impl ControlPage {
     }
 }
 
+/// The control fields as read at one moment (each field loaded once, relaxed): for
+/// diagnostics, logs and tests. Not a consistent snapshot if the peer is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlSnapshot {
+    /// Write index.
+    pub write_index: u32,
+    /// Read index.
+    pub read_index: u32,
+    /// Interrupt mask.
+    pub interrupt_mask: u32,
+    /// Pending send size.
+    pub pending_send_size: u32,
+    /// Feature bits.
+    pub feature_bits: u32,
+}
+
+impl ControlPage {
+    /// Loads every field once.
+    pub fn snapshot(&self) -> ControlSnapshot {
+        use super::sync::Ordering::Relaxed;
+        ControlSnapshot {
+            write_index: self.write_index.load(Relaxed),
+            read_index: self.read_index.load(Relaxed),
+            interrupt_mask: self.interrupt_mask.load(Relaxed),
+            pending_send_size: self.pending_send_size.load(Relaxed),
+            feature_bits: self.feature_bits.load(Relaxed),
+        }
+    }
+}
+
 impl Default for ControlPage {
     fn default() -> Self {
         Self::new()

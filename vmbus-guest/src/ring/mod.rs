@@ -21,7 +21,7 @@ mod signal;
 mod sync;
 mod writer;
 
-pub use control::ControlPage;
+pub use control::{ControlPage, ControlSnapshot};
 pub use error::{Corrupt, ReadError, WriteError};
 #[cfg(not(loom))]
 pub use memory::{FlatRingMemory, RawRingMemory};

@@ -1,7 +1,7 @@
 //! The reading end of one ring direction (the guest's inbound ring, or the host's end of the
 //! guest's outbound ring).
 
-use super::control::ControlPage;
+use super::control::ControlSnapshot;
 use super::error::{Corrupt, ReadError};
 use super::index::{advance, check_read_index, check_size, check_write_index, distance};
 use super::memory::{RingMemory, copy_from_ring};
@@ -53,9 +53,11 @@ impl<M: RingMemory> RingReader<M> {
         })
     }
 
-    /// The ring's control page (atomics; for diagnostics and tests).
-    pub fn control(&self) -> &ControlPage {
-        self.mem.control()
+    /// The ring's control fields as read now (for diagnostics and tests). The control page
+    /// itself is not handed out: storing into it would let safe code break the protocol
+    /// that keeps the two endpoints' data copies apart.
+    pub fn control_snapshot(&self) -> ControlSnapshot {
+        self.mem.control().snapshot()
     }
 
     /// Size of the data area in bytes.

@@ -1,7 +1,7 @@
 //! The writing end of one ring direction (the guest's outbound ring, or the host's end of
 //! the guest's inbound ring).
 
-use super::control::ControlPage;
+use super::control::ControlSnapshot;
 use super::error::{Corrupt, WriteError};
 use super::index::{advance, check_read_index, check_size, check_write_index, distance};
 use super::memory::{RingMemory, copy_to_ring};
@@ -53,9 +53,11 @@ impl<M: RingMemory> RingWriter<M> {
         })
     }
 
-    /// The ring's control page (atomics; for diagnostics and tests).
-    pub fn control(&self) -> &ControlPage {
-        self.mem.control()
+    /// The ring's control fields as read now (for diagnostics and tests). The control page
+    /// itself is not handed out: storing into it would let safe code break the protocol
+    /// that keeps the two endpoints' data copies apart.
+    pub fn control_snapshot(&self) -> ControlSnapshot {
+        self.mem.control().snapshot()
     }
 
     /// Size of the data area in bytes.
