@@ -3,7 +3,8 @@
 //! byte ring with the same 24-byte framing and a single-thread memcpy of the same bytes.
 //!
 //! `cargo bench -p vmbus-guest --bench ring` (env: `RING_BENCH_ROUNDS`, default 9;
-//! `RING_BENCH_MS`, default 200 ms per run). Runs are interleaved round by round and the
+//! `RING_BENCH_MS`, default 200 ms per run; `RING_BENCH_SIZES`, default `64,256,1500,4096`;
+//! `RING_BENCH_ST=1` for single-thread per-packet cost instead). Runs are interleaved round by round and the
 //! report gives the median of the per-round ratios, because this machine's vCPUs change speed
 //! within minutes; absolute numbers are context only.
 
@@ -408,7 +409,11 @@ fn main() {
         }
         return;
     }
-    for payload in [64usize, 256, 1500, 4096] {
+    let sizes: Vec<usize> = std::env::var("RING_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 256, 1500, 4096]);
+    for &payload in &sizes {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds {
             for k in 0..variants.len() {
