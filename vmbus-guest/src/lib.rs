@@ -7,5 +7,6 @@
 
 pub mod hal;
 pub mod protocol;
+pub mod ring;
 
 pub use hal::{HV_PAGE_SIZE, Hal, HalError, PhysAddr};
