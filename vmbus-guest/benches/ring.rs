@@ -493,4 +493,10 @@ fn main() {
     println!("sleep-now = the consumer sleeps as soon as the ring is empty");
     println!("dsig = writer->reader data signals, ssig = reader->writer space signals,");
     println!("excess = worst run's data signals minus (reader unmask events + 1), must be 0");
+    println!(
+        "\ncontext: per-packet cost with both ends on one thread (no cross-core or scheduler effects)"
+    );
+    for &payload in &sizes {
+        single_thread(payload);
+    }
 }

@@ -54,7 +54,9 @@ impl<M: RingMemory + ?Sized> RingMemory for &M {
 
 /// Copies out of the ring at ring offset `offset` (< data size), wrapping at the end of the
 /// data area unless the memory is double-mapped. `buf.len()` is at most the data size.
-#[inline]
+// Always inlined: callers pass fixed sizes (descriptor words, trailer) that must become plain
+// loads and stores, not calls to memcpy.
+#[inline(always)]
 pub(crate) fn copy_from_ring<M: RingMemory + ?Sized>(mem: &M, offset: u32, buf: &mut [u8]) {
     let offset = offset as usize;
     if offset + buf.len() <= mem.contiguous_size() {
@@ -71,7 +73,7 @@ pub(crate) fn copy_from_ring<M: RingMemory + ?Sized>(mem: &M, offset: u32, buf: 
 
 /// Copies into the ring at ring offset `offset` (< data size), wrapping like
 /// [`copy_from_ring`].
-#[inline]
+#[inline(always)]
 pub(crate) fn copy_to_ring<M: RingMemory + ?Sized>(mem: &M, offset: u32, data: &[u8]) {
     let offset = offset as usize;
     if offset + data.len() <= mem.contiguous_size() {
@@ -201,7 +203,7 @@ mod raw {
         fn contiguous_size(&self) -> usize {
             self.contiguous
         }
-        #[inline]
+        #[inline(always)]
         fn read_data(&self, offset: usize, buf: &mut [u8]) {
             if offset
                 .checked_add(buf.len())
@@ -219,7 +221,7 @@ mod raw {
                 )
             }
         }
-        #[inline]
+        #[inline(always)]
         fn write_data(&self, offset: usize, data: &[u8]) {
             if offset
                 .checked_add(data.len())
@@ -295,11 +297,11 @@ mod raw {
         fn data_size(&self) -> u32 {
             self.raw.data_size()
         }
-        #[inline]
+        #[inline(always)]
         fn read_data(&self, offset: usize, buf: &mut [u8]) {
             self.raw.read_data(offset, buf)
         }
-        #[inline]
+        #[inline(always)]
         fn write_data(&self, offset: usize, data: &[u8]) {
             self.raw.write_data(offset, data)
         }
