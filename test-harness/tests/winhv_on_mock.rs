@@ -508,7 +508,9 @@ fn reference_time_from_the_tsc_page_and_the_counter_agree() {
         m.advance_time(step);
         let expected = m.reference_time();
         assert_eq!(read_reference_counter(&vp.cpu), expected);
+        let counter_reads = m.time_ref_count_reads();
         let now = vp.clock.now(&vp.cpu);
+        assert_eq!(m.time_ref_count_reads(), counter_reads, "the TSC page spares the MSR");
         assert!(now.abs_diff(expected) <= 1, "{now} vs {expected}");
     }
 }
@@ -519,9 +521,9 @@ fn invalid_tsc_page_falls_back_to_the_counter() {
     let vp = boot_vp(&m, 0).unwrap();
     m.advance_time(5_000);
     m.set_tsc_page_valid(false);
-    let before = m.hypercall_log().len();
+    let counter_reads = m.time_ref_count_reads();
     assert_eq!(vp.clock.now(&vp.cpu), m.reference_time());
-    assert_eq!(m.hypercall_log().len(), before);
+    assert_eq!(m.time_ref_count_reads(), counter_reads + 1, "fell back to TIME_REF_COUNT");
     m.set_tsc_page_valid(true);
     m.advance_time(7);
     assert!(vp.clock.now(&vp.cpu).abs_diff(m.reference_time()) <= 1);
@@ -533,8 +535,10 @@ fn a_tsc_page_update_during_a_read_is_retried() {
     let vp = boot_vp(&m, 0).unwrap();
     m.advance_time(42_000);
     m.update_tsc_page_during_next_tsc_read();
+    let counter_reads = m.time_ref_count_reads();
     let now = vp.clock.now(&vp.cpu);
-    assert!(now.abs_diff(m.reference_time()) <= 1);
+    assert!(now.abs_diff(m.reference_time()) <= 1, "{now} vs {}", m.reference_time());
+    assert_eq!(m.time_ref_count_reads(), counter_reads, "retried through the page");
 }
 
 #[test]

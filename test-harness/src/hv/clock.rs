@@ -8,6 +8,10 @@ use super::synic::enabled_page;
 
 /// TSC value at reference time 0 (non-zero so that the page's offset is exercised).
 const TSC_AT_ZERO: u64 = 250_000_000_000;
+/// How far the TSC jumps when the page is updated in the middle of a guest read (as after a
+/// live migration to a host whose TSC differs): a reader that mixes the old offset with the
+/// new TSC is off by this many TSC ticks.
+const TSC_REBASE_STEP: u64 = 1_000_000_000_000;
 
 /// Reference time, TSC mapping and the REFERENCE_TSC MSR.
 #[derive(Debug)]
@@ -22,6 +26,10 @@ pub(crate) struct Clock {
     pub page_valid: bool,
     /// Rewrite the page with a new sequence during the next TSC read.
     pub update_during_next_read: bool,
+    /// TSC value at reference time 0; moved by [`Clock::rebase_tsc`].
+    tsc_at_zero: u64,
+    /// TIME_REF_COUNT reads so far (tests check the TSC page spares them).
+    pub counter_reads: u64,
 }
 
 impl Clock {
@@ -40,13 +48,15 @@ impl Clock {
             sequence: 0,
             page_valid: true,
             update_during_next_read: false,
+            tsc_at_zero: TSC_AT_ZERO,
+            counter_reads: 0,
         }
     }
 
     /// The TSC at the current reference time.
     pub(crate) fn tsc(&self) -> u64 {
         let ticks = u128::from(self.now) * u128::from(self.tsc_frequency) / 10_000_000;
-        TSC_AT_ZERO.wrapping_add(ticks as u64)
+        self.tsc_at_zero.wrapping_add(ticks as u64)
     }
 
     /// Scale such that `(tsc * scale) >> 64` counts 100 ns units; rounded up so that whole
@@ -60,8 +70,15 @@ impl Clock {
 
     /// Offset such that `((tsc * scale) >> 64) + offset` is the reference time.
     pub(crate) fn offset(&self) -> i64 {
-        let at_zero = ((u128::from(TSC_AT_ZERO) * u128::from(self.scale())) >> 64) as u64;
+        let at_zero = ((u128::from(self.tsc_at_zero) * u128::from(self.scale())) >> 64) as u64;
         0i64.wrapping_sub(at_zero as i64)
+    }
+
+    /// Moves the TSC (not reference time) by [`TSC_REBASE_STEP`] and republishes the page with
+    /// the matching offset under a new sequence.
+    pub(crate) fn rebase_tsc(&mut self, mem: &GuestMemory) {
+        self.tsc_at_zero = self.tsc_at_zero.wrapping_add(TSC_REBASE_STEP);
+        self.publish(mem);
     }
 
     /// (Re)writes the TSC page if enabled: scale and offset, then a new non-zero sequence, or

@@ -237,7 +237,12 @@ impl MockHypervisor {
         }
     }
 
-    /// How many times `vp` wrote EOM.
+    /// How many times any VP read TIME_REF_COUNT.
+    pub fn time_ref_count_reads(&self) -> u64 {
+        self.state().clock.counter_reads
+    }
+
+    /// How many times VP `vp` wrote EOM.
     pub fn eom_count(&self, vp: u32) -> u64 {
         self.state().vps.get(vp as usize).map_or(0, |v| v.eom_count)
     }
@@ -302,7 +307,9 @@ impl MockHypervisor {
         state.clock.publish(&self.shared.memory);
     }
 
-    /// The next `read_tsc()` rewrites the TSC page with a new sequence before returning.
+    /// The next `read_tsc()` moves the TSC (as a migration to another host would) and rewrites
+    /// the TSC page with the matching offset and a new sequence before returning, so a guest
+    /// that does not re-check the sequence computes a time that is far off.
     pub fn update_tsc_page_during_next_tsc_read(&self) {
         self.state().clock.update_during_next_read = true;
     }

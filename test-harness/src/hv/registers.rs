@@ -64,7 +64,10 @@ impl State {
             R::GuestOsId => self.guest_os_id,
             R::Hypercall => self.hypercall_msr,
             R::VpIndex => vp as u64,
-            R::TimeRefCount => self.clock.now,
+            R::TimeRefCount => {
+                self.clock.counter_reads += 1;
+                self.clock.now
+            }
             R::ReferenceTsc => self.clock.reference_tsc_msr,
             R::TscFrequency => self.tsc_frequency,
             R::ApicFrequency => self.apic_frequency,

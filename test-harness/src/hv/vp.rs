@@ -63,7 +63,7 @@ impl Cpu for MockVp {
     fn read_tsc(&self) -> u64 {
         self.run(|s, mem, _| {
             if std::mem::take(&mut s.clock.update_during_next_read) {
-                s.clock.publish(mem);
+                s.clock.rebase_tsc(mem);
             }
             Ok(s.clock.tsc())
         })
