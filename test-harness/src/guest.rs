@@ -84,7 +84,9 @@ pub fn boot_vp(mock: &MockHypervisor, index: u32) -> Result<BootedVp, BootError>
     if cpu.read_register(winhv::SyntheticRegister::GuestOsId) == 0 {
         harness_guest_os_id().write(&cpu);
         let hypercall_page = guest_page(mock);
-        winhv::enable_hypercall_page(&cpu, hypercall_page.gpa())
+        // SAFETY: the page was just allocated for this purpose and is never used again (it is
+        // leaked to the hypervisor for the partition's lifetime, as on a real kernel).
+        unsafe { winhv::enable_hypercall_page(&cpu, hypercall_page.gpa()) }
             .map_err(BootError::HypercallPage)?;
     }
     let hypercalls = Hypercalls::new(cpu.clone(), guest_page(mock), guest_page(mock))

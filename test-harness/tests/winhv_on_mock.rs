@@ -14,6 +14,16 @@ use winhv::{
     SintConfig, Synic, SynicError, SyntheticRegister, SyntheticTimer, TimerDelivery,
 };
 
+/// Enables the hypercall page at a page of mock guest RAM that the test reserves for it.
+fn enable_hypercall_page(
+    cpu: &test_harness::hv::MockVp,
+    gpa: u64,
+) -> Result<(), HypercallSetupError> {
+    // SAFETY: every caller passes a page it allocated for this and never otherwise uses; the
+    // mock's RAM is only accessed through raw pointers.
+    unsafe { winhv::enable_hypercall_page(cpu, gpa) }
+}
+
 fn mock(preset: HostPreset) -> MockHypervisor {
     MockHypervisor::new(MockConfig::new(preset))
 }
@@ -101,11 +111,11 @@ fn hypercall_page_needs_the_guest_os_id_first() {
     let cpu = m.vp(0);
     let page = guest_page(&m);
     assert_eq!(
-        winhv::enable_hypercall_page(&cpu, page.gpa()),
+        enable_hypercall_page(&cpu, page.gpa()),
         Err(HypercallSetupError::GuestOsIdNotSet)
     );
     assert_eq!(
-        winhv::enable_hypercall_page(&cpu, page.gpa() + 8),
+        enable_hypercall_page(&cpu, page.gpa() + 8),
         Err(HypercallSetupError::Misaligned(page.gpa() + 8))
     );
     harness_guest_os_id().write(&cpu);
@@ -113,7 +123,7 @@ fn hypercall_page_needs_the_guest_os_id_first() {
         cpu.read_register(SyntheticRegister::GuestOsId),
         harness_guest_os_id().raw()
     );
-    winhv::enable_hypercall_page(&cpu, page.gpa()).unwrap();
+    enable_hypercall_page(&cpu, page.gpa()).unwrap();
     let mut stub = [0u8; 4];
     page.read_at(0, &mut stub);
     assert_eq!(stub, [0x0F, 0x01, 0xC1, 0xC3], "vmcall; ret overlay");
@@ -196,7 +206,7 @@ fn post_message_failures_carry_the_hypervisor_status() {
     );
     let cpu = m.vp(0);
     harness_guest_os_id().write(&cpu);
-    winhv::enable_hypercall_page(&cpu, guest_page(&m).gpa()).unwrap();
+    enable_hypercall_page(&cpu, guest_page(&m).gpa()).unwrap();
     let mut calls = winhv::Hypercalls::new(cpu, guest_page(&m), guest_page(&m)).unwrap();
     m.connect_message_port(4, 8);
     assert_eq!(
@@ -272,10 +282,7 @@ fn tlb_flushes_are_encoded_and_split() {
         .flush_virtual_address_space(0x1234_5000, FlushFlags::NON_GLOBAL_MAPPINGS_ONLY, 0b101)
         .unwrap();
     let ranges: Vec<GvaRange> = (0..1000u64)
-        .map(|i| GvaRange {
-            start: 0xFFFF_8000_0000_0000 + i * 0x10_0000,
-            additional_pages: (i % 7) as u16,
-        })
+        .map(|i| GvaRange::new(0xFFFF_8000_0000_0000 + i * 0x10_0000, (i % 7) as u16).unwrap())
         .collect();
     vp.hypercalls
         .flush_virtual_address_list(
@@ -308,6 +315,28 @@ fn tlb_flushes_are_encoded_and_split() {
     let expected: Vec<u64> = ranges.iter().map(|r| r.encode()).collect();
     assert_eq!(all, expected);
     assert!(m.protocol_errors().is_empty(), "{:?}", m.protocol_errors());
+}
+
+#[test]
+fn rep_calls_stopped_early_are_continued_from_the_reps_completed() {
+    let m = mock(HostPreset::Ws2022);
+    let mut vp = boot_vp(&m, 0).unwrap();
+    m.limit_reps_per_call(Some(7));
+    let ranges: Vec<GvaRange> = (0..600u64)
+        .map(|i| GvaRange::new(i << 12, 0).unwrap())
+        .collect();
+    vp.hypercalls
+        .flush_virtual_address_list(0, FlushFlags::ALL_PROCESSORS, 0, &ranges)
+        .unwrap();
+    let flushes = m.tlb_flushes();
+    assert!(flushes.len() > 80, "many partial calls: {}", flushes.len());
+    assert!(flushes.iter().all(|f| f.gva_list.len() <= 7));
+    let all: Vec<u64> = flushes
+        .iter()
+        .flat_map(|f| f.gva_list.iter().copied())
+        .collect();
+    let expected: Vec<u64> = ranges.iter().map(|r| r.encode()).collect();
+    assert_eq!(all, expected, "every entry flushed exactly once, in order");
 }
 
 #[test]
@@ -490,10 +519,9 @@ fn event_flags_are_taken_once() {
             .test_and_clear_event_flag(VMBUS_MESSAGE_SINT, 9)
             .unwrap()
     );
-    assert!(
-        !vp.synic
-            .test_and_clear_event_flag(VMBUS_MESSAGE_SINT, 5000)
-            .unwrap()
+    assert_eq!(
+        vp.synic.test_and_clear_event_flag(VMBUS_MESSAGE_SINT, 5000),
+        Err(SynicError::InvalidEventFlag(5000))
     );
 }
 
@@ -510,7 +538,11 @@ fn reference_time_from_the_tsc_page_and_the_counter_agree() {
         assert_eq!(read_reference_counter(&vp.cpu), expected);
         let counter_reads = m.time_ref_count_reads();
         let now = vp.clock.now(&vp.cpu);
-        assert_eq!(m.time_ref_count_reads(), counter_reads, "the TSC page spares the MSR");
+        assert_eq!(
+            m.time_ref_count_reads(),
+            counter_reads,
+            "the TSC page spares the MSR"
+        );
         assert!(now.abs_diff(expected) <= 1, "{now} vs {expected}");
     }
 }
@@ -523,7 +555,11 @@ fn invalid_tsc_page_falls_back_to_the_counter() {
     m.set_tsc_page_valid(false);
     let counter_reads = m.time_ref_count_reads();
     assert_eq!(vp.clock.now(&vp.cpu), m.reference_time());
-    assert_eq!(m.time_ref_count_reads(), counter_reads + 1, "fell back to TIME_REF_COUNT");
+    assert_eq!(
+        m.time_ref_count_reads(),
+        counter_reads + 1,
+        "fell back to TIME_REF_COUNT"
+    );
     m.set_tsc_page_valid(true);
     m.advance_time(7);
     assert!(vp.clock.now(&vp.cpu).abs_diff(m.reference_time()) <= 1);
@@ -537,8 +573,16 @@ fn a_tsc_page_update_during_a_read_is_retried() {
     m.update_tsc_page_during_next_tsc_read();
     let counter_reads = m.time_ref_count_reads();
     let now = vp.clock.now(&vp.cpu);
-    assert!(now.abs_diff(m.reference_time()) <= 1, "{now} vs {}", m.reference_time());
-    assert_eq!(m.time_ref_count_reads(), counter_reads, "retried through the page");
+    assert!(
+        now.abs_diff(m.reference_time()) <= 1,
+        "{now} vs {}",
+        m.reference_time()
+    );
+    assert_eq!(
+        m.time_ref_count_reads(),
+        counter_reads,
+        "retried through the page"
+    );
 }
 
 #[test]
@@ -603,6 +647,33 @@ fn one_shot_timer_fires_once_at_its_deadline() {
         timer_message(&vp).is_none(),
         "one-shot timers disable themselves"
     );
+    assert!(m.protocol_errors().is_empty(), "{:?}", m.protocol_errors());
+}
+
+#[test]
+fn auto_enabled_one_shot_rearms_with_one_count_write() {
+    let m = mock(HostPreset::Ws2022);
+    let vp = boot_vp(&m, 0).unwrap();
+    let timer = SyntheticTimer::new(
+        &vp.info,
+        2,
+        TimerDelivery::Message {
+            sint: VMBUS_MESSAGE_SINT,
+        },
+    )
+    .unwrap();
+    timer.configure_one_shot(&vp.cpu);
+    m.advance_time(1_000);
+    assert!(timer_message(&vp).is_none(), "configured but not armed");
+    for round in 1..=3u64 {
+        let deadline = m.reference_time() + 50 * round;
+        timer.set_deadline(&vp.cpu, deadline);
+        m.advance_time(50 * round);
+        let fired = timer_message(&vp).expect("armed by the COUNT write");
+        assert_eq!((fired.timer_index, fired.expiration_time), (2, deadline));
+        m.advance_time(1_000);
+        assert!(timer_message(&vp).is_none(), "one expiry per deadline");
+    }
     assert!(m.protocol_errors().is_empty(), "{:?}", m.protocol_errors());
 }
 
@@ -732,4 +803,56 @@ fn the_mock_faults_on_what_winhv_never_writes() {
         .unwrap()
         .unwrap();
     assert_eq!(msg.payload(), b"still alive");
+}
+
+#[test]
+fn no_message_is_lost_while_the_host_delivers_during_a_drain() {
+    // The EOM race (§4.5): the hypervisor may set the pending flag between the guest's copy of
+    // the slot and its freeing of it. A guest that frees the slot with a plain store (wiping
+    // the flag) or reads the flag before freeing strands the queued message. The host sends
+    // bursts of two and waits for both, so a stranded second message stalls the test, which
+    // then fails at its deadline instead of being rescued by a later delivery.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+    const BURSTS: u32 = 1000;
+    let m = mock(HostPreset::Ws2022);
+    let vp = boot_vp(&m, 0).unwrap();
+    let received = Arc::new(AtomicU32::new(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sender = {
+        let (host, received) = (m.clone(), received.clone());
+        std::thread::spawn(move || {
+            for burst in 0..BURSTS {
+                for i in [2 * burst, 2 * burst + 1] {
+                    host.deliver_message(0, VMBUS_MESSAGE_SINT, 1, &i.to_le_bytes())
+                        .unwrap();
+                }
+                while received.load(Ordering::Acquire) < 2 * burst + 2 {
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    let mut next = 0u32;
+    while next < 2 * BURSTS {
+        assert!(
+            Instant::now() < deadline,
+            "stuck after {next} messages: a pending message was never redelivered"
+        );
+        match vp.synic.take_message(&vp.cpu, VMBUS_MESSAGE_SINT) {
+            Ok(Some(message)) => {
+                assert_eq!(message.payload(), next.to_le_bytes(), "in order, none lost");
+                next += 1;
+                received.store(next, Ordering::Release);
+            }
+            Ok(None) => std::thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sender.join().unwrap();
+    assert!(m.protocol_errors().is_empty(), "{:?}", m.protocol_errors());
 }

@@ -42,7 +42,16 @@ pub trait Cpu {
     fn read_register(&self, register: SyntheticRegister) -> u64;
 
     /// Writes a synthetic register of the current virtual processor.
-    fn write_register(&self, register: SyntheticRegister, value: u64);
+    ///
+    /// # Safety
+    ///
+    /// Some registers name a page of guest memory that the hypervisor then overlays or writes
+    /// ([`SyntheticRegister::names_page`]: HYPERCALL, SIMP, SIEFP, REFERENCE_TSC). When the
+    /// value enables such a page, the caller guarantees the page is reserved for the hypervisor
+    /// from now until it is disabled again (and leaked if it never is): nothing else reads or
+    /// writes it meanwhile. Writes to other registers, and writes that disable a page, have no
+    /// memory effect.
+    unsafe fn write_register(&self, register: SyntheticRegister, value: u64);
 
     /// Issues a memory-based ("slow") hypercall and returns the raw hypercall result value
     /// (TLFS: status in bits 15:0, reps completed in bits 43:32).
@@ -60,10 +69,22 @@ pub trait Cpu {
     unsafe fn hypercall(&self, control: u64, input_gpa: u64, output_gpa: u64) -> u64;
 
     /// Issues a register-based ("fast") hypercall with two 8-byte input words and returns the raw
-    /// hypercall result value. `control` must have the fast bit (16) set.
+    /// hypercall result value. `control` must have the fast bit (16) set; implementations return
+    /// HV_STATUS_INVALID_HYPERCALL_INPUT without calling the hypervisor if it is clear (a slow
+    /// call would treat the input words as guest-physical addresses).
     fn fast_hypercall(&self, control: u64, input0: u64, input1: u64) -> u64;
 
     /// Reads the processor's time-stamp counter with ordering against earlier loads
     /// (`lfence; rdtsc` on x86_64, `isb; mrs cntvct_el0` on aarch64).
     fn read_tsc(&self) -> u64;
+}
+
+/// Writes a register that names no guest memory, or that disables the page it names.
+///
+/// Callers in this crate use it for every register write that cannot make the hypervisor touch
+/// memory; page-enabling writes go through [`Cpu::write_register`] with their own argument.
+pub(crate) fn write_plain_register(cpu: &impl Cpu, register: SyntheticRegister, value: u64) {
+    debug_assert!(!register.names_page() || value & 1 == 0);
+    // SAFETY: the register names no guest memory, or the write disables its page (bit 0 clear).
+    unsafe { cpu.write_register(register, value) }
 }

@@ -4,6 +4,7 @@
 use core::fmt;
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::detect::{Features, HypervInfo};
 use crate::page::{HV_PAGE_SIZE, HvPage};
 use crate::register::SyntheticRegister;
@@ -58,9 +59,9 @@ pub fn report_crash(
 ) -> Result<(), CrashError> {
     check(cpu, info, CRASH_CTL_NOTIFY)?;
     for (n, value) in parameters.into_iter().enumerate() {
-        cpu.write_register(SyntheticRegister::CrashParameter(n as u8), value);
+        write_plain_register(cpu, SyntheticRegister::CrashParameter(n as u8), value);
     }
-    cpu.write_register(SyntheticRegister::CrashControl, CRASH_CTL_NOTIFY);
+    write_plain_register(cpu, SyntheticRegister::CrashControl, CRASH_CTL_NOTIFY);
     Ok(())
 }
 
@@ -81,11 +82,16 @@ pub fn report_crash_message(
     check(cpu, info, CRASH_CTL_NOTIFY | CRASH_CTL_MESSAGE)?;
     buffer.write_at(0, message);
     for (n, value) in parameters.into_iter().enumerate() {
-        cpu.write_register(SyntheticRegister::CrashParameter(n as u8), value);
+        write_plain_register(cpu, SyntheticRegister::CrashParameter(n as u8), value);
     }
-    cpu.write_register(SyntheticRegister::CrashParameter(3), buffer.gpa());
-    cpu.write_register(SyntheticRegister::CrashParameter(4), message.len() as u64);
-    cpu.write_register(
+    write_plain_register(cpu, SyntheticRegister::CrashParameter(3), buffer.gpa());
+    write_plain_register(
+        cpu,
+        SyntheticRegister::CrashParameter(4),
+        message.len() as u64,
+    );
+    write_plain_register(
+        cpu,
         SyntheticRegister::CrashControl,
         CRASH_CTL_NOTIFY | CRASH_CTL_MESSAGE,
     );

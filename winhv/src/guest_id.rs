@@ -1,6 +1,7 @@
 //! The guest OS identity the hypervisor must be told before hypercalls work.
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::register::SyntheticRegister;
 
 /// An OS type number in the open-source guest OS id encoding (bits 62:56).
@@ -88,14 +89,14 @@ impl GuestOsId {
 
     /// Writes the id to GUEST_OS_ID. Must come before enabling the hypercall page.
     pub fn write(self, cpu: &impl Cpu) {
-        cpu.write_register(SyntheticRegister::GuestOsId, self.0);
+        write_plain_register(cpu, SyntheticRegister::GuestOsId, self.0);
     }
 }
 
 /// Clears GUEST_OS_ID, which also disables the hypercall page (before handing the machine to
 /// another OS image, for example).
 pub fn clear_guest_os_id(cpu: &impl Cpu) {
-    cpu.write_register(SyntheticRegister::GuestOsId, 0);
+    write_plain_register(cpu, SyntheticRegister::GuestOsId, 0);
 }
 
 #[cfg(test)]

@@ -27,6 +27,11 @@ impl HvPage {
     /// `virt` is the 4 KiB-aligned virtual address of 4096 bytes of memory that stay mapped and
     /// are used by nothing else while this value (and anything built from it) exists, and `gpa`
     /// is the guest-physical address of the same bytes.
+    ///
+    /// A page handed to the hypervisor ([`crate::Synic`], [`crate::ReferenceTscPage`]) stays
+    /// the hypervisor's until the owner's `disable` gives it back: if that owner is dropped
+    /// instead, the page must be treated as leaked (never reused), because the hypervisor still
+    /// overlays or writes it.
     pub const unsafe fn new(virt: NonNull<u8>, gpa: u64) -> Self {
         Self { virt, gpa }
     }

@@ -43,6 +43,15 @@ pub enum SyntheticRegister {
 }
 
 impl SyntheticRegister {
+    /// Whether the register holds the guest-physical address of a page the hypervisor overlays
+    /// or writes while the register's enable bit (bit 0) is set.
+    pub const fn names_page(self) -> bool {
+        matches!(
+            self,
+            Self::Hypercall | Self::Simp | Self::Siefp | Self::ReferenceTsc
+        )
+    }
+
     /// The x86_64 MSR number of this register, or `None` if an index is out of range.
     pub const fn x86_msr(self) -> Option<u32> {
         Some(match self {

@@ -2,12 +2,13 @@
 //! synthetic interrupt sources (SINTs) and the end-of-message protocol.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::detect::{HypervInfo, Privileges};
 use crate::hypercall::MAX_MESSAGE_PAYLOAD;
 use crate::page::HvPage;
@@ -34,6 +35,8 @@ const SINT_MASKED: u64 = 1 << 16;
 const SINT_AUTO_EOI: u64 = 1 << 17;
 /// SINT bit 18: polling.
 const SINT_POLLING: u64 = 1 << 18;
+/// How often [`Synic::take_message`] re-reads a slot that changed under it before giving up.
+const MESSAGE_TAKE_ATTEMPTS: u32 = 8;
 /// Flags bit 0 of a message slot: more messages are queued for this SINT.
 const MESSAGE_FLAG_PENDING: u8 = 1;
 
@@ -110,6 +113,11 @@ pub enum SynicError {
         /// The size the slot claimed.
         payload_size: u8,
     },
+    /// The slot kept changing while it was being taken (a second consumer, or a misbehaving
+    /// hypervisor); nothing was taken.
+    SlotUnstable(u8),
+    /// An event flag number beyond the 2048 flags of a SIEFP slot.
+    InvalidEventFlag(u32),
 }
 
 impl fmt::Display for SynicError {
@@ -119,6 +127,8 @@ impl fmt::Display for SynicError {
             Self::BadPage => f.write_str("SynIC pages must be distinct and 4 KiB aligned"),
             Self::InvalidSint(s) => write!(f, "SINT {s} does not exist"),
             Self::InvalidVector(v) => write!(f, "interrupt vector {v} is reserved"),
+            Self::SlotUnstable(s) => write!(f, "message slot of SINT {s} kept changing"),
+            Self::InvalidEventFlag(n) => write!(f, "event flag {n} is beyond 2048"),
             Self::OversizedMessage { sint, payload_size } => write!(
                 f,
                 "message on SINT {sint} claims a {payload_size}-byte payload (max 240); dropped"
@@ -164,9 +174,14 @@ impl SintConfig {
 
 /// The enabled SynIC of one virtual processor.
 ///
+/// Per-VP state: use it only with the [`Cpu`] of the virtual processor that enabled it (EOM
+/// written on another VP acknowledges that VP's SynIC). Dropping it without
+/// [`Synic::disable`] leaves the pages with the hypervisor (see [`HvPage::new`]).
+///
 /// Owns the message page (SIMP) and event-flags page (SIEFP). Both are overlay pages that the
 /// hypervisor writes at any time: they are only ever accessed with volatile or atomic
 /// operations, and every message is copied out once before it is looked at.
+#[must_use = "dropping an enabled SynIC leaks its pages to the hypervisor"]
 pub struct Synic {
     simp: HvPage,
     siefp: HvPage,
@@ -202,7 +217,11 @@ impl Synic {
             (SyntheticRegister::Siefp, &siefp),
         ] {
             let old = cpu.read_register(register);
-            cpu.write_register(register, (old & PAGE_REG_PRESERVED) | page.gpa() | ENABLE);
+            // SAFETY: `page` is owned by the Synic being built (HvPage contract) and stays
+            // reserved for the hypervisor until `disable` turns the overlay off.
+            unsafe {
+                cpu.write_register(register, (old & PAGE_REG_PRESERVED) | page.gpa() | ENABLE)
+            };
         }
         for config in sints {
             let register = SyntheticRegister::Sint(config.sint);
@@ -212,11 +231,11 @@ impl Synic {
             if config.auto_eoi {
                 value |= SINT_AUTO_EOI;
             }
-            cpu.write_register(register, value);
+            write_plain_register(cpu, register, value);
             configured_sints |= 1 << config.sint;
         }
         let scontrol = cpu.read_register(SyntheticRegister::Scontrol);
-        cpu.write_register(SyntheticRegister::Scontrol, scontrol | ENABLE);
+        write_plain_register(cpu, SyntheticRegister::Scontrol, scontrol | ENABLE);
         Ok(Self {
             simp,
             siefp,
@@ -231,75 +250,91 @@ impl Synic {
             if self.configured_sints & (1 << sint) != 0 {
                 let register = SyntheticRegister::Sint(sint);
                 let old = cpu.read_register(register);
-                cpu.write_register(register, old | SINT_MASKED);
+                write_plain_register(cpu, register, old | SINT_MASKED);
             }
         }
         for register in [SyntheticRegister::Simp, SyntheticRegister::Siefp] {
             let old = cpu.read_register(register);
-            cpu.write_register(register, old & !ENABLE);
+            write_plain_register(cpu, register, old & !ENABLE);
         }
         let scontrol = cpu.read_register(SyntheticRegister::Scontrol);
-        cpu.write_register(SyntheticRegister::Scontrol, scontrol & !ENABLE);
+        write_plain_register(cpu, SyntheticRegister::Scontrol, scontrol & !ENABLE);
         (self.simp, self.siefp)
     }
 
-    fn message_slot(&self, sint: u8) -> Result<*mut u8, SynicError> {
+    fn slot_word(&self, sint: u8, word: usize) -> Result<&AtomicU64, SynicError> {
         if sint >= SINT_COUNT {
             return Err(SynicError::InvalidSint(sint));
         }
-        // SAFETY: sint < 16, so the slot lies inside the 4 KiB message page.
-        Ok(unsafe { self.simp.as_ptr().add(usize::from(sint) * SLOT_SIZE) })
+        debug_assert!(word < SLOT_SIZE / 8);
+        // SAFETY: sint < 16 and word < 32, so the 8-byte-aligned word lies inside the message
+        // page, which lives as long as `self`. The hypervisor writes the page concurrently; this
+        // crate only ever accesses it through these 64-bit atomics (no mixed-size access).
+        Ok(unsafe {
+            AtomicU64::from_ptr(
+                self.simp
+                    .as_ptr()
+                    .add(usize::from(sint) * SLOT_SIZE + word * 8)
+                    .cast::<u64>(),
+            )
+        })
     }
 
     /// Takes the message waiting in `sint`'s slot, if any, following the EOM protocol:
-    /// copy the slot once, free it with a compare-exchange on the type (so a message written
-    /// meanwhile is not wiped), then — after the full barrier that implies — read the pending
-    /// flag and write EOM if it is set, so the hypervisor delivers the next queued message.
+    /// load the slot's first word (type, size, flags) with acquire ordering and copy the rest
+    /// once; free the slot with a compare-exchange on that first word (so a message or pending
+    /// flag written meanwhile is never wiped); then — after the full barrier that implies —
+    /// re-read the pending flag and write EOM if it is set, so the hypervisor delivers the next
+    /// queued message.
     ///
     /// The copy's payload size is validated after the slot is freed; an oversized one is
-    /// reported as [`SynicError::OversizedMessage`]. Safe to call from an interrupt handler.
+    /// reported as [`SynicError::OversizedMessage`]. Callable from an interrupt handler. Each
+    /// SINT must have a single consumer at a time (the handler on the VP that owns this SynIC,
+    /// or code that runs with that handler masked): two consumers could both copy one message.
     pub fn take_message(&self, cpu: &impl Cpu, sint: u8) -> Result<Option<HvMessage>, SynicError> {
-        let slot = self.message_slot(sint)?;
-        let mut raw = [0u64; SLOT_SIZE / 8];
-        for (i, word) in raw.iter_mut().enumerate() {
-            // SAFETY: the slot is 256 bytes inside the message page, 8-byte aligned; the
-            // hypervisor may write it concurrently, hence the volatile read of a plain integer.
-            *word = unsafe { core::ptr::read_volatile(slot.cast::<u64>().add(i)) };
+        let first = self.slot_word(sint, 0)?;
+        // The hypervisor only fills a free slot and only sets the pending flag of a full one,
+        // so the compare-exchange below fails at most a few times; bound it anyway.
+        for _ in 0..MESSAGE_TAKE_ATTEMPTS {
+            let word0 = first.load(Ordering::Acquire);
+            if word0 as u32 == 0 {
+                return Ok(None);
+            }
+            let mut raw = [0u64; SLOT_SIZE / 8];
+            raw[0] = word0;
+            for (i, word) in raw.iter_mut().enumerate().skip(1) {
+                *word = self.slot_word(sint, i)?.load(Ordering::Relaxed);
+            }
+            // Free the slot: clear the type, keep the size and flags as they were.
+            if first
+                .compare_exchange(
+                    word0,
+                    word0 & !0xFFFF_FFFF,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let flags = (first.load(Ordering::SeqCst) >> 40) as u8;
+            if flags & MESSAGE_FLAG_PENDING != 0 {
+                write_plain_register(cpu, SyntheticRegister::Eom, 0);
+            }
+            let bytes = raw.as_bytes();
+            let (header, rest) = HvMessageHeader::read_from_prefix(bytes)
+                .map_err(|_| SynicError::InvalidSint(sint))?;
+            if usize::from(header.payload_size) > MAX_MESSAGE_PAYLOAD {
+                return Err(SynicError::OversizedMessage {
+                    sint,
+                    payload_size: header.payload_size,
+                });
+            }
+            let mut payload = [0u8; MAX_MESSAGE_PAYLOAD];
+            payload.copy_from_slice(&rest[..MAX_MESSAGE_PAYLOAD]);
+            return Ok(Some(HvMessage { header, payload }));
         }
-        let bytes = raw.as_bytes();
-        let (header, _) = HvMessageHeader::read_from_prefix(bytes).map_err(|_| {
-            // Unreachable: 256 bytes always hold a 16-byte header.
-            SynicError::InvalidSint(sint)
-        })?;
-        if header.message_type == 0 {
-            return Ok(None);
-        }
-        // SAFETY: the type field is the 4-byte-aligned first word of the slot; the hypervisor
-        // writes it atomically, and it is only accessed atomically or volatilely here.
-        let type_field = unsafe { AtomicU32::from_ptr(slot.cast::<u32>()) };
-        // If the type changed since the copy, the hypervisor rewrote the slot: leave it alone
-        // and let the caller come back for it (it will also raise the SINT again).
-        if type_field
-            .compare_exchange(header.message_type, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return Ok(None);
-        }
-        fence(Ordering::SeqCst);
-        // SAFETY: byte 5 of the slot, inside the message page; accessed atomically.
-        let flags = unsafe { AtomicU8::from_ptr(slot.add(5)) }.load(Ordering::SeqCst);
-        if flags & MESSAGE_FLAG_PENDING != 0 {
-            cpu.write_register(SyntheticRegister::Eom, 0);
-        }
-        if usize::from(header.payload_size) > MAX_MESSAGE_PAYLOAD {
-            return Err(SynicError::OversizedMessage {
-                sint,
-                payload_size: header.payload_size,
-            });
-        }
-        let mut payload = [0u8; MAX_MESSAGE_PAYLOAD];
-        payload.copy_from_slice(&bytes[16..16 + MAX_MESSAGE_PAYLOAD]);
-        Ok(Some(HvMessage { header, payload }))
+        Err(SynicError::SlotUnstable(sint))
     }
 
     fn event_word(&self, sint: u8, word: usize) -> &AtomicU64 {
@@ -323,7 +358,7 @@ impl Synic {
             return Err(SynicError::InvalidSint(sint));
         }
         if flag >= EVENT_FLAGS_PER_SINT {
-            return Ok(false);
+            return Err(SynicError::InvalidEventFlag(flag));
         }
         let bit = 1u64 << (flag % 64);
         let old = self

@@ -8,6 +8,7 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::detect::{HypervInfo, Privileges};
 use crate::page::HvPage;
 use crate::register::SyntheticRegister;
@@ -95,6 +96,10 @@ pub fn apic_frequency(cpu: &impl Cpu, info: &HypervInfo) -> Result<u64, TimeErro
 }
 
 /// An enabled reference TSC page: reference time from the TSC without leaving the guest.
+///
+/// Partition-wide: any VP may read it. Dropping it without [`ReferenceTscPage::disable`]
+/// leaves the page with the hypervisor (see [`HvPage::new`]).
+#[must_use = "dropping an enabled TSC page leaks it to the hypervisor"]
 pub struct ReferenceTscPage {
     page: HvPage,
 }
@@ -108,17 +113,25 @@ impl ReferenceTscPage {
             return Err(TimeError::BadPage);
         }
         let old = cpu.read_register(SyntheticRegister::ReferenceTsc);
-        cpu.write_register(
-            SyntheticRegister::ReferenceTsc,
-            (old & REFERENCE_TSC_PRESERVED) | page.gpa() | REFERENCE_TSC_ENABLE,
-        );
+        // SAFETY: `page` is owned by the ReferenceTscPage being built (HvPage contract) and stays
+        // reserved for the hypervisor until `disable` turns the overlay off.
+        unsafe {
+            cpu.write_register(
+                SyntheticRegister::ReferenceTsc,
+                (old & REFERENCE_TSC_PRESERVED) | page.gpa() | REFERENCE_TSC_ENABLE,
+            )
+        };
         Ok(Self { page })
     }
 
     /// Disables the page and gives it back.
     pub fn disable(self, cpu: &impl Cpu) -> HvPage {
         let old = cpu.read_register(SyntheticRegister::ReferenceTsc);
-        cpu.write_register(SyntheticRegister::ReferenceTsc, old & !REFERENCE_TSC_ENABLE);
+        write_plain_register(
+            cpu,
+            SyntheticRegister::ReferenceTsc,
+            old & !REFERENCE_TSC_ENABLE,
+        );
         self.page
     }
 

@@ -7,6 +7,7 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::detect::{Features, HypervInfo, Privileges};
 use crate::register::SyntheticRegister;
 use crate::synic::{HvMessage, MESSAGE_TYPE_TIMER_EXPIRED, SINT_COUNT};
@@ -18,6 +19,8 @@ pub const STIMER_COUNT: u8 = 4;
 const CONFIG_ENABLE: u64 = 1 << 0;
 /// STIMER_CONFIG bit 1: periodic.
 const CONFIG_PERIODIC: u64 = 1 << 1;
+/// STIMER_CONFIG bit 3: writing a non-zero COUNT enables the timer.
+const CONFIG_AUTO_ENABLE: u64 = 1 << 3;
 /// STIMER_CONFIG bit 12: direct mode.
 const CONFIG_DIRECT: u64 = 1 << 12;
 
@@ -123,14 +126,15 @@ impl SyntheticTimer {
 
     /// Stops the timer (clears CONFIG, which also disables it; COUNT is left alone).
     pub fn stop(&self, cpu: &impl Cpu) {
-        cpu.write_register(SyntheticRegister::StimerConfig(self.index), 0);
+        write_plain_register(cpu, SyntheticRegister::StimerConfig(self.index), 0);
     }
 
     fn program(&self, cpu: &impl Cpu, periodic: bool, count: u64) {
         // The timer must be disabled before its configuration changes.
         self.stop(cpu);
-        cpu.write_register(SyntheticRegister::StimerCount(self.index), count);
-        cpu.write_register(
+        write_plain_register(cpu, SyntheticRegister::StimerCount(self.index), count);
+        write_plain_register(
+            cpu,
             SyntheticRegister::StimerConfig(self.index),
             self.config_value(periodic),
         );
@@ -141,6 +145,25 @@ impl SyntheticTimer {
     pub fn arm_one_shot(&self, cpu: &impl Cpu, deadline: u64) {
         // A COUNT of 0 means "stopped"; the earliest real deadline is 1.
         self.program(cpu, false, deadline.max(1));
+    }
+
+    /// Prepares the timer for repeated one-shot use: CONFIG is written once, disabled and with
+    /// auto-enable set, so that each later [`SyntheticTimer::set_deadline`] arms it with a
+    /// single COUNT write (one register access per clock event, as Linux programs it).
+    pub fn configure_one_shot(&self, cpu: &impl Cpu) {
+        self.stop(cpu);
+        let config = (self.config_value(false) & !CONFIG_ENABLE) | CONFIG_AUTO_ENABLE;
+        write_plain_register(cpu, SyntheticRegister::StimerConfig(self.index), config);
+    }
+
+    /// Arms a timer prepared with [`SyntheticTimer::configure_one_shot`] to expire at absolute
+    /// reference time `deadline` (in the past: immediately).
+    pub fn set_deadline(&self, cpu: &impl Cpu, deadline: u64) {
+        write_plain_register(
+            cpu,
+            SyntheticRegister::StimerCount(self.index),
+            deadline.max(1),
+        );
     }
 
     /// Arms a periodic timer firing every `period` reference ticks.

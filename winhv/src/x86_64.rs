@@ -9,6 +9,11 @@ use crate::register::SyntheticRegister;
 
 /// The processor this code runs on, with the hypercall page mapped at a known address.
 ///
+/// Requirements on the kernel: hypercalls `call` into the hypercall page from inline assembly,
+/// so the kernel must be built without a red zone (as every x86_64 kernel target is), and with
+/// CET indirect-branch tracking off or the page exempted (the hypervisor's page has no
+/// `ENDBR64`; Linux hit the same issue).
+///
 /// Register accesses go straight to `rdmsr`/`wrmsr`; a register the hypervisor rejects raises
 /// `#GP` in the caller's kernel. A [`SyntheticRegister`] without an x86 MSR (none today) is
 /// read as 0 and not written.
@@ -69,12 +74,13 @@ impl Cpu for NativeCpu {
         (u64::from(high) << 32) | u64::from(low)
     }
 
-    fn write_register(&self, register: SyntheticRegister, value: u64) {
+    unsafe fn write_register(&self, register: SyntheticRegister, value: u64) {
         let Some(msr) = register.x86_msr() else {
             return;
         };
-        // SAFETY: synthetic MSR writes only affect hypervisor state; the memory they make the
-        // hypervisor touch (overlay pages) was handed over by the callers in this crate.
+        // SAFETY: WRMSR of a synthetic MSR at CPL 0 under Hyper-V (constructor contract); any
+        // page the value enables has been reserved for the hypervisor by the caller (trait
+        // contract).
         unsafe {
             asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
                  options(nostack, preserves_flags));
@@ -101,6 +107,10 @@ impl Cpu for NativeCpu {
     }
 
     fn fast_hypercall(&self, control: u64, input0: u64, input1: u64) -> u64 {
+        if control & (1 << 16) == 0 {
+            // Without the fast bit the hypervisor would take the inputs as GPAs.
+            return crate::status::HvStatus::INVALID_HYPERCALL_INPUT.0.into();
+        }
         let result: u64;
         // SAFETY: a fast hypercall passes its input in RDX/R8 and touches no guest memory; the
         // hypercall page is enabled per the constructor's contract.

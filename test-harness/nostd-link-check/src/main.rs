@@ -45,7 +45,8 @@ fn bring_up(cpu: NativeCpu, pages: [NonNull<u8>; 5]) -> Result<u64, &'static str
     let id = winhv::GuestOsId::open_source(winhv::OpenSourceOsType(0x7F), 0, 1, 0)
         .map_err(|_| "guest id")?;
     id.write(&cpu);
-    winhv::enable_hypercall_page(&cpu, 0x1000).map_err(|_| "hypercall page")?;
+    // SAFETY: never executed (see `_start`); a kernel reserves this page for the hypervisor.
+    unsafe { winhv::enable_hypercall_page(&cpu, 0x1000) }.map_err(|_| "hypercall page")?;
     // SAFETY: never executed (see `_start`); the pages stand for kernel-owned pages.
     let [a, b, c, d, e] = pages.map(|p| unsafe { winhv::HvPage::new(p, p.as_ptr() as u64) });
     let mut calls = winhv::Hypercalls::new(cpu, a, b).map_err(|_| "pages")?;

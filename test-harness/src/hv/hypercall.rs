@@ -222,7 +222,13 @@ impl State {
                 "extended GVA range format not available".into(),
             ));
         }
-        let gva_list = (usize::from(start)..usize::from(count))
+        // A rep call may return early with fewer reps done (TLFS: the ~50 µs budget); the guest
+        // continues from the reps completed.
+        let end = match self.max_reps_per_call {
+            Some(limit) if code == FLUSH_VIRTUAL_ADDRESS_LIST => count.min(start + limit.max(1)),
+            _ => count,
+        };
+        let gva_list = (usize::from(start)..usize::from(end))
             .map(|i| u64_at(input, 24 + 8 * i))
             .collect();
         self.tlb_flushes.push(TlbFlush {
@@ -232,7 +238,7 @@ impl State {
             processor_mask: u64_at(input, 16),
             gva_list,
         });
-        Ok(count)
+        Ok(end)
     }
 
     fn cluster_ipi(&mut self, input: &[u8]) -> Result<u16, Reject> {

@@ -237,6 +237,13 @@ impl MockHypervisor {
         }
     }
 
+    /// Makes rep hypercalls stop after at most `limit` reps per call and return success with
+    /// the reps completed so far, as Hyper-V does when a call exceeds its time budget; `None`
+    /// completes every rep.
+    pub fn limit_reps_per_call(&self, limit: Option<u16>) {
+        self.state().max_reps_per_call = limit;
+    }
+
     /// How many times any VP read TIME_REF_COUNT.
     pub fn time_ref_count_reads(&self) -> u64 {
         self.state().clock.counter_reads

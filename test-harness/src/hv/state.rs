@@ -72,6 +72,8 @@ pub(crate) struct State {
     pub crash_parameters: [u64; 5],
     pub crash_report: Option<CrashReport>,
     pub tlb_flushes: Vec<TlbFlush>,
+    /// Rep calls complete at most this many reps per call (the hypervisor's time budget).
+    pub max_reps_per_call: Option<u16>,
     pub ipis: Vec<(u8, u64)>,
     pub hypercall_log: Vec<(u16, u16)>,
     pub protocol_errors: Vec<String>,
@@ -101,6 +103,7 @@ impl State {
             crash_parameters: [0; 5],
             crash_report: None,
             tlb_flushes: Vec::new(),
+            max_reps_per_call: None,
             ipis: Vec::new(),
             hypercall_log: Vec::new(),
             protocol_errors: Vec::new(),

@@ -54,6 +54,9 @@ pub(crate) fn enabled_page(value: u64) -> Option<u64> {
     (value & 1 != 0).then_some(value & !0xFFF)
 }
 
+/// The message-pending flag (byte 5, bit 0) within a slot's first 8 bytes.
+const PENDING_FLAG_IN_HEADER: u64 = 1 << 40;
+
 impl Synic {
     fn enabled(&self) -> bool {
         self.scontrol & 1 != 0
@@ -85,12 +88,27 @@ impl Synic {
         if !mem.in_ram(slot, SLOT_SIZE as usize) {
             return None;
         }
-        let type_cell = mem.atomic_u32(slot);
-        if type_cell.load(Ordering::Acquire) != 0 {
+        // The slot's first 8 bytes (type, size, flags) change as one word: the check "occupied"
+        // and the setting of the pending flag must be one atomic step, or a guest that frees
+        // the slot in between would find it free with a stale pending flag and no message.
+        let header = mem.atomic_u64(slot);
+        let mut word = header.load(Ordering::Acquire);
+        loop {
+            if word as u32 == 0 {
+                break;
+            }
             // Occupied: tell the guest more is waiting.
-            mem.atomic_u8(slot + 5).fetch_or(1, Ordering::AcqRel);
-            return None;
+            match header.compare_exchange_weak(
+                word,
+                word | PENDING_FLAG_IN_HEADER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return None,
+                Err(current) => word = current,
+            }
         }
+        let type_cell = mem.atomic_u32(slot);
         let msg = self.queues[sint].pop_front()?;
         let mut body = [0u8; SLOT_SIZE as usize - 4];
         body[0] = msg.payload.len() as u8;

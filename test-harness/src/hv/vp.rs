@@ -21,6 +21,13 @@ impl MockVp {
         self.index as u32
     }
 
+    /// Writes a synthetic register (WRMSR) without the trait's `unsafe`: the mock's guest RAM
+    /// is one raw block only ever accessed through raw pointers, so an overlay the write enables
+    /// cannot invalidate a Rust reference. Tests that play the guest by hand use this.
+    pub fn write_register(&self, register: SyntheticRegister, value: u64) {
+        self.run(|s, mem, vp| s.write_register(mem, vp, register, value))
+    }
+
     /// Runs `f` under the lock; a fault is recorded, the lock released, then it panics.
     fn run<T>(&self, f: impl FnOnce(&mut State, &GuestMemory, usize) -> Result<T, Fault>) -> T {
         let shared = &self.hv.shared;
@@ -45,8 +52,8 @@ impl Cpu for MockVp {
         self.run(|s, _, vp| s.read_register(vp, register))
     }
 
-    fn write_register(&self, register: SyntheticRegister, value: u64) {
-        self.run(|s, mem, vp| s.write_register(mem, vp, register, value))
+    unsafe fn write_register(&self, register: SyntheticRegister, value: u64) {
+        MockVp::write_register(self, register, value)
     }
 
     unsafe fn hypercall(&self, control: u64, input_gpa: u64, output_gpa: u64) -> u64 {

@@ -15,6 +15,7 @@ use protocol::{
 };
 
 use crate::cpu::Cpu;
+use crate::cpu::write_plain_register;
 use crate::page::{HV_PAGE_SIZE, HvPage};
 use crate::register::SyntheticRegister;
 use crate::status::{HvError, HvStatus};
@@ -61,7 +62,13 @@ impl core::error::Error for HypercallSetupError {}
 /// The page is an overlay: while enabled, the hypervisor's code hides whatever RAM is at that
 /// address. Reads the register back to confirm the enable bit took (it stays clear while
 /// GUEST_OS_ID is 0). Call once per partition, after [`crate::GuestOsId::write`].
-pub fn enable_hypercall_page(cpu: &impl Cpu, gpa: u64) -> Result<(), HypercallSetupError> {
+///
+/// # Safety
+///
+/// `gpa` names a page reserved for the hypervisor until [`disable_hypercall_page`] (or
+/// forever): nothing else uses the RAM behind it, and it is mapped executable at the address
+/// given to the [`Cpu`] implementation that calls through it.
+pub unsafe fn enable_hypercall_page(cpu: &impl Cpu, gpa: u64) -> Result<(), HypercallSetupError> {
     if !gpa.is_multiple_of(HV_PAGE_SIZE as u64) {
         return Err(HypercallSetupError::Misaligned(gpa));
     }
@@ -75,7 +82,8 @@ pub fn enable_hypercall_page(cpu: &impl Cpu, gpa: u64) -> Result<(), HypercallSe
         });
     }
     let value = (old & HYPERCALL_PRESERVED) | gpa | HYPERCALL_ENABLE;
-    cpu.write_register(SyntheticRegister::Hypercall, value);
+    // SAFETY: the caller reserves the page for the hypervisor (this function's contract).
+    unsafe { cpu.write_register(SyntheticRegister::Hypercall, value) };
     if cpu.read_register(SyntheticRegister::Hypercall) & HYPERCALL_ENABLE == 0 {
         return Err(HypercallSetupError::GuestOsIdNotSet);
     }
@@ -85,7 +93,7 @@ pub fn enable_hypercall_page(cpu: &impl Cpu, gpa: u64) -> Result<(), HypercallSe
 /// Disables the hypercall page, restoring the RAM it covered. The GPN is kept.
 pub fn disable_hypercall_page(cpu: &impl Cpu) {
     let old = cpu.read_register(SyntheticRegister::Hypercall);
-    cpu.write_register(SyntheticRegister::Hypercall, old & !HYPERCALL_ENABLE);
+    write_plain_register(cpu, SyntheticRegister::Hypercall, old & !HYPERCALL_ENABLE);
 }
 
 /// Why a typed hypercall was not issued or did not succeed.
@@ -95,6 +103,14 @@ pub enum HypercallError {
     Hv(HvError),
     /// An argument breaks a rule the hypervisor would reject it for; nothing was issued.
     InvalidArgument(&'static str),
+    /// A rep hypercall reported success without completing more reps (or more reps than
+    /// asked); it was not reissued, to avoid looping forever.
+    NoProgress {
+        /// Reps completed before the call.
+        start: u16,
+        /// Reps the hypervisor reported completed.
+        reported: u16,
+    },
 }
 
 impl From<HvError> for HypercallError {
@@ -115,6 +131,10 @@ impl fmt::Display for HypercallError {
         match self {
             Self::Hv(e) => e.fmt(f),
             Self::InvalidArgument(why) => write!(f, "invalid hypercall argument: {why}"),
+            Self::NoProgress { start, reported } => write!(
+                f,
+                "rep hypercall made no progress (from rep {start}, hypervisor reported {reported})"
+            ),
         }
     }
 }
@@ -134,20 +154,43 @@ bitflags! {
     }
 }
 
+/// Most pages one GVA-list entry can add after its first page (12 bits).
+pub const MAX_ADDITIONAL_PAGES: u16 = 0x0FFF;
+
 /// One entry of HvCallFlushVirtualAddressList: a page-aligned virtual address and how many
 /// following pages to flush with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GvaRange {
-    /// First virtual address (rounded down to its page).
-    pub start: u64,
-    /// Pages after the first one (0..=4095).
-    pub additional_pages: u16,
+    start: u64,
+    additional_pages: u16,
 }
 
 impl GvaRange {
+    /// The page holding `start` and `additional_pages` pages after it, or `None` if more than
+    /// [`MAX_ADDITIONAL_PAGES`] are asked for (split such ranges into several entries).
+    pub const fn new(start: u64, additional_pages: u16) -> Option<Self> {
+        if additional_pages > MAX_ADDITIONAL_PAGES {
+            return None;
+        }
+        Some(Self {
+            start: start & !0xFFF,
+            additional_pages,
+        })
+    }
+
+    /// First page's virtual address.
+    pub const fn start(self) -> u64 {
+        self.start
+    }
+
+    /// Pages flushed after the first one.
+    pub const fn additional_pages(self) -> u16 {
+        self.additional_pages
+    }
+
     /// The wire encoding: bits 63:12 the page, bits 11:0 the additional page count.
     pub const fn encode(self) -> u64 {
-        (self.start & !0xFFF) | (self.additional_pages as u64 & 0xFFF)
+        self.start | self.additional_pages as u64
     }
 }
 
@@ -317,11 +360,10 @@ impl<C: Cpu> Hypercalls<C> {
                 }
                 if done <= start || done > count {
                     // No progress (or a nonsensical count): give up rather than loop forever.
-                    return Err(HypercallError::Hv(HvError(if result.status.is_success() {
-                        HvStatus::INVALID_HYPERCALL_INPUT
-                    } else {
-                        result.status
-                    })));
+                    return Err(HypercallError::NoProgress {
+                        start,
+                        reported: done,
+                    });
                 }
                 start = done;
             }
@@ -447,10 +489,8 @@ mod tests {
 
     #[test]
     fn gva_range_encoding() {
-        let r = GvaRange {
-            start: 0xFFFF_8000_1234_5678,
-            additional_pages: 0x1FFF,
-        };
+        let r = GvaRange::new(0xFFFF_8000_1234_5678, 0xFFF).unwrap();
         assert_eq!(r.encode(), 0xFFFF_8000_1234_5FFF);
+        assert_eq!(GvaRange::new(0, 0x1000), None, "13 bits do not fit");
     }
 }
