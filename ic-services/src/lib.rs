@@ -12,6 +12,31 @@
 //! service's own message type to an [`IcHandler`]: [`heartbeat::Heartbeat`],
 //! [`shutdown::Shutdown`], [`timesync::TimeSync`], [`kvp::Kvp`].
 //!
+//! ```
+//! use ic_services::{heartbeat::Heartbeat, IcEvent, IcService, IcVersion};
+//!
+//! let mut hb = IcService::new(Heartbeat::new());
+//! // The host's NEGOTIATE: pipe header, IC header (type 0), then counts 1/1 and 3.0, 3.0.
+//! let mut req = [0u8; 44];
+//! req[0] = 1; // pipe: data
+//! req[4] = 36; // pipe: bytes after the pipe header
+//! req[18] = 16; // icmsgsize
+//! req[25] = 0x3; // TRANSACTION | REQUEST
+//! req[28] = 1; // one framework version
+//! req[30] = 1; // one service version
+//! req[36] = 3; // framework 3.0
+//! req[40] = 3; // heartbeat 3.0
+//! let mut resp = [0u8; 64];
+//! let reply = hb.handle(&req, &mut resp).unwrap();
+//! // Send resp[..reply.len] as an in-band packet with the host's transaction id.
+//! assert_eq!(reply.len, 44);
+//! assert_eq!(resp[25], 0x5); // TRANSACTION | RESPONSE
+//! assert_eq!(
+//!     reply.event,
+//!     IcEvent::Negotiated { framework: IcVersion::new(3, 0), service: IcVersion::new(3, 0) }
+//! );
+//! ```
+//!
 //! Host input is untrusted: every length, count, pool number and string is validated; nothing
 //! panics on any byte input; failures are typed ([`IcError`]).
 #![no_std]
@@ -142,6 +167,24 @@ pub trait IcHandler {
         version: IcVersion,
         payload: &mut [u8],
     ) -> Result<Outcome, IcError>;
+}
+
+/// A service kept elsewhere (e.g. a large [`kvp::Kvp`] in a `static`) can be driven by reference.
+impl<T: IcHandler> IcHandler for &mut T {
+    const MSG_TYPE: IcMsgType = T::MSG_TYPE;
+    const DEVICE_CLASS: DeviceClass = T::DEVICE_CLASS;
+
+    fn service_versions(&self) -> &[IcVersion] {
+        (**self).service_versions()
+    }
+
+    fn handle_message(
+        &mut self,
+        version: IcVersion,
+        payload: &mut [u8],
+    ) -> Result<Outcome, IcError> {
+        (**self).handle_message(version, payload)
+    }
 }
 
 /// A service endpoint: common header handling, NEGOTIATE, and routing to the service.

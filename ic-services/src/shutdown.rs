@@ -3,11 +3,10 @@
 //! accepted, E_FAIL if refused or malformed) goes back *before* the OS acts, which it does on
 //! [`crate::IcEvent::ShutdownRequested`].
 
-use crate::protocol::{IcVersion, ShutdownFlags};
+use crate::protocol::{IcVersion, ShutdownFlags, ShutdownMsg};
 use crate::{IcError, IcEvent, IcHandler, IcMsgType, IcStatus, Outcome};
 use vmbus_guest::protocol::DeviceClass;
 use zerocopy::FromBytes;
-use zerocopy::byteorder::little_endian::U32;
 
 /// Shutdown service versions in preference order (Linux `sd_versions`: 3.2, 3.1, 3.0, 1.0).
 pub const SHUTDOWN_VERSIONS: &[IcVersion] = &[
@@ -17,9 +16,10 @@ pub const SHUTDOWN_VERSIONS: &[IcVersion] = &[
     IcVersion::new(1, 0),
 ];
 
-/// Bytes of the shutdown payload the guest needs: reason, timeout and flags. The 2048-byte
-/// display message is not interpreted and may be absent.
-pub const SHUTDOWN_MIN_PAYLOAD: usize = 12;
+/// Bytes of the shutdown payload the guest requires: the whole `shutdown_msg_data` (reason,
+/// timeout, flags and the 2048-byte display message), as Linux checks; shorter packets are
+/// dropped without an answer.
+pub const SHUTDOWN_MIN_PAYLOAD: usize = core::mem::size_of::<ShutdownMsg>();
 
 /// Reason code bit meaning "planned".
 pub const REASON_PLANNED: u32 = 0x8000_0000;
@@ -124,14 +124,15 @@ impl<P: ShutdownPolicy> IcHandler for Shutdown<P> {
         version: IcVersion,
         payload: &mut [u8],
     ) -> Result<Outcome, IcError> {
-        let Ok((fields, _)) = <[U32; 3]>::read_from_prefix(payload) else {
+        let Ok((msg, _)) = ShutdownMsg::ref_from_prefix(payload) else {
             return Err(IcError::TruncatedPayload {
                 msg_type: Self::MSG_TYPE,
                 needed: SHUTDOWN_MIN_PAYLOAD,
                 got: payload.len(),
             });
         };
-        let [reason, timeout, flags] = fields.map(|f| f.get());
+        let [reason, timeout, flags] =
+            [msg.reason_code, msg.timeout_seconds, msg.flags].map(|f| f.get());
         let (kind, force) = match decode_flags(flags) {
             Ok(k) => k,
             Err(e) => {
