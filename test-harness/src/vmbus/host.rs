@@ -442,6 +442,11 @@ impl MockVmbusHost {
         self.errors.all()
     }
 
+    /// Returns and forgets the protocol errors so far (for hostile tests that expect some).
+    pub fn take_protocol_errors(&mut self) -> Vec<String> {
+        self.errors.take()
+    }
+
     /// The negotiated VMBus version, if connected.
     pub fn negotiated_version(&self) -> Option<VmbusVersion> {
         self.conn.as_ref().map(|c| c.version)

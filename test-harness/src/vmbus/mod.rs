@@ -57,6 +57,11 @@ impl ErrorLog {
             .push(e);
     }
 
+    /// Takes every violation so far.
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Every violation so far.
     pub(crate) fn all(&self) -> Vec<String> {
         self.0
