@@ -1035,3 +1035,97 @@ fn modifychannel_is_acknowledged_from_5_3() {
         rig.assert_clean();
     }
 }
+
+#[test]
+fn fault_injection_helpers() {
+    // Connection state: supported but failed, host stays disconnected.
+    let mut rig = Rig::new(HostRelease::Ws2016);
+    rig.host.set_connection_state(1);
+    let r = rig.try_version(VmbusVersion::V4_0).unwrap();
+    assert_eq!((r[8], r[9]), (1, 1));
+    assert_eq!(rig.host.negotiated_version(), None);
+    rig.host.set_connection_state(0);
+    assert_eq!(rig.negotiate(), VmbusVersion::V4_0);
+
+    // Failed GPADL and failed open, without protocol errors.
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    rig.host.fail_next_gpadl(0xC000_009A);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0xC000_009A);
+    assert_eq!(rig.host.gpadls(), 0);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0, "handle reusable after failure");
+    rig.host.fail_next_open(1, 0xC000_0001);
+    assert_eq!(rig.open(1, 1, 4), 0xC000_0001);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    rig.assert_clean();
+
+    // Raw injected message reaches the guest's control SINT.
+    rig.host
+        .inject_raw_message(&[200, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+    let m = rig.recv().unwrap();
+    assert_eq!(m, vec![200, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+
+    // A garbage inbound write index for the guest to reject.
+    assert!(rig.host.corrupt_inbound_write_index(1, 0xFFFF_FFF0));
+    assert_eq!(u32_at(&rig.read_mem(gpa + 4 * 4096, 4), 0), 0xFFFF_FFF0);
+}
+
+#[test]
+fn more_rejections() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    // CLIENT_ID requested but the 40-byte form sent: rejected.
+    let msg = rig.contact_msg(VmbusVersion::V6_0, FeatureFlags::CLIENT_ID.bits());
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    // < 5.0 on connection 4 of a multi-client host: rejected.
+    let msg = rig.contact_msg(VmbusVersion::V4_1, 0);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    assert_eq!(rig.negotiate(), VmbusVersion::V6_0);
+    // INITIATE_CONTACT again without UNLOAD: flagged, host resets and answers.
+    let msg = rig.contact_msg(VmbusVersion::V6_0, 0);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 1);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    rig.request_offers();
+    // OPENCHANNEL for an unknown relid: failure status; CLOSECHANNEL of a closed channel.
+    assert_ne!(rig.open(9, 1, 4), 0);
+    rig.post(CloseChannel::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.take_protocol_errors().len(), 2);
+    // GPADL_HEADER with handle 0 and with a relid never offered.
+    let (_, gpa) = rig.alloc(2);
+    let mut m = GpadlHeader::new(1, 0, 24, 1).as_bytes().to_vec();
+    m.extend_from_slice(
+        GpaRange {
+            byte_count: 8192,
+            byte_offset: 0,
+        }
+        .as_bytes(),
+    );
+    m.extend_from_slice([WirePfn::new(gpa / 4096), WirePfn::new(gpa / 4096 + 1)].as_bytes());
+    rig.post(&m);
+    rig.host.step();
+    assert!(rig.recv().is_none());
+    assert_ne!(rig.gpadl(7, 3, gpa, 2), 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 2);
+    // Rescinding a device the guest has not seen yet sends nothing.
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    let relid = rig
+        .host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.host.rescind(relid);
+    assert_eq!(rig.host.channel_state(relid), None);
+    rig.negotiate();
+    assert!(rig.request_offers().is_empty());
+    rig.assert_clean();
+}

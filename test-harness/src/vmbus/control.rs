@@ -135,11 +135,12 @@ impl MockVmbusHost {
         } else {
             0
         };
-        let sint = if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 {
-            c.target_sint()
-        } else {
-            VMBUS_MESSAGE_SINT
-        };
+        let sint =
+            if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 && c.target_sint() < 16 {
+                c.target_sint()
+            } else {
+                VMBUS_MESSAGE_SINT
+            };
         let multi_client = connection_id == MESSAGE_CONNECTION_ID_MULTI_CLIENT;
         if connection_id != MESSAGE_CONNECTION_ID && !multi_client {
             self.error(format!(
@@ -176,6 +177,12 @@ impl MockVmbusHost {
             accepted = false;
         }
         let granted = features & self.host_features;
+        // Injected failure (2.4+ hosts report it): supported but not connected.
+        let state = if accepted && version >= VmbusVersion::V2_4 {
+            self.connection_state
+        } else {
+            0
+        };
         let id_or_version = match (accepted, version >= VmbusVersion::V5_0) {
             (true, true) => self.multi_client_connection_id,
             (true, false) => version.0,
@@ -184,7 +191,7 @@ impl MockVmbusHost {
         let base = VersionResponse {
             header: MessageHeader::new(MessageType::VERSION_RESPONSE),
             version_supported: u8::from(accepted),
-            connection_state: 0,
+            connection_state: state,
             padding: 0,
             selected_version_or_connection_id: id_or_version,
         };
@@ -197,7 +204,7 @@ impl MockVmbusHost {
         } else {
             self.send_to(vp, sint, base.as_bytes());
         }
-        if !accepted {
+        if !accepted || state != 0 {
             return;
         }
         let monitor_pages = (c.parent_to_child_monitor_page_gpa != 0).then_some((
@@ -314,6 +321,10 @@ impl MockVmbusHost {
             return;
         };
         let (relid, open_id) = (o.relid, o.open_id);
+        if let Some(status) = self.fail_next_open.remove(&relid) {
+            self.open_result(relid, open_id, status);
+            return;
+        }
         match self.validate_open(&o, msg) {
             Ok(None) => {}
             Ok(Some(p)) => {
@@ -517,7 +528,13 @@ impl MockVmbusHost {
         match r {
             Err(e) => self.error(e),
             Ok(GpadlProgress::Incomplete) => {}
-            Ok(GpadlProgress::Created { relid, handle }) => self.gpadl_created(relid, handle, 0),
+            Ok(GpadlProgress::Created { relid, handle }) => match self.fail_next_gpadl.take() {
+                Some(status) => {
+                    self.lock_gpadls().live.remove(&handle);
+                    self.gpadl_created(relid, handle, status);
+                }
+                None => self.gpadl_created(relid, handle, 0),
+            },
             Ok(GpadlProgress::Failed {
                 relid,
                 handle,

@@ -105,6 +105,9 @@ pub struct MockVmbusHost {
     pub(super) multi_client_connection_id: u32,
     pub(super) poll_rings: bool,
     pub(super) stray_signals: u64,
+    pub(super) connection_state: u8,
+    pub(super) fail_next_open: BTreeMap<u32, u32>,
+    pub(super) fail_next_gpadl: Option<u32>,
 }
 
 impl MockVmbusHost {
@@ -132,6 +135,9 @@ impl MockVmbusHost {
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
             stray_signals: 0,
+            connection_state: 0,
+            fail_next_open: BTreeMap::new(),
+            fail_next_gpadl: None,
         }
     }
 
@@ -554,6 +560,25 @@ impl MockVmbusHost {
             };
             self.finish_open(relid, *p);
         }
+    }
+
+    /// Fault injection: VERSION_RESPONSE to an acceptable ≥ 2.4 INITIATE_CONTACT reports this
+    /// connection state (1 = low resources, 2 = unknown failure) and the host stays
+    /// disconnected. 0 (the default) is success.
+    pub fn set_connection_state(&mut self, state: u8) {
+        self.connection_state = state;
+    }
+
+    /// Fault injection: the next OPENCHANNEL for `relid` is answered with `status` (non-zero)
+    /// without opening anything.
+    pub fn fail_next_open(&mut self, relid: u32, status: u32) {
+        self.fail_next_open.insert(relid, status);
+    }
+
+    /// Fault injection: the next GPADL that completes is answered GPADL_CREATED(`status`) and
+    /// discarded.
+    pub fn fail_next_gpadl(&mut self, status: u32) {
+        self.fail_next_gpadl = Some(status);
     }
 
     /// Turns the guest's inbound ring of `relid` into garbage for hostile tests: writes
