@@ -177,12 +177,13 @@ impl MockVmbusHost {
             accepted = false;
         }
         let granted = features & self.host_features;
-        // Injected failure (2.4+ hosts report it): supported but not connected.
-        let state = if accepted && version >= VmbusVersion::V2_4 {
-            self.connection_state
-        } else {
-            0
-        };
+        // Injected failure: 2.4+ report it as supported with a failed connection state; older
+        // versions have no state field, so the failure is reported as "not supported".
+        let mut state = if accepted { self.connection_state } else { 0 };
+        if state != 0 && version < VmbusVersion::V2_4 {
+            accepted = false;
+            state = 0;
+        }
         let id_or_version = match (accepted, version >= VmbusVersion::V5_0) {
             (true, true) => self.multi_client_connection_id,
             (true, false) => version.0,
