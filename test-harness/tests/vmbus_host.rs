@@ -1129,3 +1129,44 @@ fn more_rejections() {
     assert!(rig.request_offers().is_empty());
     rig.assert_clean();
 }
+
+#[test]
+fn rescind_cancels_a_withheld_open() {
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.host.set_withhold_open_result(1, true);
+    rig.negotiate();
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 5, gpa, 8), 0);
+    let mut o = OpenChannel::new_zeroed();
+    o.header = MessageHeader::new(MessageType::OPENCHANNEL);
+    o.relid = 1;
+    o.ring_gpadl_handle = 5;
+    o.downstream_ring_page_offset = 4;
+    rig.post(o.as_bytes());
+    rig.host.step();
+    rig.host.rescind(1);
+    rig.host.set_withhold_open_result(1, false);
+    let r = rig.recv().expect("rescind");
+    assert_eq!(
+        MessageType(u32_at(&r, 0)),
+        MessageType::RESCIND_CHANNELOFFER
+    );
+    assert!(rig.recv().is_none(), "the open never completes");
+    // The ring GPADL is no longer in use: teardown is answered at once.
+    rig.post(
+        GpadlTeardown {
+            header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+            relid: 1,
+            gpadl_handle: 5,
+        }
+        .as_bytes(),
+    );
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    rig.post(RelidReleased::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.channel_state(1), Some(ChannelState::Released));
+    rig.assert_clean();
+}

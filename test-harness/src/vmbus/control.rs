@@ -495,11 +495,14 @@ impl MockVmbusHost {
             return;
         }
         if active {
+            let was_open = matches!(e.phase, Phase::Open);
             e.phase = Phase::Closed;
             e.ch.detach();
-            if !e.rescinded {
+            if was_open && !e.rescinded {
                 e.model.on_close();
             }
+        } else {
+            e.phase = Phase::Closed;
         }
         let gpadl = e.ring_gpadl.take();
         if let Some(h) = gpadl {
@@ -649,9 +652,9 @@ impl MockVmbusHost {
     pub(super) fn reset_connection(&mut self) {
         self.channels.retain(|_, e| !e.rescinded);
         for e in self.channels.values_mut() {
-            let active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+            let was_open = matches!(e.phase, Phase::Open);
             e.ch.detach();
-            if active {
+            if was_open {
                 e.model.on_close();
             }
             e.phase = Phase::Idle;

@@ -291,9 +291,13 @@ impl MockVmbusHost {
             return;
         }
         e.rescinded = true;
-        let was_active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+        // A withheld open of a rescinded channel never completes.
+        if matches!(e.phase, Phase::Opening(_)) {
+            e.phase = Phase::Idle;
+        }
+        let was_open = matches!(e.phase, Phase::Open);
         e.ch.detach();
-        if was_active {
+        if was_open {
             e.model.on_close();
         }
         let gpadl = e.ring_gpadl.take();
