@@ -1170,3 +1170,33 @@ fn rescind_cancels_a_withheld_open() {
     assert_eq!(rig.host.channel_state(1), Some(ChannelState::Released));
     rig.assert_clean();
 }
+
+#[test]
+fn gpadl_ranges_and_modify_connection() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    let want = FeatureFlags::MODIFY_CONNECTION.bits();
+    let msg = rig.contact_msg(VmbusVersion::V6_0, want);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    rig.conn = u32_at(&r, 12);
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(30);
+    assert_eq!(rig.gpadl(1, 0x42, gpa, 30), 0);
+    let ranges = rig.host.gpadl_ranges(0x42).unwrap();
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(ranges[0].byte_count, 30 * 4096);
+    assert_eq!(ranges[0].pfns.first(), Some(&(gpa / 4096)));
+    assert_eq!(ranges[0].pfns.len(), 30);
+    // MODIFY_CONNECTION with new monitor pages: answered with state 0.
+    let (_, p) = rig.alloc(2);
+    let mut m = MessageType::MODIFY_CONNECTION.0.to_le_bytes().to_vec();
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&p.to_le_bytes());
+    m.extend_from_slice(&(p + 4096).to_le_bytes());
+    rig.post(&m);
+    let r = rig.expect(MessageType::MODIFY_CONNECTION_RESPONSE);
+    assert_eq!((r.len(), r[8]), (9, 0));
+    rig.assert_clean();
+}

@@ -497,6 +497,14 @@ impl MockVmbusHost {
         self.lock_gpadls().live.len()
     }
 
+    /// The ranges of live GPADL `handle` as the host mapped them.
+    pub fn gpadl_ranges(&self, handle: u32) -> Option<Vec<super::GpadlRange>> {
+        self.lock_gpadls()
+            .live
+            .get(&handle)
+            .map(|g| g.ranges.clone())
+    }
+
     /// Whether the guest unloaded (UNLOAD answered) and has not reconnected since.
     pub fn unloaded(&self) -> bool {
         self.unloaded
