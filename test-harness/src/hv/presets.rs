@@ -11,9 +11,9 @@ pub enum HostPreset {
     /// Windows Server 2022 / Azure (hypervisor 10.0 build 20348): direct-mode timers,
     /// AutoEOI deprecated, cluster IPI and x2APIC recommended.
     Ws2022,
-    /// Another hypervisor (KVM): CPUID.1:ECX[31] set, vendor "KVMKVMKVM\0\0\0", no "Hv#1".
+    /// Another hypervisor (KVM): CPUID.1:ECX bit 31 set, vendor "KVMKVMKVM\0\0\0", no "Hv#1".
     NotHyperV,
-    /// No hypervisor at all: CPUID.1:ECX[31] clear.
+    /// No hypervisor at all: CPUID.1:ECX bit 31 clear.
     BareMetal,
 }
 
