@@ -8,7 +8,7 @@
 //!
 //! Bring-up order on each boot (the first three once per partition, the rest per virtual
 //! processor):
-//! 1. [`detect`] Hyper-V and check privileges with [`HypervInfo::require`];
+//! 1. [`detect()`] Hyper-V and check privileges with [`HypervInfo::require`];
 //! 2. write a [`GuestOsId`];
 //! 3. [`enable_hypercall_page`];
 //! 4. [`Hypercalls::new`] with two parameter pages, [`Synic::enable`] with the message and
