@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod bitmap;
+pub mod channel;
 pub mod connection;
 pub mod error;
 pub mod gpadl;
@@ -18,6 +19,7 @@ pub mod transport;
 pub mod wait;
 
 pub use bitmap::ChannelBitmap;
+pub use channel::{Channel, ChannelConfig, PendingOpen, Received};
 pub use connection::{
     Connection, ConnectionConfig, ConnectionState, Event, GpadlBuffer, Negotiated, Stats,
 };

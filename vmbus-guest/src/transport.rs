@@ -106,7 +106,7 @@ impl<C: Cpu> Transport for SynicTransport<C> {
         // SINT 2 is a valid SINT, so this cannot fail.
         let _ = self
             .synic
-            .take_event_flags(VMBUS_MESSAGE_SINT, limit, |f| on_flag(f));
+            .take_event_flags(VMBUS_MESSAGE_SINT, limit, on_flag);
     }
 
     fn vp_index(&self) -> u32 {

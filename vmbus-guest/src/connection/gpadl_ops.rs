@@ -242,3 +242,10 @@ impl GpadlBuffer {
         }
     }
 }
+
+impl<T: Transport, H: Hal> Connection<T, H> {
+    /// Forgets a GPADL handle without telling the host (failed, revoked or leaked ones).
+    pub(crate) fn forget_gpadl(&mut self, handle: u32) {
+        self.gpadls.remove(handle);
+    }
+}

@@ -15,8 +15,8 @@ use crate::gpadl::GpadlTable;
 use crate::hal::{HV_PAGE_SIZE, Hal};
 use crate::offers::{OfferInfo, OfferTable, OpenState};
 use crate::protocol::{
-    CloseChannel, FeatureFlags, InitiateContact, MonitorPage, OpenChannel, OpenChannelExtended,
-    RelidReleased, VmbusVersion,
+    CloseChannel, FeatureFlags, MonitorPage, OpenChannel, OpenChannelExtended, RelidReleased,
+    VmbusVersion,
 };
 use crate::transport::Transport;
 use crate::wait::Wait;
@@ -492,3 +492,6 @@ impl<T: Transport, H: Hal> Drop for Connection<T, H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
