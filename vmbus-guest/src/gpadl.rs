@@ -198,10 +198,11 @@ impl GpadlTable {
         }
     }
 
-    /// The channel was rescinded: waits on its GPADLs end, their memory is not reusable.
+    /// The channel was rescinded: creations waiting for GPADL_CREATED end, their memory is
+    /// not reusable. Teardowns keep waiting (bounded) for GPADL_TORNDOWN.
     pub(crate) fn revoke_channel(&mut self, relid: u32) {
         for e in self.entries.iter_mut().filter(|e| e.relid == relid) {
-            if matches!(e.state, GpadlState::Creating | GpadlState::TearingDown) {
+            if e.state == GpadlState::Creating {
                 e.state = GpadlState::Revoked;
             }
         }

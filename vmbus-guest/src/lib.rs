@@ -15,6 +15,8 @@ pub mod offers;
 pub mod protocol;
 pub mod requestor;
 pub mod ring;
+#[cfg(test)]
+mod test_util;
 pub mod transport;
 pub mod wait;
 

@@ -431,3 +431,6 @@ impl Channel {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -178,8 +178,9 @@ impl PendingOpen {
         let relid = self.info.relid;
         if self.stage == Stage::WaitOpen
             && conn.channel_status(relid, self.generation)
-                == crate::connection::ChannelLiveness::Live
+                != crate::connection::ChannelLiveness::Gone
         {
+            // The host may have mapped the rings on OPENCHANNEL even if it never answered.
             let _ = conn.post_close(relid);
         }
         release_ring_memory(

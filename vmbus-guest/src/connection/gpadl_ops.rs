@@ -111,16 +111,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             gpadl_handle: handle,
         };
         self.post(msg.as_bytes())?;
-        let rescinded = self.offers.get(relid).is_none_or(|e| e.rescinded);
-        // A rescinded channel's host may never answer: the wait ends as revoked.
-        self.gpadls.set_state(
-            handle,
-            if rescinded {
-                GpadlState::Revoked
-            } else {
-                GpadlState::TearingDown
-            },
-        );
+        self.gpadls.set_state(handle, GpadlState::TearingDown);
         Ok(())
     }
 
