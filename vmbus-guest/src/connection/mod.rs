@@ -35,6 +35,11 @@ pub const EVENT_QUEUE: usize = 64;
 /// PostMessage attempts on a transient status (INSUFFICIENT_BUFFERS) before giving up.
 pub const POST_ATTEMPTS: u32 = 20;
 
+/// Pages the connection shares with the host: two monitor pages and the legacy interrupt page.
+pub(crate) const SHARED_PAGES: usize = 3;
+/// Offset of the send half of the legacy interrupt page.
+const LEGACY_SEND_HALF: usize = 2048;
+
 /// What the caller configures about the connection.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionConfig {
@@ -133,7 +138,8 @@ pub struct Connection<T: Transport, H: Hal> {
     config: ConnectionConfig,
     state: ConnectionState,
     negotiated: Option<Negotiated>,
-    /// Two zeroed pages: [0] parent→child, [1] child→parent monitor page.
+    /// Three zeroed pages: [0] parent→child and [1] child→parent monitor page, [2] the legacy
+    /// interrupt page (receive half, then send half) used below 2.4.
     monitor_pages: Option<NonNull<u8>>,
     offers: OfferTable,
     gpadls: GpadlTable,
@@ -461,6 +467,23 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             word.fetch_or(bit, Ordering::SeqCst);
             return Ok(());
         }
+        if !info.dedicated_interrupt
+            && self.version().is_some_and(|v| v < VmbusVersion::V2_4)
+            && let Some(pages) = self.monitor_pages
+            && info.relid < crate::protocol::MAX_CHANNELS
+        {
+            // SAFETY: the legacy interrupt page's send half; relid < 2048 so the word lies in
+            // the page. Shared with the host, hence atomic.
+            let w = unsafe {
+                AtomicU32::from_ptr(
+                    pages
+                        .as_ptr()
+                        .add(2 * HV_PAGE_SIZE + LEGACY_SEND_HALF + info.relid as usize / 32 * 4)
+                        .cast(),
+                )
+            };
+            w.fetch_or(1 << (info.relid % 32), Ordering::SeqCst);
+        }
         self.transport
             .signal_event(info.connection_id)
             .map_err(VmbusError::Signal)
@@ -487,8 +510,8 @@ impl<T: Transport, H: Hal> Drop for Connection<T, H> {
             )
             && self.negotiated.is_none()
         {
-            // SAFETY: two pages from `alloc_pages(2)`; no connection uses them any more.
-            unsafe { self.hal.free_pages(p, 2) };
+            // SAFETY: pages from `alloc_pages(SHARED_PAGES)`; no connection uses them any more.
+            unsafe { self.hal.free_pages(p, SHARED_PAGES) };
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Version negotiation (vmbus-core §5.5), REQUESTOFFERS and UNLOAD (§10.2).
 
-use super::{Connection, ConnectionState, Event, Negotiated};
+use super::{Connection, ConnectionState, Event, Negotiated, SHARED_PAGES};
 use crate::error::VmbusError;
 use crate::hal::{HV_PAGE_SIZE, Hal};
 use crate::protocol::{
@@ -28,9 +28,9 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             Some(p) => {
                 // SAFETY: the two monitor pages are owned by this connection and, while
                 // disconnected, not in use by the host.
-                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, 2 * HV_PAGE_SIZE) }
+                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, SHARED_PAGES * HV_PAGE_SIZE) }
             }
-            None => self.monitor_pages = Some(self.hal.alloc_pages(2)?),
+            None => self.monitor_pages = Some(self.hal.alloc_pages(SHARED_PAGES)?),
         }
         self.negotiated = None;
         self.offers.clear();
@@ -40,18 +40,20 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         self.send_contact(0)
     }
 
-    fn monitor_gpas(&self) -> Result<(u64, u64), VmbusError> {
+    fn shared_gpas(&self) -> Result<(u64, u64, u64), VmbusError> {
         let p = self.monitor_pages.ok_or(VmbusError::WrongState)?;
         let parent_to_child = self.hal.virt_to_phys(p)?;
-        // SAFETY: the allocation is two pages long.
+        // SAFETY: the allocation is SHARED_PAGES (3) pages long.
         let child_to_parent = self.hal.virt_to_phys(unsafe { p.add(HV_PAGE_SIZE) })?;
-        Ok((parent_to_child, child_to_parent))
+        // SAFETY: as above.
+        let interrupt_page = self.hal.virt_to_phys(unsafe { p.add(2 * HV_PAGE_SIZE) })?;
+        Ok((parent_to_child, child_to_parent, interrupt_page))
     }
 
     /// Posts INITIATE_CONTACT for `versions[index]`, moving down the list while the host
     /// rejects the connection id (a pre-5.0 host does not know connection 4).
     pub(super) fn send_contact(&mut self, mut index: usize) -> Result<(), VmbusError> {
-        let (p2c, c2p) = match self.monitor_gpas() {
+        let (p2c, c2p, interrupt_page) = match self.shared_gpas() {
             Ok(g) => g,
             Err(e) => return self.fail(e),
         };
@@ -70,8 +72,10 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             };
             let target_info = if version >= VmbusVersion::V5_0 {
                 InitiateContact::target_info(VMBUS_MESSAGE_SINT, 0, features)
+            } else if version < VmbusVersion::V2_4 {
+                // The legacy interrupt page: host→guest relid bits below 2.4.
+                interrupt_page
             } else {
-                // The legacy interrupt page: not used (per-channel event flags from 2.4).
                 0
             };
             let msg = InitiateContact {
