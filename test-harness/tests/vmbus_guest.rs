@@ -446,3 +446,12 @@ fn connect_times_out_without_a_host() {
         Err(VmbusError::Timeout)
     );
 }
+
+#[test]
+fn guest_objects_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<Channel>();
+    send::<GpadlBuffer>();
+    send::<vmbus_guest::PendingOpen>();
+    send::<Guest>();
+}

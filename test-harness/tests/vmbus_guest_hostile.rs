@@ -141,7 +141,7 @@ fn flood_of_junk_messages() {
     assert!(guest.stats().messages >= 1000);
     // The connection survives (junk offers may have added channels; the real one is intact).
     assert!(guest.offers().offer(relid).is_some());
-    let mut ch = Channel::open(
+    let ch = Channel::open(
         &mut guest,
         relid,
         &ChannelConfig::default(),

@@ -94,6 +94,10 @@ pub struct Channel {
     unknown_completions: u64,
 }
 
+// SAFETY: `pages` names the channel's own ring allocation, used only through `&mut self`
+// (the rings are `Send` already); moving the channel to another thread moves that ownership.
+unsafe impl Send for Channel {}
+
 impl Channel {
     /// The offer this channel was opened for.
     pub fn offer(&self) -> &OfferInfo {

@@ -35,6 +35,9 @@ pub struct PendingOpen {
     stage: Stage,
 }
 
+// SAFETY: `pages` names this open's own ring allocation, touched only through `&mut self`.
+unsafe impl Send for PendingOpen {}
+
 impl PendingOpen {
     /// Starts opening channel `relid`: allocates the ring pages and posts the ring GPADL.
     pub fn start<T: Transport, H: Hal>(

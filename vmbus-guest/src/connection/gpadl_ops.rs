@@ -146,6 +146,10 @@ pub struct GpadlBuffer {
     relid: u32,
 }
 
+// SAFETY: the pointer names the buffer's own pages; the value only hands it out, never
+// dereferences it concurrently.
+unsafe impl Send for GpadlBuffer {}
+
 impl GpadlBuffer {
     /// Allocates `pages` zeroed pages and creates a GPADL for channel `relid` over them,
     /// waiting for GPADL_CREATED. On failure the pages are freed unless the host may still

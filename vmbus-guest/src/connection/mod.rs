@@ -151,6 +151,10 @@ pub struct Connection<T: Transport, H: Hal> {
     next_open_id: u32,
 }
 
+// SAFETY: `monitor_pages` names the connection's own shared pages, accessed only through
+// `&self`/`&mut self` with atomics; the rest is `Send` when the transport and HAL are.
+unsafe impl<T: Transport + Send, H: Hal + Send> Send for Connection<T, H> {}
+
 impl<T: Transport, H: Hal> Connection<T, H> {
     /// A disconnected connection over `transport`, allocating host-visible memory from `hal`.
     pub fn new(transport: T, hal: H, config: ConnectionConfig) -> Self {
