@@ -89,6 +89,11 @@ fn every_release_negotiates_its_version_and_echoes() {
         ch.close(&mut guest, &mut step(&mut host)).expect("close");
         host.step();
         assert_eq!(host.gpadls(), 0);
+        // UNLOAD and a clean reconnect (the kexec case) on every release.
+        guest.unload(&mut step(&mut host)).expect("unload");
+        assert!(host.unloaded());
+        assert_eq!(guest.connect(&mut step(&mut host)).expect("reconnect"), v);
+        assert!(guest.offers().offer(relid).is_some());
         assert_clean(&host);
     }
 }

@@ -26,6 +26,7 @@ use heapless::Deque;
 use zerocopy::IntoBytes;
 
 pub use gpadl_ops::GpadlBuffer;
+pub use negotiate::SUPPORTED_FEATURES;
 
 /// Host messages processed per [`Connection::poll`] at most, so a flood cannot starve the
 /// caller (the rest stay queued in the SynIC and are taken by the next poll).
@@ -45,7 +46,8 @@ const LEGACY_SEND_HALF: usize = 2048;
 pub struct ConnectionConfig {
     /// Versions to propose, highest first (default [`crate::protocol::CANDIDATE_VERSIONS`]).
     pub versions: &'static [VmbusVersion],
-    /// 6.0 features to request; the connection keeps `requested & granted`.
+    /// 6.0 features to request (limited to [`SUPPORTED_FEATURES`]); the connection keeps
+    /// `requested & granted`.
     pub features: FeatureFlags,
     /// Target VP for control messages (INITIATE_CONTACT @12); `None` = the transport's VP.
     pub target_vp: Option<u32>,

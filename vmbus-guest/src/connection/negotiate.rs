@@ -13,6 +13,12 @@ use crate::wait::Wait;
 use winhv::{HvStatus, HypercallError};
 use zerocopy::IntoBytes;
 
+/// 6.0 features this guest implements and may request: guest-specified signal parameters
+/// (the 156-byte OPENCHANNEL). Client id (56-byte INITIATE_CONTACT), server-specified monitor
+/// pages, interrupt redirection, MODIFY_CONNECTION, pause/resume, confidential channels and GPA
+/// pinning are not implemented, so they are never requested whatever the configuration says.
+pub const SUPPORTED_FEATURES: FeatureFlags = FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS;
+
 impl<T: Transport, H: Hal> Connection<T, H> {
     /// Starts negotiation: allocates (or re-zeroes) the two monitor pages and posts
     /// INITIATE_CONTACT for the highest candidate version. Progress comes from
@@ -66,7 +72,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
                 return self.fail(VmbusError::NoCompatibleVersion);
             };
             let features = if version >= VmbusVersion::V6_0 {
-                self.config.features.bits()
+                (self.config.features & SUPPORTED_FEATURES).bits()
             } else {
                 0
             };
@@ -138,7 +144,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             MESSAGE_CONNECTION_ID
         };
         let features = if requested >= VmbusVersion::V6_0 {
-            self.config.features & r.supported_features.unwrap_or_default()
+            self.config.features & SUPPORTED_FEATURES & r.supported_features.unwrap_or_default()
         } else {
             FeatureFlags::empty()
         };
