@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use test_harness::guest::{BootedVp, boot_vp};
 use test_harness::hv::{HostPreset, MockConfig, MockHypervisor};
 use test_harness::vmbus::{
-    ChannelState, DEFAULT_MESSAGE_CONNECTION_ID, DeviceOffer, EchoDevice, HostRelease,
-    MockVmbusHost,
+    ChannelState, DEFAULT_MESSAGE_CONNECTION_ID, DeviceModel, DeviceOffer, EchoDevice, HostChannel,
+    HostPacket, HostRelease, MockVmbusHost,
 };
 use vmbus_guest::Hal;
 use vmbus_guest::protocol::{
@@ -33,6 +33,8 @@ struct Rig {
     host: MockVmbusHost,
     vp: BootedVp,
     conn: u32,
+    /// The last INITIATE_CONTACT sent.
+    contact: Option<InitiateContact>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -45,7 +47,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 impl Rig {
     fn new(release: HostRelease) -> Self {
-        let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022));
+        let hv =
+            MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(2 << 20));
         let vp = boot_vp(&hv, 0).expect("boot");
         let host = MockVmbusHost::new(hv.clone(), release);
         Rig {
@@ -53,6 +56,7 @@ impl Rig {
             host,
             vp,
             conn: 1,
+            contact: None,
         }
     }
 
@@ -112,6 +116,7 @@ impl Rig {
     /// VERSION_RESPONSE bytes (switching to the returned connection id when accepted ≥ 5.0).
     fn try_version(&mut self, version: VmbusVersion) -> Option<Vec<u8>> {
         let msg = self.contact_msg(version, 0);
+        self.contact = Some(msg);
         match self.post_on(message_connection_id_for(version), msg.as_bytes()) {
             Err(HypercallError::Hv(HvError(HvStatus::INVALID_CONNECTION_ID))) => return None,
             r => r.expect("post INITIATE_CONTACT"),
@@ -745,4 +750,453 @@ fn threaded_host_answers_while_guest_polls() {
     );
     let host = threaded.stop();
     assert_eq!(host.protocol_errors(), Vec::<String>::new());
+}
+
+/// Packets a [`Recorder`] saw, with the GPA-direct bytes it read.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(HostPacket, Vec<u8>)>>>;
+
+/// Records every packet and, for GPA-direct ones, the first bytes of the first range.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Seen,
+}
+
+impl DeviceModel for Recorder {
+    fn on_packet(&mut self, ch: &mut HostChannel, packet: &HostPacket) {
+        let mut data = Vec::new();
+        if let Some((count, offset, pfns)) = packet.gpa_ranges.first() {
+            data = vec![0u8; *count as usize];
+            ch.read_gpa(pfns[0] * 4096 + u64::from(*offset), &mut data)
+                .unwrap();
+            ch.write_gpa(pfns[0] * 4096 + u64::from(*offset), b"done")
+                .unwrap();
+        }
+        self.seen.lock().unwrap().push((packet.clone(), data));
+    }
+}
+
+#[test]
+fn legacy_1_1_host_signals_through_the_interrupt_page() {
+    let (mut rig, rings, offer) = open_echo(HostRelease::Ws2008R2);
+    assert_eq!(rig.host.negotiated_version(), Some(VmbusVersion::V1_1));
+    write_packet(&rig, &rings, 0, 3, 0, b"old");
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    let page = rig.contact.unwrap().interrupt_page_or_target_info;
+    assert_eq!(u32_at(&rig.read_mem(page, 4), 0), 1 << 1, "relid 1 bit");
+    assert!(rig.vp.synic.test_and_clear_event_flag(2, 0).unwrap());
+    assert!(!rig.vp.synic.test_and_clear_event_flag(2, 1).unwrap());
+    rig.assert_clean();
+}
+
+#[test]
+fn control_messages_go_to_the_target_vp_from_3_0() {
+    for (release, expect_vp) in [(HostRelease::Ws2012, 0), (HostRelease::Ws2012R2, 1)] {
+        let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+        let mut vp0 = boot_vp(&hv, 0).unwrap();
+        let vp1 = boot_vp(&hv, 1).unwrap();
+        let mut host = MockVmbusHost::new(hv.clone(), release);
+        let mut m = InitiateContact::new_zeroed();
+        m.header = MessageHeader::new(MessageType::INITIATE_CONTACT);
+        m.version_requested = release.max_version().0;
+        m.target_vp = 1;
+        vp0.hypercalls.post_message(1, 1, m.as_bytes()).unwrap();
+        host.step();
+        let on0 = vp0.synic.take_message(&vp0.cpu, 2).unwrap();
+        let on1 = vp1.synic.take_message(&vp1.cpu, 2).unwrap();
+        let got = if expect_vp == 0 { on0 } else { on1 };
+        assert_eq!(got.expect("response").payload()[8], 1, "{}", release.name());
+        assert_eq!(host.protocol_errors(), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn host_queues_when_the_inbound_ring_is_full_and_flushes_on_signal() {
+    let (mut rig, rings, offer) = open_echo(HostRelease::Ws2022);
+    let payload = [0xAB; 1000];
+    for i in 0..20 {
+        rig.host
+            .with_channel(1, |ch, _| ch.send_inband(&payload, i, false))
+            .unwrap()
+            .unwrap();
+    }
+    let backlog = rig.host.with_channel(1, |ch, _| ch.backlog_len()).unwrap();
+    // 3 data pages = 12288 bytes; each packet is 1016 + 8 = 1024: 11 fit (a write needs
+    // strictly more free space than its size).
+    assert_eq!(backlog, 9);
+    let pending = u32_at(&rig.read_mem(rings.in_ctl() + 12, 4), 0);
+    assert_eq!(pending, 1024, "pending send size set by the blocked host");
+    // The guest consumes everything and signals (it honours pending send size).
+    let w = u32_at(&rig.read_mem(rings.in_ctl(), 4), 0);
+    rig.write_mem(rings.in_ctl() + 4, &w.to_le_bytes());
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    assert_eq!(
+        rig.host.with_channel(1, |ch, _| ch.backlog_len()).unwrap(),
+        0
+    );
+    assert_eq!(u32_at(&rig.read_mem(rings.in_ctl() + 12, 4), 0), 0);
+    let (_, _, tid, _, _) = read_packet(&rig, &rings, w);
+    assert_eq!(tid, 11);
+    rig.assert_clean();
+}
+
+#[test]
+fn guest_blocked_on_pending_send_size_is_signalled_once_space_appears() {
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(Recorder::default()));
+    rig.negotiate();
+    let offer = rig.request_offers()[0];
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    rig.write_mem(gpa + 0x40, &1u32.to_le_bytes());
+    assert_eq!(rig.open(1, 1, 4), 0);
+    let rings = Rings { gpa };
+    let mut w = 0;
+    for i in 0..11 {
+        w = write_packet(&rig, &rings, w, i, 0, &[1; 1000]);
+    }
+    // Blocked: 11 packets of 1024 bytes leave 1024 free; the guest wants more than that.
+    rig.write_mem(rings.out_ctl() + 12, &1032u32.to_le_bytes());
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    assert_eq!(u32_at(&rig.read_mem(rings.out_ctl() + 4, 4), 0), w);
+    assert!(rig.vp.synic.test_and_clear_event_flag(2, 1).unwrap());
+    assert_eq!(rig.host.guest_signal_count(1), 1);
+    rig.assert_clean();
+}
+
+#[test]
+fn gpa_direct_packet_reaches_the_device_with_its_pages() {
+    let rec = Recorder::default();
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(SCSI, INSTANCE_A), Box::new(rec.clone()));
+    rig.negotiate();
+    let offer = rig.request_offers()[0];
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    let rings = Rings { gpa };
+    let (_, buf) = rig.alloc(1);
+    rig.write_mem(buf + 16, b"payload!");
+    // Descriptor type 9, one range of 8 bytes at offset 16, one PFN, then 8 bytes of request.
+    let mut p = Vec::new();
+    p.extend_from_slice(&9u16.to_le_bytes());
+    p.extend_from_slice(&5u16.to_le_bytes()); // (24 + 16) / 8
+    p.extend_from_slice(&6u16.to_le_bytes());
+    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&42u64.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.extend_from_slice(&8u32.to_le_bytes());
+    p.extend_from_slice(&16u32.to_le_bytes());
+    p.extend_from_slice(&(buf / 4096).to_le_bytes());
+    p.extend_from_slice(b"request!");
+    p.extend_from_slice(&0u64.to_le_bytes());
+    rig.write_mem(rings.out_data(), &p);
+    rig.write_mem(rings.out_ctl(), &(p.len() as u32).to_le_bytes());
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    let seen = rec.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (pkt, data) = &seen[0];
+    assert_eq!((pkt.packet_type, pkt.transaction_id), (9, 42));
+    assert_eq!(pkt.gpa_ranges, vec![(8, 16, vec![buf / 4096])]);
+    assert_eq!(pkt.payload, b"request!");
+    assert_eq!(data, b"payload!");
+    assert_eq!(&rig.read_mem(buf + 16, 4), b"done");
+    rig.assert_clean();
+}
+
+#[test]
+fn open_rejects_rings_the_guest_did_not_zero() {
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.negotiate();
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    rig.write_mem(gpa + 4 * 4096 + 4, &64u32.to_le_bytes());
+    assert_ne!(rig.open(1, 1, 4), 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    rig.write_mem(gpa + 4 * 4096 + 4, &0u32.to_le_bytes());
+    assert_eq!(
+        rig.open(1, 1, 4),
+        0,
+        "GPADL free again after the failed open"
+    );
+    rig.assert_clean();
+}
+
+/// Offers one sub-channel of its own device when asked with any packet.
+struct SubChannelMaker;
+
+impl DeviceModel for SubChannelMaker {
+    fn on_packet(&mut self, ch: &mut HostChannel, packet: &HostPacket) {
+        let mut o = ch.offer().clone();
+        o.sub_channel_index = 1;
+        ch.add_offer(o, Box::new(EchoDevice));
+        ch.send_completion(packet.transaction_id, &[1]).unwrap();
+    }
+}
+
+#[test]
+fn device_model_offers_a_sub_channel() {
+    let mut rig = Rig::new(HostRelease::Ws2016);
+    rig.host
+        .add_device(echo_offer(SCSI, INSTANCE_A), Box::new(SubChannelMaker));
+    rig.negotiate();
+    let offer = rig.request_offers()[0];
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    let rings = Rings { gpa };
+    write_packet(&rig, &rings, 0, 13, 1, &[13, 0, 0, 0]);
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    let m = rig.expect(MessageType::OFFERCHANNEL);
+    let sub: OfferChannel = zerocopy::FromBytes::read_from_bytes(&m[..]).unwrap();
+    assert_eq!(
+        (sub.relid, sub.subchannel_index, sub.interface_instance),
+        (2, 1, INSTANCE_A)
+    );
+    rig.assert_clean();
+}
+
+#[test]
+fn copper_guest_specified_signal_parameters() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    let want = FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS.bits();
+    let msg = rig.contact_msg(VmbusVersion::V6_0, want);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(u32_at(&r, 16), want);
+    rig.conn = u32_at(&r, 12);
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    let mut o = vmbus_guest::protocol::OpenChannelExtended::new_zeroed();
+    o.open.header = MessageHeader::new(MessageType::OPENCHANNEL);
+    o.open.relid = 1;
+    o.open.ring_gpadl_handle = 1;
+    o.open.downstream_ring_page_offset = 4;
+    o.connection_id = 0x3000;
+    o.event_flag = 77;
+    rig.post(o.as_bytes());
+    let r = rig.expect(MessageType::OPENCHANNEL_RESULT);
+    assert_eq!(u32_at(&r, 16), 0);
+    let rings = Rings { gpa };
+    write_packet(&rig, &rings, 0, 5, 0, b"copper");
+    rig.vp.hypercalls.signal_event(0x3000, 0).unwrap();
+    rig.host.step();
+    assert!(rig.vp.synic.test_and_clear_event_flag(2, 77).unwrap());
+    rig.assert_clean();
+}
+
+#[test]
+fn modifychannel_is_acknowledged_from_5_3() {
+    for (release, acked) in [(HostRelease::Ws2019, false), (HostRelease::Ws2022, true)] {
+        let (mut rig, _, _) = open_echo(release);
+        let m = vmbus_guest::protocol::ModifyChannel {
+            header: MessageHeader::new(MessageType::MODIFYCHANNEL),
+            relid: 1,
+            target_vp: 0,
+        };
+        rig.post(m.as_bytes());
+        rig.host.step();
+        let r = rig.recv();
+        assert_eq!(r.is_some(), acked, "{}", release.name());
+        if let Some(r) = r {
+            assert_eq!(
+                MessageType(u32_at(&r, 0)),
+                MessageType::MODIFYCHANNEL_RESPONSE
+            );
+            assert_eq!(u32_at(&r, 12), 0);
+        }
+        rig.assert_clean();
+    }
+}
+
+#[test]
+fn fault_injection_helpers() {
+    // Connection state: supported but failed, host stays disconnected.
+    let mut rig = Rig::new(HostRelease::Ws2016);
+    rig.host.set_connection_state(1);
+    let r = rig.try_version(VmbusVersion::V4_0).unwrap();
+    assert_eq!((r[8], r[9]), (1, 1));
+    assert_eq!(rig.host.negotiated_version(), None);
+    rig.host.set_connection_state(0);
+    assert_eq!(rig.negotiate(), VmbusVersion::V4_0);
+
+    // Failed GPADL and failed open, without protocol errors.
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    rig.host.fail_next_gpadl(0xC000_009A);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0xC000_009A);
+    assert_eq!(rig.host.gpadls(), 0);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0, "handle reusable after failure");
+    rig.host.fail_next_open(1, 0xC000_0001);
+    assert_eq!(rig.open(1, 1, 4), 0xC000_0001);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    rig.assert_clean();
+
+    // Raw injected message reaches the guest's control SINT.
+    rig.host
+        .inject_raw_message(&[200, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+    let m = rig.recv().unwrap();
+    assert_eq!(m, vec![200, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+
+    // A garbage inbound write index for the guest to reject.
+    assert!(rig.host.corrupt_inbound_write_index(1, 0xFFFF_FFF0));
+    assert_eq!(u32_at(&rig.read_mem(gpa + 4 * 4096, 4), 0), 0xFFFF_FFF0);
+}
+
+#[test]
+fn more_rejections() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    // CLIENT_ID requested but the 40-byte form sent: rejected.
+    let msg = rig.contact_msg(VmbusVersion::V6_0, FeatureFlags::CLIENT_ID.bits());
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    // < 5.0 on connection 4 of a multi-client host: rejected.
+    let msg = rig.contact_msg(VmbusVersion::V4_1, 0);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    assert_eq!(rig.negotiate(), VmbusVersion::V6_0);
+    // INITIATE_CONTACT again without UNLOAD: flagged, host resets and answers.
+    let msg = rig.contact_msg(VmbusVersion::V6_0, 0);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    assert_eq!(r[8], 1);
+    assert_eq!(rig.host.take_protocol_errors().len(), 1);
+    rig.request_offers();
+    // OPENCHANNEL for an unknown relid: failure status; CLOSECHANNEL of a closed channel.
+    assert_ne!(rig.open(9, 1, 4), 0);
+    rig.post(CloseChannel::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.take_protocol_errors().len(), 2);
+    // GPADL_HEADER with handle 0 and with a relid never offered.
+    let (_, gpa) = rig.alloc(2);
+    let mut m = GpadlHeader::new(1, 0, 24, 1).as_bytes().to_vec();
+    m.extend_from_slice(
+        GpaRange {
+            byte_count: 8192,
+            byte_offset: 0,
+        }
+        .as_bytes(),
+    );
+    m.extend_from_slice([WirePfn::new(gpa / 4096), WirePfn::new(gpa / 4096 + 1)].as_bytes());
+    rig.post(&m);
+    rig.host.step();
+    assert!(rig.recv().is_none());
+    assert_ne!(rig.gpadl(7, 3, gpa, 2), 0);
+    assert_eq!(rig.host.take_protocol_errors().len(), 2);
+    // Rescinding a device the guest has not seen yet sends nothing.
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    let relid = rig
+        .host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.host.rescind(relid);
+    assert_eq!(rig.host.channel_state(relid), None);
+    rig.negotiate();
+    assert!(rig.request_offers().is_empty());
+    rig.assert_clean();
+}
+
+#[test]
+fn rescind_cancels_a_withheld_open() {
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.host.set_withhold_open_result(1, true);
+    rig.negotiate();
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 5, gpa, 8), 0);
+    let mut o = OpenChannel::new_zeroed();
+    o.header = MessageHeader::new(MessageType::OPENCHANNEL);
+    o.relid = 1;
+    o.ring_gpadl_handle = 5;
+    o.downstream_ring_page_offset = 4;
+    rig.post(o.as_bytes());
+    rig.host.step();
+    rig.host.rescind(1);
+    rig.host.set_withhold_open_result(1, false);
+    let r = rig.recv().expect("rescind");
+    assert_eq!(
+        MessageType(u32_at(&r, 0)),
+        MessageType::RESCIND_CHANNELOFFER
+    );
+    assert!(rig.recv().is_none(), "the open never completes");
+    // The ring GPADL is no longer in use: teardown is answered at once.
+    rig.post(
+        GpadlTeardown {
+            header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+            relid: 1,
+            gpadl_handle: 5,
+        }
+        .as_bytes(),
+    );
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    rig.post(RelidReleased::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.channel_state(1), Some(ChannelState::Released));
+    rig.assert_clean();
+}
+
+#[test]
+fn gpadl_ranges_and_modify_connection() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    let want = FeatureFlags::MODIFY_CONNECTION.bits();
+    let msg = rig.contact_msg(VmbusVersion::V6_0, want);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    rig.conn = u32_at(&r, 12);
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(30);
+    assert_eq!(rig.gpadl(1, 0x42, gpa, 30), 0);
+    let ranges = rig.host.gpadl_ranges(0x42).unwrap();
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(ranges[0].byte_count, 30 * 4096);
+    assert_eq!(ranges[0].pfns.first(), Some(&(gpa / 4096)));
+    assert_eq!(ranges[0].pfns.len(), 30);
+    // MODIFY_CONNECTION with new monitor pages: answered with state 0.
+    let (_, p) = rig.alloc(2);
+    let mut m = MessageType::MODIFY_CONNECTION.0.to_le_bytes().to_vec();
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&p.to_le_bytes());
+    m.extend_from_slice(&(p + 4096).to_le_bytes());
+    rig.post(&m);
+    let r = rig.expect(MessageType::MODIFY_CONNECTION_RESPONSE);
+    assert_eq!((r.len(), r[8]), (9, 0));
+    rig.assert_clean();
 }

@@ -181,8 +181,12 @@ impl HostChannel {
         header: &[u8],
         payload: &[u8],
     ) -> Result<(), HostRingError> {
-        if !self.is_open() {
-            return Err(HostRingError::NotOpen);
+        match self.rings.as_ref() {
+            None => return Err(HostRingError::NotOpen),
+            Some(r) if r.corrupt => {
+                return Err(HostRingError::Corrupt("ring marked corrupt earlier".into()));
+            }
+            Some(_) => {}
         }
         let bytes = encode_packet(packet_type, flags, transaction_id, header, payload)
             .ok_or(HostRingError::TooLarge)?;

@@ -135,11 +135,12 @@ impl MockVmbusHost {
         } else {
             0
         };
-        let sint = if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 {
-            c.target_sint()
-        } else {
-            VMBUS_MESSAGE_SINT
-        };
+        let sint =
+            if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 && c.target_sint() < 16 {
+                c.target_sint()
+            } else {
+                VMBUS_MESSAGE_SINT
+            };
         let multi_client = connection_id == MESSAGE_CONNECTION_ID_MULTI_CLIENT;
         if connection_id != MESSAGE_CONNECTION_ID && !multi_client {
             self.error(format!(
@@ -176,6 +177,13 @@ impl MockVmbusHost {
             accepted = false;
         }
         let granted = features & self.host_features;
+        // Injected failure: 2.4+ report it as supported with a failed connection state; older
+        // versions have no state field, so the failure is reported as "not supported".
+        let mut state = if accepted { self.connection_state } else { 0 };
+        if state != 0 && version < VmbusVersion::V2_4 {
+            accepted = false;
+            state = 0;
+        }
         let id_or_version = match (accepted, version >= VmbusVersion::V5_0) {
             (true, true) => self.multi_client_connection_id,
             (true, false) => version.0,
@@ -184,7 +192,7 @@ impl MockVmbusHost {
         let base = VersionResponse {
             header: MessageHeader::new(MessageType::VERSION_RESPONSE),
             version_supported: u8::from(accepted),
-            connection_state: 0,
+            connection_state: state,
             padding: 0,
             selected_version_or_connection_id: id_or_version,
         };
@@ -197,7 +205,7 @@ impl MockVmbusHost {
         } else {
             self.send_to(vp, sint, base.as_bytes());
         }
-        if !accepted {
+        if !accepted || state != 0 {
             return;
         }
         let monitor_pages = (c.parent_to_child_monitor_page_gpa != 0).then_some((
@@ -314,6 +322,10 @@ impl MockVmbusHost {
             return;
         };
         let (relid, open_id) = (o.relid, o.open_id);
+        if let Some(status) = self.fail_next_open.remove(&relid) {
+            self.open_result(relid, open_id, status);
+            return;
+        }
         match self.validate_open(&o, msg) {
             Ok(None) => {}
             Ok(Some(p)) => {
@@ -483,11 +495,14 @@ impl MockVmbusHost {
             return;
         }
         if active {
+            let was_open = matches!(e.phase, Phase::Open);
             e.phase = Phase::Closed;
             e.ch.detach();
-            if !e.rescinded {
+            if was_open && !e.rescinded {
                 e.model.on_close();
             }
+        } else {
+            e.phase = Phase::Closed;
         }
         let gpadl = e.ring_gpadl.take();
         if let Some(h) = gpadl {
@@ -517,7 +532,13 @@ impl MockVmbusHost {
         match r {
             Err(e) => self.error(e),
             Ok(GpadlProgress::Incomplete) => {}
-            Ok(GpadlProgress::Created { relid, handle }) => self.gpadl_created(relid, handle, 0),
+            Ok(GpadlProgress::Created { relid, handle }) => match self.fail_next_gpadl.take() {
+                Some(status) => {
+                    self.lock_gpadls().live.remove(&handle);
+                    self.gpadl_created(relid, handle, status);
+                }
+                None => self.gpadl_created(relid, handle, 0),
+            },
             Ok(GpadlProgress::Failed {
                 relid,
                 handle,
@@ -631,9 +652,9 @@ impl MockVmbusHost {
     pub(super) fn reset_connection(&mut self) {
         self.channels.retain(|_, e| !e.rescinded);
         for e in self.channels.values_mut() {
-            let active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+            let was_open = matches!(e.phase, Phase::Open);
             e.ch.detach();
-            if active {
+            if was_open {
                 e.model.on_close();
             }
             e.phase = Phase::Idle;

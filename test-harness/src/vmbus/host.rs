@@ -105,6 +105,9 @@ pub struct MockVmbusHost {
     pub(super) multi_client_connection_id: u32,
     pub(super) poll_rings: bool,
     pub(super) stray_signals: u64,
+    pub(super) connection_state: u8,
+    pub(super) fail_next_open: BTreeMap<u32, u32>,
+    pub(super) fail_next_gpadl: Option<u32>,
 }
 
 impl MockVmbusHost {
@@ -132,6 +135,9 @@ impl MockVmbusHost {
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
             stray_signals: 0,
+            connection_state: 0,
+            fail_next_open: BTreeMap::new(),
+            fail_next_gpadl: None,
         }
     }
 
@@ -285,9 +291,13 @@ impl MockVmbusHost {
             return;
         }
         e.rescinded = true;
-        let was_active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+        // A withheld open of a rescinded channel never completes.
+        if matches!(e.phase, Phase::Opening(_)) {
+            e.phase = Phase::Idle;
+        }
+        let was_open = matches!(e.phase, Phase::Open);
         e.ch.detach();
-        if was_active {
+        if was_open {
             e.model.on_close();
         }
         let gpadl = e.ring_gpadl.take();
@@ -442,6 +452,11 @@ impl MockVmbusHost {
         self.errors.all()
     }
 
+    /// Returns and forgets the protocol errors so far (for hostile tests that expect some).
+    pub fn take_protocol_errors(&mut self) -> Vec<String> {
+        self.errors.take()
+    }
+
     /// The negotiated VMBus version, if connected.
     pub fn negotiated_version(&self) -> Option<VmbusVersion> {
         self.conn.as_ref().map(|c| c.version)
@@ -480,6 +495,14 @@ impl MockVmbusHost {
     /// Number of live (complete, not torn down) GPADLs.
     pub fn gpadls(&self) -> usize {
         self.lock_gpadls().live.len()
+    }
+
+    /// The ranges of live GPADL `handle` as the host mapped them.
+    pub fn gpadl_ranges(&self, handle: u32) -> Option<Vec<super::GpadlRange>> {
+        self.lock_gpadls()
+            .live
+            .get(&handle)
+            .map(|g| g.ranges.clone())
     }
 
     /// Whether the guest unloaded (UNLOAD answered) and has not reconnected since.
@@ -549,6 +572,25 @@ impl MockVmbusHost {
             };
             self.finish_open(relid, *p);
         }
+    }
+
+    /// Fault injection: VERSION_RESPONSE to an acceptable ≥ 2.4 INITIATE_CONTACT reports this
+    /// connection state (1 = low resources, 2 = unknown failure) and the host stays
+    /// disconnected. 0 (the default) is success.
+    pub fn set_connection_state(&mut self, state: u8) {
+        self.connection_state = state;
+    }
+
+    /// Fault injection: the next OPENCHANNEL for `relid` is answered with `status` (non-zero)
+    /// without opening anything.
+    pub fn fail_next_open(&mut self, relid: u32, status: u32) {
+        self.fail_next_open.insert(relid, status);
+    }
+
+    /// Fault injection: the next GPADL that completes is answered GPADL_CREATED(`status`) and
+    /// discarded.
+    pub fn fail_next_gpadl(&mut self, status: u32) {
+        self.fail_next_gpadl = Some(status);
     }
 
     /// Turns the guest's inbound ring of `relid` into garbage for hostile tests: writes

@@ -32,6 +32,7 @@ impl GuestRam {
     }
 
     /// Copies `buf.len()` bytes from `gpa`; `false` (nothing read) if outside guest RAM.
+    /// Aligned 8-byte words are read with one volatile access each, the rest byte by byte.
     pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         if buf.is_empty() {
             return true;
@@ -39,10 +40,23 @@ impl GuestRam {
         let Some(p) = self.hv.gpa_to_ptr(gpa, buf.len()) else {
             return false;
         };
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `gpa_to_ptr` checked that `buf.len()` bytes from `p` are guest RAM, which
-            // lives as long as `self.hv`; the guest may write it concurrently, hence volatile.
-            *b = unsafe { p.as_ptr().add(i).read_volatile() };
+        let base = p.as_ptr();
+        let mut i = 0;
+        while i < buf.len() {
+            // SAFETY: `gpa_to_ptr` checked that `buf.len()` bytes from `base` are guest RAM,
+            // which lives as long as `self.hv`; `i < buf.len()` keeps the pointer inside.
+            let at = unsafe { base.add(i) };
+            if (at as usize).is_multiple_of(8) && buf.len() - i >= 8 {
+                // SAFETY: 8 bytes from `at` are inside the checked range and `at` is 8-byte
+                // aligned; the guest may write concurrently, hence volatile.
+                let v = unsafe { at.cast::<u64>().read_volatile() };
+                buf[i..i + 8].copy_from_slice(&v.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: `at` is inside the checked range; volatile as above.
+                buf[i] = unsafe { at.read_volatile() };
+                i += 1;
+            }
         }
         true
     }
@@ -55,9 +69,22 @@ impl GuestRam {
         let Some(p) = self.hv.gpa_to_ptr(gpa, data.len()) else {
             return false;
         };
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as in `read`: the range is guest RAM owned by the mock for its lifetime.
-            unsafe { p.as_ptr().add(i).write_volatile(*b) };
+        let base = p.as_ptr();
+        let mut i = 0;
+        while i < data.len() {
+            // SAFETY: as in `read`: `i < data.len()` keeps the pointer inside checked guest RAM.
+            let at = unsafe { base.add(i) };
+            if (at as usize).is_multiple_of(8) && data.len() - i >= 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&data[i..i + 8]);
+                // SAFETY: 8 aligned bytes inside the checked range.
+                unsafe { at.cast::<u64>().write_volatile(u64::from_ne_bytes(w)) };
+                i += 8;
+            } else {
+                // SAFETY: `at` is inside the checked range.
+                unsafe { at.write_volatile(data[i]) };
+                i += 1;
+            }
         }
         true
     }
