@@ -460,3 +460,31 @@ fn guest_objects_can_move_between_threads() {
     send::<vmbus_guest::PendingOpen>();
     send::<Guest>();
 }
+
+#[test]
+fn control_messages_follow_the_target_vp() {
+    use test_harness::hv::{HostPreset, MockConfig, MockHypervisor};
+    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let _vp0 = test_harness::guest::boot_vp(&hv, 0).unwrap();
+    let vp1 = test_harness::guest::boot_vp(&hv, 1).unwrap();
+    let mut host = test_harness::vmbus::MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    let transport = vmbus_guest::SynicTransport::for_current_vp(vp1.hypercalls, vp1.synic);
+    assert_eq!(vmbus_guest::Transport::vp_index(&transport), 1);
+    let mut guest = vmbus_guest::Connection::new(
+        transport,
+        hv.hal(),
+        vmbus_guest::ConnectionConfig::default(),
+    );
+    guest.connect(&mut step(&mut host)).unwrap();
+    let mut ch = Channel::open(
+        &mut guest,
+        relid,
+        &ChannelConfig::default(),
+        &mut step(&mut host),
+    )
+    .unwrap();
+    echo_round_trip(&mut guest, &mut host, &mut ch);
+    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_clean(&host);
+}

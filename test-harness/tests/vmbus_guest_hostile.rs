@@ -168,3 +168,19 @@ fn insufficient_buffers_is_retried_transparently() {
     ch.close(&mut guest, &mut step(&mut host)).unwrap();
     assert_clean(&host);
 }
+
+#[test]
+fn stale_messages_before_version_response_are_discarded() {
+    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    // Leftovers of a previous instance, queued before the guest makes contact.
+    host.inject_raw_message(offer(77, 9).as_bytes());
+    host.inject_raw_message(MessageHeader::new(MessageType::UNLOAD_RESPONSE).as_bytes());
+    host.inject_raw_message(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    guest.connect(&mut step(&mut host)).unwrap();
+    assert!(guest.stats().stale_discarded >= 3);
+    assert!(guest.offers().offer(77).is_none());
+    assert!(guest.offers().offer(relid).is_some());
+    assert_eq!(guest.stats().violations, 0);
+    assert_clean(&host);
+}

@@ -63,6 +63,16 @@ impl<C: Cpu> SynicTransport<C> {
         }
     }
 
+    /// Like [`SynicTransport::new`], reading the VP index from the VP_INDEX register of the
+    /// processor the hypercalls run on (hypervisor VP indices are what INITIATE_CONTACT and
+    /// OPENCHANNEL expect, not APIC ids).
+    pub fn for_current_vp(hypercalls: Hypercalls<C>, synic: Synic) -> Self {
+        let vp_index = hypercalls
+            .cpu()
+            .read_register(winhv::SyntheticRegister::VpIndex) as u32;
+        Self::new(hypercalls, synic, vp_index)
+    }
+
     /// Gives back the hypercalls and the SynIC (for example to disable the SynIC after UNLOAD).
     pub fn into_parts(self) -> (Hypercalls<C>, Synic) {
         (self.hypercalls, self.synic)

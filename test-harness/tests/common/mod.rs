@@ -29,7 +29,7 @@ pub fn rig(release: HostRelease) -> (MockHypervisor, MockVmbusHost, Guest) {
     let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022));
     let vp = boot_vp(&hv, 0).expect("boot VP 0");
     let host = MockVmbusHost::new(hv.clone(), release);
-    let transport = SynicTransport::new(vp.hypercalls, vp.synic, 0);
+    let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
     let guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
     (hv, host, guest)
 }
