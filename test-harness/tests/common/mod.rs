@@ -1,0 +1,53 @@
+//! Shared set-up for the guest VMBus tests: a booted VP, a guest connection over it and a
+//! mock host.
+
+#![allow(dead_code)]
+
+use test_harness::guest::boot_vp;
+use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
+use test_harness::vmbus::{DeviceOffer, EchoDevice, HostRelease, MockVmbusHost};
+use vmbus_guest::protocol::Guid;
+use vmbus_guest::{BoundedWait, Connection, ConnectionConfig, SynicTransport};
+
+/// The guest connection type used in the tests.
+pub type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+
+pub const NET: Guid = Guid::from_str_const("f8615163-df3e-46c5-913f-f2d2f965ed0e");
+pub const SCSI: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
+pub const HEARTBEAT: Guid = Guid::from_str_const("57164f39-9115-4e78-ab55-382f3bd5422d");
+
+/// Instance GUID number `n`.
+pub fn instance(n: u32) -> Guid {
+    let mut g = Guid::ZERO;
+    g.data1 = n;
+    g
+}
+
+/// A hypervisor, a host imitating `release`, and a guest connection on VP 0 (not yet
+/// connected).
+pub fn rig(release: HostRelease) -> (MockHypervisor, MockVmbusHost, Guest) {
+    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022));
+    let vp = boot_vp(&hv, 0).expect("boot VP 0");
+    let host = MockVmbusHost::new(hv.clone(), release);
+    let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
+    let guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    (hv, host, guest)
+}
+
+/// Adds an echo device of class `ty`, instance `n`.
+pub fn add_echo(host: &mut MockVmbusHost, ty: Guid, n: u32) -> u32 {
+    host.add_device(DeviceOffer::new(ty, instance(n)), Box::new(EchoDevice))
+}
+
+/// A waiter that steps the deterministic host, at most 200 times.
+pub fn step(host: &mut MockVmbusHost) -> BoundedWait<impl FnMut() + '_> {
+    BoundedWait::new(200, move || {
+        host.step();
+    })
+}
+
+/// Fails the test if the host recorded protocol errors.
+pub fn assert_clean(host: &MockVmbusHost) {
+    let errors = host.protocol_errors();
+    assert!(errors.is_empty(), "host protocol errors: {errors:#?}");
+}

@@ -1,0 +1,101 @@
+//! [`ChannelBitmap`]: which channels (by relid) have work, as a fixed 2048-bit set — the same
+//! shape as the host→guest event-flag bitmap of SIEFP slot 2 (vmbus-core §8.3).
+
+use crate::protocol::MAX_CHANNELS;
+
+const WORDS: usize = MAX_CHANNELS as usize / 64;
+
+/// A set of relids (0..2048) with work pending, filled by the interrupt entry point.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChannelBitmap {
+    words: [u64; WORDS],
+}
+
+impl Default for ChannelBitmap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for ChannelBitmap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl ChannelBitmap {
+    /// The empty set.
+    pub const fn new() -> Self {
+        Self { words: [0; WORDS] }
+    }
+
+    /// Adds `relid`; ignored when it is not below 2048.
+    pub fn set(&mut self, relid: u32) {
+        if relid < MAX_CHANNELS {
+            self.words[relid as usize / 64] |= 1 << (relid % 64);
+        }
+    }
+
+    /// Whether `relid` is in the set.
+    pub fn contains(&self, relid: u32) -> bool {
+        relid < MAX_CHANNELS && self.words[relid as usize / 64] & (1 << (relid % 64)) != 0
+    }
+
+    /// Removes `relid` and says whether it was there.
+    pub fn take(&mut self, relid: u32) -> bool {
+        let was = self.contains(relid);
+        if was {
+            self.words[relid as usize / 64] &= !(1 << (relid % 64));
+        }
+        was
+    }
+
+    /// Whether no relid is set.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    /// Adds every relid of `other`.
+    pub fn union(&mut self, other: &ChannelBitmap) {
+        for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
+            *a |= *b;
+        }
+    }
+
+    /// The relids in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut bits = w;
+            core::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                Some(i as u32 * 64 + b)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_iter_take() {
+        let mut b = ChannelBitmap::new();
+        assert!(b.is_empty());
+        for r in [1, 63, 64, 2047, 2048, 5000] {
+            b.set(r);
+        }
+        let mut v = [0u32; 8];
+        let mut n = 0;
+        for r in b.iter() {
+            v[n] = r;
+            n += 1;
+        }
+        assert_eq!(&v[..n], &[1, 63, 64, 2047]);
+        assert!(b.take(64) && !b.take(64) && !b.contains(2048));
+    }
+}
