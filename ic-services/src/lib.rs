@@ -44,6 +44,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod channel;
 pub mod error;
 pub mod heartbeat;
 pub mod kvp;
@@ -201,6 +202,11 @@ impl<H: IcHandler> IcService<H> {
             handler,
             negotiated: None,
         }
+    }
+
+    /// Gives the handler back (after the channel closed).
+    pub fn into_handler(self) -> H {
+        self.handler
     }
 
     /// The service.

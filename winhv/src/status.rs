@@ -84,9 +84,13 @@ impl HvStatus {
     }
 
     /// Whether the protocol treats this status as transient: retrying the same call later can
-    /// succeed (a full message port; a rep call that ran out of its time budget).
+    /// succeed (a full message port, the hypervisor briefly out of memory — Linux retries
+    /// HvCallPostMessage on both — or a rep call that ran out of its time budget).
     pub const fn is_transient(self) -> bool {
-        matches!(self, Self::INSUFFICIENT_BUFFERS | Self::TIMEOUT)
+        matches!(
+            self,
+            Self::INSUFFICIENT_BUFFERS | Self::INSUFFICIENT_MEMORY | Self::TIMEOUT
+        )
     }
 
     /// `Ok(())` for success, the status as an error otherwise.

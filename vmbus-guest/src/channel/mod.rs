@@ -210,6 +210,22 @@ impl Channel {
         self.write_and_signal(conn, &OutgoingPacket::in_band(0, false, payload))
     }
 
+    /// Sends an in-band packet (type 6) without completion request, carrying the host's
+    /// `transaction_id`: the reply form of protocols where the host starts every transaction
+    /// and the guest answers in kind (integration services).
+    pub fn send_reply<T: Transport, H: Hal>(
+        &mut self,
+        conn: &Connection<T, H>,
+        transaction_id: u64,
+        payload: &[&[u8]],
+    ) -> Result<(), ChannelError> {
+        self.check(conn)?;
+        self.write_and_signal(
+            conn,
+            &OutgoingPacket::in_band(transaction_id, false, payload),
+        )
+    }
+
     /// Sends an in-band packet with completion requested; the completion is matched by the
     /// returned id. `mode` says whether it goes to the poll callback or is kept for
     /// [`Channel::take_completion`].
@@ -305,6 +321,19 @@ impl Channel {
         &mut self,
         conn: &Connection<T, H>,
         buf: &mut [u8],
+        on_packet: impl FnMut(Received<'_>),
+    ) -> Result<usize, ChannelError> {
+        self.poll_at_most(conn, buf, usize::MAX, on_packet)
+    }
+
+    /// Like [`Channel::poll`], but hands at most `limit` packets to `on_packet` and leaves
+    /// the rest in the ring, so a device layer can answer one request before reading the
+    /// next (a later poll, or the next interrupt, picks them up).
+    pub fn poll_at_most<T: Transport, H: Hal>(
+        &mut self,
+        conn: &Connection<T, H>,
+        buf: &mut [u8],
+        limit: usize,
         mut on_packet: impl FnMut(Received<'_>),
     ) -> Result<usize, ChannelError> {
         self.check(conn)?;
@@ -312,7 +341,7 @@ impl Channel {
         for _ in 0..MAX_DRAIN_ROUNDS {
             self.reader.begin_drain();
             let mut stop = None;
-            loop {
+            while handled < limit {
                 match self.reader.read(buf) {
                     Ok(p) => {
                         handled += 1;
@@ -357,7 +386,7 @@ impl Channel {
                 }
                 return Err(e);
             }
-            if !end.more {
+            if !end.more || handled >= limit {
                 break;
             }
         }
