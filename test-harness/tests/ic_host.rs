@@ -695,3 +695,323 @@ fn ic_host_offers_the_four_services_with_their_class_guids() {
     assert!(ic.errors().is_empty());
     assert!(host.protocol_errors().is_empty());
 }
+
+/// End to end through the mock VMBus host: a hand-played guest (booted VP, VMBus messages,
+/// rings written byte by byte) opens the four IC channels and answers like Linux.
+mod end_to_end {
+    use super::*;
+    use test_harness::guest::{BootedVp, boot_vp};
+    use vmbus_guest::Hal;
+    use vmbus_guest::protocol::{
+        CANDIDATE_VERSIONS, GpaRange, GpadlHeader, InitiateContact, MessageHeader, MessageType,
+        OfferChannel, OpenChannel, RequestOffers, VmbusVersion, WirePfn, message_connection_id_for,
+    };
+    use zerocopy::{FromZeros, IntoBytes};
+
+    const RING_PAGES: u64 = 4;
+    const RING_DATA: u64 = (RING_PAGES - 1) * 4096;
+
+    struct Guest {
+        hv: MockHypervisor,
+        host: MockVmbusHost,
+        vp: BootedVp,
+        conn: u32,
+    }
+
+    /// One opened IC channel as the guest sees it.
+    struct Chan {
+        relid: u32,
+        connection_id: u32,
+        gpa: u64,
+        /// Guest's outbound write index.
+        out_w: u64,
+    }
+
+    impl Chan {
+        fn out_data(&self) -> u64 {
+            self.gpa + 4096
+        }
+        fn in_ctl(&self) -> u64 {
+            self.gpa + RING_PAGES * 4096
+        }
+        fn in_data(&self) -> u64 {
+            self.in_ctl() + 4096
+        }
+    }
+
+    impl Guest {
+        fn new() -> Self {
+            let hv =
+                MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(2 << 20));
+            let vp = boot_vp(&hv, 0).expect("boot");
+            let host = MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
+            Guest {
+                hv,
+                host,
+                vp,
+                conn: 1,
+            }
+        }
+
+        fn post(&mut self, bytes: &[u8]) {
+            self.vp
+                .hypercalls
+                .post_message(self.conn, 1, bytes)
+                .expect("post");
+        }
+
+        fn recv(&self) -> Option<Vec<u8>> {
+            let m = self.vp.synic.take_message(&self.vp.cpu, 2).expect("slot")?;
+            Some(m.payload().to_vec())
+        }
+
+        fn expect(&mut self, t: MessageType) -> Vec<u8> {
+            self.host.step();
+            let m = self.recv().expect("a message");
+            assert_eq!(MessageType(u32_at(&m, 0)), t);
+            m
+        }
+
+        fn alloc(&self, pages: usize) -> u64 {
+            let hal = self.hv.hal();
+            let p = hal.alloc_pages(pages).expect("alloc");
+            hal.virt_to_phys(p).expect("phys")
+        }
+
+        fn write(&mut self, relid: u32, gpa: u64, data: &[u8]) {
+            self.host
+                .with_channel(relid, |ch, _| ch.write_gpa(gpa, data))
+                .unwrap()
+                .unwrap();
+        }
+
+        fn read(&mut self, relid: u32, gpa: u64, len: usize) -> Vec<u8> {
+            let mut b = vec![0; len];
+            self.host
+                .with_channel(relid, |ch, _| ch.read_gpa(gpa, &mut b))
+                .unwrap()
+                .unwrap();
+            b
+        }
+
+        fn connect(&mut self) -> Vec<OfferChannel> {
+            'outer: for version in CANDIDATE_VERSIONS {
+                let info = if version >= VmbusVersion::V5_0 {
+                    InitiateContact::target_info(2, 0, 0)
+                } else if version < VmbusVersion::V2_4 {
+                    self.alloc(1)
+                } else {
+                    0
+                };
+                let msg = InitiateContact {
+                    header: MessageHeader::new(MessageType::INITIATE_CONTACT),
+                    version_requested: version.0,
+                    target_vp: 0,
+                    interrupt_page_or_target_info: info,
+                    parent_to_child_monitor_page_gpa: self.alloc(1),
+                    child_to_parent_monitor_page_gpa: self.alloc(1),
+                };
+                if self
+                    .vp
+                    .hypercalls
+                    .post_message(message_connection_id_for(version), 1, msg.as_bytes())
+                    .is_err()
+                {
+                    continue;
+                }
+                let r = self.expect(MessageType::VERSION_RESPONSE);
+                if r[8] != 0 {
+                    if version >= VmbusVersion::V5_0 {
+                        self.conn = u32_at(&r, 12);
+                    }
+                    break 'outer;
+                }
+            }
+            self.post(RequestOffers::new().as_bytes());
+            self.host.step();
+            let mut offers = Vec::new();
+            while let Some(m) = self.recv() {
+                if MessageType(u32_at(&m, 0)) == MessageType::OFFERCHANNEL {
+                    offers.push(zerocopy::FromBytes::read_from_bytes(&m[..]).unwrap());
+                }
+            }
+            offers
+        }
+
+        fn open(&mut self, offer: &OfferChannel) -> Chan {
+            let relid = offer.relid;
+            let pages = 2 * RING_PAGES as usize;
+            let gpa = self.alloc(pages);
+            let handle = 0x1000 + relid;
+            let mut m = GpadlHeader::new(relid, handle, (8 + 8 * pages) as u16, 1)
+                .as_bytes()
+                .to_vec();
+            m.extend_from_slice(
+                GpaRange {
+                    byte_count: (pages * 4096) as u32,
+                    byte_offset: 0,
+                }
+                .as_bytes(),
+            );
+            for i in 0..pages as u64 {
+                m.extend_from_slice(WirePfn::new(gpa / 4096 + i).as_bytes());
+            }
+            self.post(&m);
+            let r = self.expect(MessageType::GPADL_CREATED);
+            assert_eq!(u32_at(&r, 16), 0);
+            self.write(relid, gpa + 0x40, &1u32.to_le_bytes());
+            let mut o = OpenChannel::new_zeroed();
+            o.header = MessageHeader::new(MessageType::OPENCHANNEL);
+            o.relid = relid;
+            o.open_id = relid;
+            o.ring_gpadl_handle = handle;
+            o.downstream_ring_page_offset = RING_PAGES as u32;
+            self.post(o.as_bytes());
+            let r = self.expect(MessageType::OPENCHANNEL_RESULT);
+            assert_eq!(u32_at(&r, 16), 0);
+            Chan {
+                relid,
+                connection_id: offer.connection_id,
+                gpa,
+                out_w: 0,
+            }
+        }
+
+        fn ring_read(&mut self, relid: u32, data: u64, at: u64, len: usize) -> Vec<u8> {
+            (0..len as u64)
+                .map(|i| self.read(relid, data + (at + i) % RING_DATA, 1)[0])
+                .collect()
+        }
+
+        /// Takes every host packet from `c`'s inbound ring: (tid, payload).
+        fn take_packets(&mut self, c: &Chan) -> Vec<(u64, Vec<u8>)> {
+            let ctl = self.read(c.relid, c.in_ctl(), 8);
+            let (w, mut r) = (u64::from(u32_at(&ctl, 0)), u64::from(u32_at(&ctl, 4)));
+            let mut out = Vec::new();
+            while r != w {
+                let d = self.ring_read(c.relid, c.in_data(), r, 16);
+                assert_eq!(u16_at(&d, 0), 6, "host sends in-band packets");
+                assert_eq!(u16_at(&d, 6), 0, "no completion requested");
+                let off = u64::from(u16_at(&d, 2)) * 8;
+                let len = u64::from(u16_at(&d, 4)) * 8;
+                let payload = self.ring_read(c.relid, c.in_data(), r + off, (len - off) as usize);
+                out.push((u64_at(&d, 8), payload));
+                r = (r + len + 8) % RING_DATA;
+            }
+            self.write(c.relid, c.in_ctl() + 4, &(r as u32).to_le_bytes());
+            out
+        }
+
+        fn send(&mut self, c: &mut Chan, tid: u64, payload: &[u8]) {
+            let len = (16 + payload.len()).next_multiple_of(8);
+            let mut p = Vec::new();
+            p.extend_from_slice(&6u16.to_le_bytes());
+            p.extend_from_slice(&2u16.to_le_bytes());
+            p.extend_from_slice(&((len / 8) as u16).to_le_bytes());
+            p.extend_from_slice(&0u16.to_le_bytes());
+            p.extend_from_slice(&tid.to_le_bytes());
+            p.extend_from_slice(payload);
+            p.resize(len, 0);
+            p.extend_from_slice(&(c.out_w << 32).to_le_bytes());
+            for (i, b) in p.iter().enumerate() {
+                let at = c.out_data() + (c.out_w + i as u64) % RING_DATA;
+                self.write(c.relid, at, &[*b]);
+            }
+            c.out_w = (c.out_w + p.len() as u64) % RING_DATA;
+            self.write(c.relid, c.gpa, &(c.out_w as u32).to_le_bytes());
+            self.vp
+                .hypercalls
+                .signal_event(c.connection_id, 0)
+                .expect("signal");
+        }
+
+        /// Steps the host and answers every IC packet Linux-style; returns how many.
+        fn serve(&mut self, chans: &mut [Chan], kvp: &mut KvpGuest) -> usize {
+            self.host.step();
+            let mut n = 0;
+            for c in chans.iter_mut() {
+                for (tid, req) in self.take_packets(c) {
+                    let len = 28 + usize::from(u16_at(&req, 18));
+                    let req = &req[..len];
+                    let answer = match u16_at(req, 12) {
+                        0 => negotiate_answer(
+                            req,
+                            &[V3, V1],
+                            &[
+                                IcVersion::new(4, 0),
+                                IcVersion::new(3, 2),
+                                IcVersion::new(3, 1),
+                                V3,
+                                V1,
+                            ],
+                        ),
+                        1 => answer(req, 0, |p| {
+                            let s = u64_at(p, 0) + 1;
+                            p[..8].copy_from_slice(&s.to_le_bytes());
+                        }),
+                        2 => kvp.answer(req),
+                        3 => answer(req, 0, |_| {}),
+                        4 => answer(req, 0, |_| {}),
+                        _ => answer(req, E_FAIL, |_| {}),
+                    };
+                    self.send(c, tid, &answer);
+                    n += 1;
+                }
+            }
+            self.host.step();
+            n
+        }
+    }
+
+    #[test]
+    fn guest_answers_all_four_services_through_the_rings() {
+        let mut g = Guest::new();
+        let ic = IcHost::add_to(
+            &mut g.host,
+            IcHostConfig {
+                heartbeat_period: Some(2),
+                ..IcHostConfig::default()
+            },
+        );
+        let offers = g.connect();
+        assert_eq!(offers.len(), 4);
+        let mut chans: Vec<Chan> = offers.iter().map(|o| g.open(o)).collect();
+        let mut kvp = KvpGuest {
+            external: Vec::new(),
+        };
+        ic.kvp.enumerate(POOL_AUTO, 0);
+        ic.kvp.enumerate(POOL_AUTO, 2);
+        ic.shutdown
+            .request_shutdown(ShutdownKind::Restart, false, SHUTDOWN_REASON_PLANNED, 0);
+        for _ in 0..12 {
+            g.serve(&mut chans, &mut kvp);
+        }
+        assert_eq!(ic.heartbeat.negotiated(), Some((V3, V3)));
+        assert_eq!(ic.shutdown.negotiated(), Some((V3, IcVersion::new(3, 2))));
+        assert_eq!(ic.timesync.negotiated(), Some((V3, IcVersion::new(4, 0))));
+        assert_eq!(ic.kvp.negotiated(), Some((V3, IcVersion::new(4, 0))));
+        assert!(ic.heartbeat.beats() >= 3, "beats {}", ic.heartbeat.beats());
+        assert_eq!(ic.shutdown.outcome(), ShutdownOutcome::Accepted);
+        assert_eq!(ic.timesync.acked(), 1, "the SYNC after negotiation");
+        let replies = ic.kvp.lock().service().replies().to_vec();
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0].key.as_deref(), Some("OSName"));
+        assert!(replies[1].is_no_more_items());
+        assert_eq!(ic.errors(), Vec::<String>::new());
+        assert_eq!(g.host.protocol_errors(), Vec::<String>::new());
+
+        // A guest that answers the heartbeat wrongly is flagged in the host's errors too.
+        ic.heartbeat.beat_now();
+        g.host.step();
+        let hb = chans
+            .iter()
+            .position(|c| c.relid == ic.heartbeat_relid)
+            .unwrap();
+        let (tid, req) = g.take_packets(&chans[hb]).remove(0);
+        let bad = answer(&req[..68], 0, |_| {});
+        g.send(&mut chans[hb], tid, &bad);
+        g.host.step();
+        assert_eq!(ic.heartbeat.errors().len(), 1);
+        assert_eq!(g.host.protocol_errors().len(), 1);
+    }
+}
