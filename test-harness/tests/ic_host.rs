@@ -360,6 +360,37 @@ fn shutdown_requests_carry_the_right_flags_and_outcomes() {
     assert_eq!(m.errors().len(), 2, "{:?}", m.errors());
 }
 
+#[test]
+fn unknown_message_type_probe_expects_e_fail() {
+    let mut m = IcModel::new(Heartbeat::new(None));
+    let mut ch = negotiated(&mut m, &[V3], &[V3]);
+    m.probe(9, vec![0; 8], E_FAIL);
+    m.service_mut().beat_now();
+    // The probe goes first, with the negotiated versions and flags 0x3.
+    let (tid, req) = next(&mut m, &mut ch);
+    assert_eq!(u16_at(&req, 12), 9);
+    assert_eq!((ver_at(&req, 8), ver_at(&req, 14)), (V3, V3));
+    assert_eq!(req[25], 0x3);
+    m.packet(&mut ch, &inband(tid, &answer(&req, E_FAIL, |_| {})));
+    assert!(m.errors().is_empty(), "{:?}", m.errors());
+    assert_eq!(m.service().beats(), 0, "the service never saw the probe");
+    // Then the heartbeat; a guest that says S_OK to the next probe is flagged.
+    let (tid, req) = next(&mut m, &mut ch);
+    assert_eq!(u16_at(&req, 12), 1);
+    let s = u64_at(&req, 28) + 1;
+    m.packet(
+        &mut ch,
+        &inband(
+            tid,
+            &answer(&req, 0, |p| p[..8].copy_from_slice(&s.to_le_bytes())),
+        ),
+    );
+    m.probe(7, Vec::new(), E_FAIL);
+    let (tid, req) = next(&mut m, &mut ch);
+    m.packet(&mut ch, &inband(tid, &answer(&req, 0, |_| {})));
+    assert_eq!(m.errors().len(), 1, "{:?}", m.errors());
+}
+
 fn timesync_model(epoch: u64) -> (IcModel<TimeSync>, Arc<AtomicU64>) {
     let t = Arc::new(AtomicU64::new(5_000_000));
     let c = Arc::clone(&t);

@@ -1,6 +1,7 @@
 //! The common host IC engine: negotiation first, then the service's requests one at a time,
 //! every answer checked (devices §6.1–6.2, §7.6–7.7).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::vmbus::{DeviceModel, HostChannel, HostPacket, PACKET_TYPE_INBAND};
@@ -140,6 +141,16 @@ pub enum Negotiation {
 struct Outstanding {
     transaction_id: u64,
     message: Vec<u8>,
+    /// A raw probe: the status the answer must carry (the service does not see it).
+    expect_status: Option<u32>,
+}
+
+/// A raw message queued with [`IcModel::probe`].
+#[derive(Clone, Debug)]
+struct Probe {
+    msg_type: u16,
+    payload: Vec<u8>,
+    expect_status: u32,
 }
 
 /// The host side of one IC channel: generic engine plus service `S`.
@@ -152,6 +163,7 @@ pub struct IcModel<S: IcService> {
     next_transaction_id: u64,
     errors: Vec<String>,
     answered: u64,
+    probes: VecDeque<Probe>,
 }
 
 impl<S: IcService> IcModel<S> {
@@ -166,6 +178,7 @@ impl<S: IcService> IcModel<S> {
             next_transaction_id: 1,
             errors: Vec::new(),
             answered: 0,
+            probes: VecDeque::new(),
         }
     }
 
@@ -230,7 +243,25 @@ impl<S: IcService> IcModel<S> {
         self.errors.push(e);
     }
 
-    fn send(&mut self, ch: &mut dyn IcChannel, header: IcHeader, payload: &[u8]) -> Option<u64> {
+    /// Queues a raw request of `msg_type` with `payload` (sent before the service's next
+    /// request, with the negotiated versions); the answer must carry `expect_status`, e.g.
+    /// E_FAIL for a message type the service does not know (Linux answers those with E_FAIL
+    /// and flags 0x5). The header checks apply as for any request.
+    pub fn probe(&mut self, msg_type: u16, payload: Vec<u8>, expect_status: u32) {
+        self.probes.push_back(Probe {
+            msg_type,
+            payload,
+            expect_status,
+        });
+    }
+
+    fn send(
+        &mut self,
+        ch: &mut dyn IcChannel,
+        header: IcHeader,
+        payload: &[u8],
+        expect_status: Option<u32>,
+    ) -> Option<u64> {
         let tid = self.next_transaction_id;
         let mut header = header;
         header.ic_transaction_id = tid as u8;
@@ -241,6 +272,7 @@ impl<S: IcService> IcModel<S> {
                 self.outstanding = Some(Outstanding {
                     transaction_id: tid,
                     message,
+                    expect_status,
                 });
                 Some(tid)
             }
@@ -264,7 +296,7 @@ impl<S: IcService> IcModel<S> {
             payload.len(),
             0,
         );
-        self.negotiation = match self.send(ch, header, &payload) {
+        self.negotiation = match self.send(ch, header, &payload, None) {
             Some(tid) => Negotiation::Pending(tid),
             None => Negotiation::NotStarted,
         };
@@ -284,9 +316,12 @@ impl<S: IcService> IcModel<S> {
         let Negotiation::Done { framework, service } = self.negotiation else {
             return;
         };
-        if let Some(payload) = self.service.next_request(service) {
+        if let Some(p) = self.probes.pop_front() {
+            let header = IcHeader::request(p.msg_type, framework, service, p.payload.len(), 0);
+            self.send(ch, header, &p.payload, Some(p.expect_status));
+        } else if let Some(payload) = self.service.next_request(service) {
             let header = IcHeader::request(S::MSG_TYPE, framework, service, payload.len(), 0);
-            self.send(ch, header, &payload);
+            self.send(ch, header, &payload, None);
         }
     }
 
@@ -355,7 +390,14 @@ impl<S: IcService> IcModel<S> {
         };
         let mut errs = self.check_header(&req, &resp, out.message.len(), packet.payload.len());
         let body = &packet.payload[ICMSG_HDR_SIZE..];
-        if req.msg_type == MSG_NEGOTIATE {
+        if let Some(want) = out.expect_status {
+            if resp.status != want {
+                errs.push(format!(
+                    "answer to message type {} has status {:#x}, expected {want:#x}",
+                    req.msg_type, resp.status
+                ));
+            }
+        } else if req.msg_type == MSG_NEGOTIATE {
             self.negotiation = self.check_negotiate(&resp, body, &mut errs);
             if let Negotiation::Done { service, .. } = self.negotiation {
                 self.service.on_negotiated(service);
