@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod guest;
+pub mod guest_ics;
 pub mod hv;
 pub mod ic;
 pub mod vmbus;
