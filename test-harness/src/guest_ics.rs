@@ -10,6 +10,8 @@ use ic_services::timesync::TimeSync;
 use vmbus_guest::protocol::DeviceClass;
 use vmbus_guest::{Connection, Hal, Transport, Wait};
 
+use crate::vmbus::MockVmbusHost;
+
 /// The shutdown policy: the OS decides whether to accept each request.
 pub type ShutdownPolicyFn = Box<dyn FnMut(&ShutdownRequest) -> bool + Send>;
 /// The time-sync reference: partition reference time now (100 ns units).
@@ -126,4 +128,26 @@ impl GuestIcs {
         n += self.kvp.poll(conn, |e| on_event(DeviceClass::Kvp, e))?;
         Ok(n)
     }
+}
+
+/// Runs the deterministic host and the guest (connection messages, then the services) until
+/// neither has anything left to do; events go to `on_event`. Gives up after 100 rounds, which
+/// only a host and guest that keep each other busy forever would reach.
+pub fn settle<T: Transport, H: Hal>(
+    host: &mut MockVmbusHost,
+    guest: &mut Connection<T, H>,
+    services: &mut GuestIcs,
+    mut on_event: impl FnMut(DeviceClass, IcEvent),
+) -> Result<(), String> {
+    for _ in 0..100 {
+        let host_work = host.step();
+        let messages = guest.poll();
+        let answered = services
+            .poll(guest, &mut on_event)
+            .map_err(|e| e.to_string())?;
+        if host_work == 0 && messages == 0 && answered == 0 {
+            return Ok(());
+        }
+    }
+    Err("host and guest did not settle in 100 rounds".into())
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use ic_services::IcEvent;
 use test_harness::guest::boot_vp;
-use test_harness::guest_ics::{GuestIcs, HARNESS_GUEST_INFO};
+use test_harness::guest_ics::{GuestIcs, HARNESS_GUEST_INFO, settle};
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::ic::IcVersion;
 use test_harness::ic::shutdown::{ShutdownKind, ShutdownOutcome};
@@ -71,21 +71,14 @@ fn rig(offers: impl FnOnce(&IcHost)) -> Rig {
 impl Rig {
     /// Runs host and guest until neither has anything left to do (bounded).
     fn settle(&mut self) {
-        for _ in 0..100 {
-            let host_work = self.host.step();
-            self.guest.poll();
-            let events = self.events.clone();
-            let answered = self
-                .services
-                .poll(&self.guest, |class, e| {
-                    events.lock().unwrap().push((class, e))
-                })
-                .expect("IC poll");
-            if host_work == 0 && answered == 0 {
-                return;
-            }
-        }
-        panic!("host and guest did not settle");
+        let events = self.events.clone();
+        settle(
+            &mut self.host,
+            &mut self.guest,
+            &mut self.services,
+            |class, e| events.lock().unwrap().push((class, e)),
+        )
+        .expect("settle");
     }
 
     fn take_events(&self) -> Vec<(DeviceClass, IcEvent)> {

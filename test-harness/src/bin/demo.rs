@@ -1,27 +1,32 @@
-//! `cargo run -p test-harness --bin demo [-- --host ws2016|ws2022|not-hyperv|bare-metal]`
+//! `cargo run -p test-harness --bin demo [-- --host NAME]` (`--help` lists the hosts)
 //!
 //! Boots a simulated Hyper-V VM on the mock hypervisor and narrates what the guest does.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use test_harness::demo::{DemoOptions, parse_host, run};
-use test_harness::hv::HostPreset;
+use test_harness::demo::{DemoOptions, HOST_NAMES, parse_host, run};
 
 fn main() -> ExitCode {
-    let mut host = HostPreset::Ws2022;
+    let mut host = parse_host("ws2022").expect("the default host name parses");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--host" => match args.next().as_deref().and_then(parse_host) {
                 Some(h) => host = h,
                 None => {
-                    eprintln!("--host takes ws2016, ws2022, not-hyperv or bare-metal");
+                    eprintln!("--host takes one of:");
+                    for (name, what) in HOST_NAMES {
+                        eprintln!("  {name:<11} {what}");
+                    }
                     return ExitCode::from(2);
                 }
             },
             "-h" | "--help" => {
-                println!("usage: demo [--host ws2016|ws2022|not-hyperv|bare-metal]");
+                println!("usage: demo [--host NAME]\n\nNAME is one of:");
+                for (name, what) in HOST_NAMES {
+                    println!("  {name:<11} {what}");
+                }
                 return ExitCode::SUCCESS;
             }
             other => {
