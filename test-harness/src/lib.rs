@@ -4,3 +4,4 @@
 pub mod demo;
 pub mod guest;
 pub mod hv;
+pub mod vmbus;
