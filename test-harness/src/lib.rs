@@ -4,4 +4,5 @@
 pub mod demo;
 pub mod guest;
 pub mod hv;
+pub mod storage;
 pub mod vmbus;
