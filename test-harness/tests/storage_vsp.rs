@@ -586,3 +586,69 @@ fn storvsc_protocol_layer_against_the_mock_vsp() {
         rig.assert_clean();
     }
 }
+
+#[test]
+fn create_sub_channels_offers_them() {
+    let vsp = StorageVsp::new(VspConfig::default());
+    vsp.add_lun(0, Lun::memory(512, 64));
+    let mut rig = Rig::new(vsp.clone());
+    for (tid, op, v) in [(1, 7, 0u16), (2, 9, 0x0602), (3, 10, 0), (4, 8, 0)] {
+        rig.call(tid, &vstor(op, &v.to_le_bytes(), 64), None);
+    }
+    assert_eq!(
+        status(&rig.call(5, &vstor(13, &5u16.to_le_bytes(), 64), None)),
+        NtStatus::INVALID_PARAMETER.0
+    );
+    assert_eq!(
+        status(&rig.call(6, &vstor(13, &2u16.to_le_bytes(), 64), None)),
+        0
+    );
+    rig.host.step();
+    let mut subs = Vec::new();
+    while let Some(m) = rig.recv() {
+        if MessageType(u32_at(&m, 0)) == MessageType::OFFERCHANNEL {
+            let o: OfferChannel = zerocopy::FromBytes::read_from_bytes(&m[..]).unwrap();
+            assert_eq!(o.interface_type, SCSI_CLASS);
+            assert_eq!(o.interface_instance, INSTANCE);
+            subs.push(o.subchannel_index);
+        }
+    }
+    assert_eq!(subs, [1, 2]);
+    assert_eq!(vsp.sub_channels_created(), 2);
+    rig.assert_clean();
+}
+
+#[test]
+fn file_backed_lun() {
+    let path = std::env::temp_dir().join(format!("storvsc-vsp-{}.img", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 * 4096).unwrap();
+    let vsp = StorageVsp::new(VspConfig::default());
+    vsp.add_lun(0, Lun::file(file, 4096).unwrap());
+    let mut rig = Rig::new(vsp.clone());
+    let neg = bring_up(&mut rig);
+    let (_, bounce) = Rig::alloc(&rig.hv, 4);
+    let mut t = RigTransport {
+        rig: &mut rig,
+        version: neg.version,
+        table: RequestTable::new(),
+        bounce,
+        bounce_pages: 4,
+    };
+    let mut disk = ScsiDisk::open(&mut t, LunAddress::lun(0), neg.max_transfer_bytes).unwrap();
+    assert_eq!((disk.block_size(), disk.num_blocks()), (4096, 64));
+    let data = vec![0xA5u8; 8192];
+    disk.write_blocks(62, &data).unwrap();
+    disk.flush().unwrap();
+    let _ = disk.into_transport();
+    let on_disk = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(&on_disk[62 * 4096..], &data[..]);
+    rig.assert_clean();
+}
