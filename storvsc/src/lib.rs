@@ -12,6 +12,7 @@
 //!   transaction ids to requests.
 //! - [`block`]: a block-device API over the small [`block::ScsiTransport`] trait, which the
 //!   VMBus glue implements.
+//! - `io` (feature `embedded-io`): an `embedded_io::{Read, Write, Seek}` byte-stream view.
 #![no_std]
 
 #[cfg(test)]
@@ -20,6 +21,8 @@ extern crate std;
 pub mod block;
 pub mod error;
 pub mod handshake;
+#[cfg(feature = "embedded-io")]
+pub mod io;
 pub mod protocol;
 pub mod request;
 pub mod scsi;
