@@ -77,6 +77,7 @@ pub struct Handshake<'a> {
     awaiting: bool,
     version: Option<VstorVersion>,
     props: ChannelProperties,
+    legacy_sizing: bool,
 }
 
 impl Default for Handshake<'static> {
@@ -94,7 +95,17 @@ impl<'a> Handshake<'a> {
             awaiting: false,
             version: None,
             props: ChannelProperties::default(),
+            legacy_sizing: false,
         }
+    }
+
+    /// Sends BEGIN_INITIALIZATION and every QUERY_PROTOCOL_VERSION in 48-byte packets, switching
+    /// to 64 bytes only once a WIN8+ version is accepted. This is what Linux did while it still
+    /// supported WIN7/WIN6 hosts (`vmscsi_size_delta` starts at 16) and what FreeBSD does: the
+    /// proven-safe sizing for pre-Win8 hosts, which every later host also accepts.
+    pub fn legacy_sizing(mut self) -> Self {
+        self.legacy_sizing = true;
+        self
     }
 
     /// The operation of the request in flight or about to be sent (`None` when finished).
@@ -114,6 +125,9 @@ impl<'a> Handshake<'a> {
     }
 
     fn current_size(&self) -> usize {
+        if self.legacy_sizing && self.version.is_none() {
+            return crate::protocol::VSTOR_PACKET_SIZE_PRE_WIN8;
+        }
         match (self.state, self.version) {
             (State::QueryVersion(i), _) => self
                 .candidates
@@ -364,6 +378,22 @@ mod tests {
         assert_eq!(n.packet_size(), 48);
         assert_eq!(n.sub_channels_allowed(), 0);
         assert!(create_sub_channels_request(&n, 1, &mut buf).is_err());
+    }
+
+    #[test]
+    fn legacy_sizing_uses_48_bytes_until_win8_is_accepted() {
+        let mut hs = Handshake::default().legacy_sizing();
+        let mut buf = [0u8; 64];
+        assert_eq!(hs.next_request(&mut buf), Some(48));
+        hs.on_completion(&completion(0, 48)).unwrap();
+        assert_eq!(hs.next_request(&mut buf), Some(48));
+        assert_eq!(&buf[12..14], &[2, 6]);
+        hs.on_completion(&completion(0, 48)).unwrap();
+        assert_eq!(
+            hs.next_request(&mut buf),
+            Some(64),
+            "WIN10 accepted: 64 bytes"
+        );
     }
 
     #[test]

@@ -504,7 +504,10 @@ impl ScsiTransport for RigTransport<'_> {
 }
 
 fn bring_up(rig: &mut Rig) -> storvsc::handshake::Negotiated {
-    let mut hs = Handshake::default();
+    bring_up_with(rig, Handshake::default())
+}
+
+fn bring_up_with(rig: &mut Rig, mut hs: Handshake<'_>) -> storvsc::handshake::Negotiated {
     let mut buf = [0u8; 64];
     let mut tid = 100;
     loop {
@@ -651,4 +654,40 @@ fn file_backed_lun() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(&on_disk[62 * 4096..], &data[..]);
     rig.assert_clean();
+}
+
+#[test]
+fn storvsc_handshake_falls_back_to_a_win7_host() {
+    for legacy in [false, true] {
+        let vsp = StorageVsp::new(VspConfig {
+            accepted_versions: vec![VstorVersion::WIN7, VstorVersion::WIN6],
+            max_sub_channels: 0,
+            ..VspConfig::default()
+        });
+        vsp.add_lun(0, Lun::memory(512, 32));
+        let mut rig = Rig::new(vsp.clone());
+        let hs = if legacy {
+            Handshake::default().legacy_sizing()
+        } else {
+            Handshake::default()
+        };
+        let neg = bring_up_with(&mut rig, hs);
+        assert_eq!(
+            (neg.version, neg.packet_size(), neg.sub_channels_allowed()),
+            (VstorVersion::WIN7, 48, 0)
+        );
+        let (_, bounce) = Rig::alloc(&rig.hv, 4);
+        let mut t = RigTransport {
+            rig: &mut rig,
+            version: neg.version,
+            table: RequestTable::new(),
+            bounce,
+            bounce_pages: 4,
+        };
+        let mut disk = ScsiDisk::open(&mut t, LunAddress::lun(0), neg.max_transfer_bytes).unwrap();
+        disk.write_blocks(31, &[7u8; 512]).unwrap();
+        let _ = disk.into_transport();
+        assert_eq!(vsp.read_lun(0, 31 * 512, 512).unwrap(), vec![7u8; 512]);
+        rig.assert_clean();
+    }
 }
