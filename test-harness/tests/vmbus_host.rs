@@ -1129,3 +1129,74 @@ fn more_rejections() {
     assert!(rig.request_offers().is_empty());
     rig.assert_clean();
 }
+
+#[test]
+fn rescind_cancels_a_withheld_open() {
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.host.set_withhold_open_result(1, true);
+    rig.negotiate();
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 5, gpa, 8), 0);
+    let mut o = OpenChannel::new_zeroed();
+    o.header = MessageHeader::new(MessageType::OPENCHANNEL);
+    o.relid = 1;
+    o.ring_gpadl_handle = 5;
+    o.downstream_ring_page_offset = 4;
+    rig.post(o.as_bytes());
+    rig.host.step();
+    rig.host.rescind(1);
+    rig.host.set_withhold_open_result(1, false);
+    let r = rig.recv().expect("rescind");
+    assert_eq!(
+        MessageType(u32_at(&r, 0)),
+        MessageType::RESCIND_CHANNELOFFER
+    );
+    assert!(rig.recv().is_none(), "the open never completes");
+    // The ring GPADL is no longer in use: teardown is answered at once.
+    rig.post(
+        GpadlTeardown {
+            header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+            relid: 1,
+            gpadl_handle: 5,
+        }
+        .as_bytes(),
+    );
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    rig.post(RelidReleased::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.channel_state(1), Some(ChannelState::Released));
+    rig.assert_clean();
+}
+
+#[test]
+fn gpadl_ranges_and_modify_connection() {
+    let mut rig = Rig::new(HostRelease::Copper);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    let want = FeatureFlags::MODIFY_CONNECTION.bits();
+    let msg = rig.contact_msg(VmbusVersion::V6_0, want);
+    rig.post_on(4, msg.as_bytes()).unwrap();
+    let r = rig.expect(MessageType::VERSION_RESPONSE);
+    rig.conn = u32_at(&r, 12);
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(30);
+    assert_eq!(rig.gpadl(1, 0x42, gpa, 30), 0);
+    let ranges = rig.host.gpadl_ranges(0x42).unwrap();
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(ranges[0].byte_count, 30 * 4096);
+    assert_eq!(ranges[0].pfns.first(), Some(&(gpa / 4096)));
+    assert_eq!(ranges[0].pfns.len(), 30);
+    // MODIFY_CONNECTION with new monitor pages: answered with state 0.
+    let (_, p) = rig.alloc(2);
+    let mut m = MessageType::MODIFY_CONNECTION.0.to_le_bytes().to_vec();
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&p.to_le_bytes());
+    m.extend_from_slice(&(p + 4096).to_le_bytes());
+    rig.post(&m);
+    let r = rig.expect(MessageType::MODIFY_CONNECTION_RESPONSE);
+    assert_eq!((r.len(), r[8]), (9, 0));
+    rig.assert_clean();
+}

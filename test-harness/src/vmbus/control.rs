@@ -177,12 +177,13 @@ impl MockVmbusHost {
             accepted = false;
         }
         let granted = features & self.host_features;
-        // Injected failure (2.4+ hosts report it): supported but not connected.
-        let state = if accepted && version >= VmbusVersion::V2_4 {
-            self.connection_state
-        } else {
-            0
-        };
+        // Injected failure: 2.4+ report it as supported with a failed connection state; older
+        // versions have no state field, so the failure is reported as "not supported".
+        let mut state = if accepted { self.connection_state } else { 0 };
+        if state != 0 && version < VmbusVersion::V2_4 {
+            accepted = false;
+            state = 0;
+        }
         let id_or_version = match (accepted, version >= VmbusVersion::V5_0) {
             (true, true) => self.multi_client_connection_id,
             (true, false) => version.0,
@@ -494,11 +495,14 @@ impl MockVmbusHost {
             return;
         }
         if active {
+            let was_open = matches!(e.phase, Phase::Open);
             e.phase = Phase::Closed;
             e.ch.detach();
-            if !e.rescinded {
+            if was_open && !e.rescinded {
                 e.model.on_close();
             }
+        } else {
+            e.phase = Phase::Closed;
         }
         let gpadl = e.ring_gpadl.take();
         if let Some(h) = gpadl {
@@ -648,9 +652,9 @@ impl MockVmbusHost {
     pub(super) fn reset_connection(&mut self) {
         self.channels.retain(|_, e| !e.rescinded);
         for e in self.channels.values_mut() {
-            let active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+            let was_open = matches!(e.phase, Phase::Open);
             e.ch.detach();
-            if active {
+            if was_open {
                 e.model.on_close();
             }
             e.phase = Phase::Idle;

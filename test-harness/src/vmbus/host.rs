@@ -291,9 +291,13 @@ impl MockVmbusHost {
             return;
         }
         e.rescinded = true;
-        let was_active = matches!(e.phase, Phase::Open | Phase::Opening(_));
+        // A withheld open of a rescinded channel never completes.
+        if matches!(e.phase, Phase::Opening(_)) {
+            e.phase = Phase::Idle;
+        }
+        let was_open = matches!(e.phase, Phase::Open);
         e.ch.detach();
-        if was_active {
+        if was_open {
             e.model.on_close();
         }
         let gpadl = e.ring_gpadl.take();
@@ -491,6 +495,14 @@ impl MockVmbusHost {
     /// Number of live (complete, not torn down) GPADLs.
     pub fn gpadls(&self) -> usize {
         self.lock_gpadls().live.len()
+    }
+
+    /// The ranges of live GPADL `handle` as the host mapped them.
+    pub fn gpadl_ranges(&self, handle: u32) -> Option<Vec<super::GpadlRange>> {
+        self.lock_gpadls()
+            .live
+            .get(&handle)
+            .map(|g| g.ranges.clone())
     }
 
     /// Whether the guest unloaded (UNLOAD answered) and has not reconnected since.
