@@ -6,4 +6,5 @@ pub mod guest;
 pub mod guest_ics;
 pub mod hv;
 pub mod ic;
+pub mod storage;
 pub mod vmbus;

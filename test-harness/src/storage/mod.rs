@@ -1,0 +1,792 @@
+//! Mock storage VSP: the host side of the synthetic SCSI controller (devices §3, §7.2, §7.7),
+//! a [`DeviceModel`] for the mock VMBus host.
+//!
+//! Written from the protocol document, independently of the guest's handshake and request
+//! code; only the wire structs of `storvsc::protocol` are shared. It answers like a Hyper-V
+//! virtual disk: INQUIRY "Msft" / "Virtual Disk", READ CAPACITY, READ/WRITE(10/16) through the
+//! GPA-direct range, SYNCHRONIZE CACHE, UNMAP, REPORT LUNS, TEST UNIT READY, MODE SENSE, with
+//! sense data for bad LBAs and unknown opcodes. Completions are padded to the negotiated packet
+//! size (48 bytes for WIN6/WIN7, 64 for WIN8+).
+//!
+//! [`StorageVsp`] is a cheap clone sharing one controller state, so a test keeps a clone to
+//! inject faults (error status, bus reset, unit attention, withheld completions, resize, hot
+//! add/remove) after handing another to the host.
+
+mod scsi;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use storvsc::protocol::{
+    ChannelProperties, NtStatus, Operation, ProtocolVersion,
+    STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL, SubChannelCount, VSTOR_PACKET_SIZE_PRE_WIN8,
+    VSTOR_PACKET_SIZE_WIN8, VmscsiRequest, VstorPacket, VstorVersion, payload_as, set_payload,
+};
+use zerocopy::IntoBytes;
+use zerocopy::byteorder::little_endian::{U16, U32};
+
+use crate::vmbus::{
+    DeviceModel, DeviceOffer, HostChannel, HostPacket, HostRingError, PACKET_TYPE_COMPLETION,
+    PACKET_TYPE_GPA_DIRECT, PACKET_TYPE_INBAND,
+};
+
+pub use scsi::{FixedSense, ScsiOutcome};
+
+/// Storage controller class GUID (SCSI), devices §1.1.
+pub const SCSI_CLASS: vmbus_guest::protocol::Guid =
+    vmbus_guest::protocol::Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
+
+/// OpenVMM's per-request limit, reported in QUERY_PROPERTIES.
+pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 0x40000;
+
+/// What the VSP needs from a channel; implemented by [`HostChannel`] and by test fakes.
+pub trait VspChannel {
+    /// Sends a completion (type 11) for `transaction_id`.
+    fn send_completion(&mut self, transaction_id: u64, payload: &[u8])
+    -> Result<(), HostRingError>;
+    /// Sends an in-band packet (unsolicited messages use transaction id 0).
+    fn send_inband(&mut self, payload: &[u8], transaction_id: u64) -> Result<(), HostRingError>;
+    /// Reads guest memory.
+    fn read_gpa(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostRingError>;
+    /// Writes guest memory.
+    fn write_gpa(&self, gpa: u64, data: &[u8]) -> Result<(), HostRingError>;
+    /// Records a guest protocol violation.
+    fn protocol_error(&self, reason: String);
+}
+
+impl VspChannel for HostChannel {
+    fn send_completion(
+        &mut self,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), HostRingError> {
+        HostChannel::send_completion(self, transaction_id, payload)
+    }
+    fn send_inband(&mut self, payload: &[u8], transaction_id: u64) -> Result<(), HostRingError> {
+        HostChannel::send_inband(self, payload, transaction_id, false)
+    }
+    fn read_gpa(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostRingError> {
+        HostChannel::read_gpa(self, gpa, buf)
+    }
+    fn write_gpa(&self, gpa: u64, data: &[u8]) -> Result<(), HostRingError> {
+        HostChannel::write_gpa(self, gpa, data)
+    }
+    fn protocol_error(&self, reason: String) {
+        HostChannel::protocol_error(self, reason)
+    }
+}
+
+/// Where a LUN's blocks live.
+#[derive(Debug)]
+pub enum Backing {
+    /// In memory.
+    Memory(Vec<u8>),
+    /// In a file (read and written in place; SYNCHRONIZE CACHE calls `sync_data`).
+    File(File),
+}
+
+/// One LUN: a virtual disk.
+#[derive(Debug)]
+pub struct Lun {
+    backing: Backing,
+    block_size: u32,
+    num_blocks: u64,
+    read_only: bool,
+    /// Unit attention (ASC, ASCQ) reported on the next command.
+    pending_ua: Option<(u8, u8)>,
+}
+
+impl Lun {
+    /// A zero-filled in-memory disk of `num_blocks` blocks of `block_size` (512 or 4096).
+    pub fn memory(block_size: u32, num_blocks: u64) -> Self {
+        assert!(
+            block_size == 512 || block_size == 4096,
+            "block size 512 or 4096"
+        );
+        let len = usize::try_from(num_blocks * u64::from(block_size)).expect("disk fits memory");
+        Self {
+            backing: Backing::Memory(vec![0; len]),
+            block_size,
+            num_blocks,
+            read_only: false,
+            pending_ua: None,
+        }
+    }
+
+    /// A disk backed by `file`; the capacity is the file length rounded down to whole blocks.
+    pub fn file(file: File, block_size: u32) -> std::io::Result<Self> {
+        assert!(
+            block_size == 512 || block_size == 4096,
+            "block size 512 or 4096"
+        );
+        let len = file.metadata()?.len();
+        Ok(Self {
+            backing: Backing::File(file),
+            block_size,
+            num_blocks: len / u64::from(block_size),
+            read_only: false,
+            pending_ua: None,
+        })
+    }
+
+    /// Marks the disk write-protected (MODE SENSE WP bit; writes fail with DATA PROTECT).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Logical block size.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
+    pub(crate) fn read(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &mut self.backing {
+            Backing::Memory(m) => {
+                let s = offset as usize;
+                buf.copy_from_slice(&m[s..s + buf.len()]);
+                Ok(())
+            }
+            Backing::File(f) => {
+                f.seek(SeekFrom::Start(offset))?;
+                f.read_exact(buf)
+            }
+        }
+    }
+
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.backing {
+            Backing::Memory(m) => {
+                let s = offset as usize;
+                m[s..s + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            Backing::File(f) => {
+                f.seek(SeekFrom::Start(offset))?;
+                f.write_all(data)
+            }
+        }
+    }
+
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.backing {
+            Backing::Memory(_) => Ok(()),
+            Backing::File(f) => f.sync_data(),
+        }
+    }
+
+    /// Changes the capacity (memory: truncates or zero-extends; file: sets the length) and
+    /// queues CAPACITY DATA HAS CHANGED.
+    pub fn resize(&mut self, num_blocks: u64) -> std::io::Result<()> {
+        let len = num_blocks * u64::from(self.block_size);
+        match &mut self.backing {
+            Backing::Memory(m) => m.resize(len as usize, 0),
+            Backing::File(f) => f.set_len(len)?,
+        }
+        self.num_blocks = num_blocks;
+        self.pending_ua = Some((0x2A, 0x09));
+        Ok(())
+    }
+}
+
+/// Controller configuration.
+#[derive(Clone, Debug)]
+pub struct VspConfig {
+    /// Versions the host accepts; others get STATUS_REVISION_MISMATCH.
+    pub accepted_versions: Vec<VstorVersion>,
+    /// Sub-channels allowed (QUERY_PROPERTIES max_channel_count); 0 = no multi-channel flag.
+    pub max_sub_channels: u16,
+    /// QUERY_PROPERTIES max_transfer_bytes.
+    pub max_transfer_bytes: u32,
+}
+
+impl Default for VspConfig {
+    /// A Windows Server 2016+ host: every version up to WIN10, 4 sub-channels, 256 KiB.
+    fn default() -> Self {
+        Self {
+            accepted_versions: VstorVersion::ALL_NEWEST_FIRST.to_vec(),
+            max_sub_channels: 4,
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+        }
+    }
+}
+
+impl VspConfig {
+    /// The OpenVMM host: WIN6..WIN8.1, refuses WIN10.
+    pub fn openvmm() -> Self {
+        Self {
+            accepted_versions: vec![
+                VstorVersion::WIN6,
+                VstorVersion::WIN7,
+                VstorVersion::WIN8,
+                VstorVersion::WIN8_1,
+            ],
+            ..Self::default()
+        }
+    }
+}
+
+/// Initialisation progress of the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitState {
+    /// Nothing received yet.
+    NotStarted,
+    /// BEGIN_INITIALIZATION received.
+    Begun,
+    /// END_INITIALIZATION received: SRBs are accepted.
+    Ready,
+}
+
+/// One forced SRB result (fault injection).
+#[derive(Clone, Copy, Debug)]
+struct ForcedSrb {
+    srb_status: u8,
+    scsi_status: u8,
+    sense: Option<FixedSense>,
+}
+
+struct Shared {
+    config: VspConfig,
+    luns: BTreeMap<u8, Lun>,
+    version: Option<VstorVersion>,
+    init: InitState,
+    fail_next_status: Option<NtStatus>,
+    fail_next_srb: Option<ForcedSrb>,
+    withhold: bool,
+    withheld: Vec<(u64, Vec<u8>)>,
+    release_withheld: bool,
+    send_enumerate: bool,
+    sub_channels_created: u16,
+    opcodes: Vec<u8>,
+    protocol_errors: Vec<String>,
+    closed: u32,
+}
+
+/// The mock storage VSP; see the module documentation. Clones share the controller.
+#[derive(Clone)]
+pub struct StorageVsp {
+    shared: Arc<Mutex<Shared>>,
+    /// Offer of the primary channel (sub-channels repeat type and instance).
+    offer: Option<DeviceOffer>,
+    primary: bool,
+}
+
+impl StorageVsp {
+    /// A controller with `config` and no LUNs.
+    pub fn new(config: VspConfig) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                config,
+                luns: BTreeMap::new(),
+                version: None,
+                init: InitState::NotStarted,
+                fail_next_status: None,
+                fail_next_srb: None,
+                withhold: false,
+                withheld: Vec::new(),
+                release_withheld: false,
+                send_enumerate: false,
+                sub_channels_created: 0,
+                opcodes: Vec::new(),
+                protocol_errors: Vec::new(),
+                closed: 0,
+            })),
+            offer: None,
+            primary: true,
+        }
+    }
+
+    /// Remembers the primary offer so CREATE_SUB_CHANNELS can offer sub-channels like it.
+    pub fn with_offer(mut self, offer: DeviceOffer) -> Self {
+        self.offer = Some(offer);
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds (hot-adds) `lun`; call [`Self::announce_bus_change`] to tell the guest.
+    pub fn add_lun(&self, n: u8, lun: Lun) -> &Self {
+        self.lock().luns.insert(n, lun);
+        self
+    }
+
+    /// Removes `lun` (later commands to it complete with SRB INVALID_LUN).
+    pub fn remove_lun(&self, n: u8) -> Option<Lun> {
+        self.lock().luns.remove(&n)
+    }
+
+    /// Sends an unsolicited ENUMERATE_BUS (transaction id 0) on the next poll.
+    pub fn announce_bus_change(&self) {
+        self.lock().send_enumerate = true;
+    }
+
+    /// Resizes `lun` (CAPACITY DATA HAS CHANGED on its next command).
+    pub fn resize_lun(&self, n: u8, num_blocks: u64) -> std::io::Result<()> {
+        match self.lock().luns.get_mut(&n) {
+            Some(l) => l.resize(num_blocks),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// Copy of the first `len` bytes of an in-memory LUN (or read from its file).
+    pub fn read_lun(&self, n: u8, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let mut s = self.lock();
+        let l = s.luns.get_mut(&n)?;
+        let mut b = vec![0; len];
+        l.read(offset, &mut b).ok()?;
+        Some(b)
+    }
+
+    /// Writes bytes straight into a LUN (test setup).
+    pub fn write_lun(&self, n: u8, offset: u64, data: &[u8]) -> bool {
+        let mut s = self.lock();
+        s.luns
+            .get_mut(&n)
+            .is_some_and(|l| l.write(offset, data).is_ok())
+    }
+
+    /// Fault: the next vstor packet of any kind completes with `status`.
+    pub fn fail_next_status(&self, status: NtStatus) {
+        self.lock().fail_next_status = Some(status);
+    }
+
+    /// Fault: the next SRB completes with these statuses and (optionally) sense data.
+    pub fn fail_next_srb(&self, srb_status: u8, scsi_status: u8, sense: Option<FixedSense>) {
+        self.lock().fail_next_srb = Some(ForcedSrb {
+            srb_status,
+            scsi_status,
+            sense,
+        });
+    }
+
+    /// Fault: unit attention (ASC, ASCQ) on the next command to `lun`.
+    pub fn unit_attention(&self, lun: u8, asc: u8, ascq: u8) {
+        if let Some(l) = self.lock().luns.get_mut(&lun) {
+            l.pending_ua = Some((asc, ascq));
+        }
+    }
+
+    /// Fault: a bus reset. The next SRB completes with SRB_STATUS_BUS_RESET and every LUN then
+    /// reports POWER ON, RESET OR BUS DEVICE RESET OCCURRED (0x29/0x00) once.
+    pub fn bus_reset(&self) {
+        let mut s = self.lock();
+        s.fail_next_srb = Some(ForcedSrb {
+            srb_status: 0x0E,
+            scsi_status: 0,
+            sense: None,
+        });
+        for l in s.luns.values_mut() {
+            l.pending_ua = Some((0x29, 0x00));
+        }
+    }
+
+    /// Fault: while on, completions are kept instead of sent.
+    pub fn withhold_completions(&self, on: bool) {
+        self.lock().withhold = on;
+    }
+
+    /// Sends the withheld completions on the next poll (and stops withholding).
+    pub fn release_withheld(&self) {
+        let mut s = self.lock();
+        s.withhold = false;
+        s.release_withheld = true;
+    }
+
+    /// Completions currently withheld.
+    pub fn withheld(&self) -> usize {
+        self.lock().withheld.len()
+    }
+
+    /// The negotiated version, once a QUERY_PROTOCOL_VERSION was accepted.
+    pub fn negotiated_version(&self) -> Option<VstorVersion> {
+        self.lock().version
+    }
+
+    /// Initialisation state.
+    pub fn init_state(&self) -> InitState {
+        self.lock().init
+    }
+
+    /// SCSI opcodes of every SRB received, in order.
+    pub fn opcodes(&self) -> Vec<u8> {
+        self.lock().opcodes.clone()
+    }
+
+    /// Sub-channels offered through CREATE_SUB_CHANNELS.
+    pub fn sub_channels_created(&self) -> u16 {
+        self.lock().sub_channels_created
+    }
+
+    /// Times a channel of this controller was closed (including rescinds).
+    pub fn closes(&self) -> u32 {
+        self.lock().closed
+    }
+
+    /// Guest protocol violations this VSP saw (also reported to the channel).
+    pub fn protocol_errors(&self) -> Vec<String> {
+        self.lock().protocol_errors.clone()
+    }
+
+    /// Completion packet size: the negotiated size, or before negotiation the request's own
+    /// size clamped to 48..=64.
+    fn reply_size(s: &Shared, request_len: usize) -> usize {
+        match s.version {
+            Some(v) => v.packet_size(),
+            None => request_len.clamp(VSTOR_PACKET_SIZE_PRE_WIN8, VSTOR_PACKET_SIZE_WIN8),
+        }
+    }
+
+    fn error(s: &mut Shared, ch: &dyn VspChannel, e: String) {
+        log::warn!("storage VSP: {e}");
+        ch.protocol_error(e.clone());
+        s.protocol_errors.push(e);
+    }
+
+    fn send(s: &mut Shared, ch: &mut dyn VspChannel, tid: u64, bytes: &[u8]) {
+        if s.withhold {
+            s.withheld.push((tid, bytes.to_vec()));
+        } else if let Err(e) = ch.send_completion(tid, bytes) {
+            log::warn!("storage VSP: completion {tid:#x} not sent: {e}");
+        }
+    }
+
+    /// Handles one guest packet on a channel (the body of [`DeviceModel::on_packet`]).
+    pub fn handle(&mut self, ch: &mut dyn VspChannel, packet: &HostPacket, subs: &mut Vec<u16>) {
+        let shared = self.shared.clone();
+        let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if packet.packet_type == PACKET_TYPE_COMPLETION {
+            return;
+        }
+        if packet.packet_type != PACKET_TYPE_INBAND && packet.packet_type != PACKET_TYPE_GPA_DIRECT
+        {
+            Self::error(&mut s, ch, format!("packet type {:#x}", packet.packet_type));
+            return;
+        }
+        let Some(req) = VstorPacket::parse(&packet.payload) else {
+            Self::error(
+                &mut s,
+                ch,
+                format!("vstor packet of {} bytes", packet.payload.len()),
+            );
+            return;
+        };
+        if let Some(v) = s.version
+            && packet.payload.len() < v.packet_size()
+        {
+            Self::error(
+                &mut s,
+                ch,
+                format!("{}-byte packet after negotiating {v}", packet.payload.len()),
+            );
+        }
+        if req.flags.get() & 1 == 0 {
+            Self::error(&mut s, ch, "vstor packet without REQUEST_COMPLETION".into());
+        }
+        let size = Self::reply_size(&s, packet.payload.len());
+        let mut reply = VstorPacket::request(Operation::COMPLETE_IO);
+        reply.flags = U32::new(0);
+        let forced = s.fail_next_status.take();
+        let op = req.op();
+        let status = if let Some(st) = forced {
+            // The payload is echoed so the guest sees a well-formed packet.
+            reply.payload = req.payload;
+            st
+        } else {
+            match op {
+                Operation::BEGIN_INITIALIZATION => {
+                    s.init = InitState::Begun;
+                    s.version = None;
+                    NtStatus::SUCCESS
+                }
+                Operation::QUERY_PROTOCOL_VERSION => {
+                    let pv: ProtocolVersion = payload_as(&req.payload);
+                    let v = VstorVersion(pv.major_minor.get());
+                    reply.payload = req.payload;
+                    if s.init != InitState::Begun {
+                        NtStatus::INVALID_DEVICE_STATE
+                    } else if s.config.accepted_versions.contains(&v) {
+                        s.version = Some(v);
+                        NtStatus::SUCCESS
+                    } else {
+                        NtStatus::REVISION_MISMATCH
+                    }
+                }
+                Operation::QUERY_PROPERTIES => {
+                    let max = s.config.max_sub_channels;
+                    let props = ChannelProperties {
+                        max_channel_count: U16::new(max),
+                        flags: U32::new(if max > 0 {
+                            STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL
+                        } else {
+                            0
+                        }),
+                        max_transfer_bytes: U32::new(s.config.max_transfer_bytes),
+                        ..Default::default()
+                    };
+                    set_payload(&mut reply.payload, &props);
+                    NtStatus::SUCCESS
+                }
+                Operation::END_INITIALIZATION => {
+                    if s.version.is_none() {
+                        NtStatus::INVALID_DEVICE_STATE
+                    } else {
+                        s.init = InitState::Ready;
+                        NtStatus::SUCCESS
+                    }
+                }
+                Operation::CREATE_SUB_CHANNELS => {
+                    let c: SubChannelCount = payload_as(&req.payload);
+                    let n = c.sub_channel_count.get();
+                    let ok = s.version.is_some_and(|v| v.is_win8_or_later())
+                        && n > 0
+                        && n <= s.config.max_sub_channels
+                            - s.sub_channels_created.min(s.config.max_sub_channels);
+                    if ok && self.primary {
+                        let first = s.sub_channels_created + 1;
+                        s.sub_channels_created += n;
+                        subs.extend(first..first + n);
+                        NtStatus::SUCCESS
+                    } else {
+                        NtStatus::INVALID_PARAMETER
+                    }
+                }
+                Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS => {
+                    NtStatus::SUCCESS
+                }
+                Operation::EXECUTE_SRB => {
+                    if s.init != InitState::Ready {
+                        NtStatus::INVALID_DEVICE_STATE
+                    } else {
+                        let srb = req.srb();
+                        let version = s.version.unwrap_or(VstorVersion::WIN8);
+                        let out = self.execute_srb(&mut s, ch, packet, &srb, version);
+                        reply.set_srb(&out);
+                        NtStatus::SUCCESS
+                    }
+                }
+                _ => NtStatus::INVALID_DEVICE_REQUEST,
+            }
+        };
+        reply.status = U32::new(status.0);
+        let bytes = &reply.as_bytes()[..size];
+        Self::send(&mut s, ch, packet.transaction_id, bytes);
+    }
+
+    fn execute_srb(
+        &self,
+        s: &mut Shared,
+        ch: &mut dyn VspChannel,
+        packet: &HostPacket,
+        srb: &VmscsiRequest,
+        version: VstorVersion,
+    ) -> VmscsiRequest {
+        let mut out = *srb;
+        out.length = U16::new(version.srb_length());
+        let cdb_len = usize::from(srb.cdb_length).min(16);
+        let cdb = &srb.cdb_or_sense[..cdb_len];
+        s.opcodes.push(cdb.first().copied().unwrap_or(0xFF));
+        let want = srb.data_transfer_length.get() as usize;
+        // The data buffer: exactly one multi-page range covering data_transfer_length.
+        let range = match (packet.gpa_ranges.as_slice(), want) {
+            (_, 0) => None,
+            ([r], _) if r.0 as usize >= want => Some(r.clone()),
+            (ranges, _) => {
+                Self::error(
+                    s,
+                    ch,
+                    format!(
+                        "SRB of {want} bytes with {} GPA range(s) {:?}",
+                        ranges.len(),
+                        ranges.iter().map(|r| r.0).collect::<Vec<_>>()
+                    ),
+                );
+                return Self::srb_result(out, 0x06, 0, None, 0);
+            }
+        };
+        if cdb_len == 0 {
+            return Self::srb_result(out, 0x06, 0, None, 0);
+        }
+        if let Some(f) = s.fail_next_srb.take() {
+            return Self::srb_result(out, f.srb_status, f.scsi_status, f.sense, 0);
+        }
+        let is_report_luns = cdb[0] == 0xA0;
+        let lun_no = srb.lun;
+        if !is_report_luns && !s.luns.contains_key(&lun_no) {
+            return Self::srb_result(out, 0x20, 0, None, 0);
+        }
+        if srb.path_id != 0 || srb.target_id != 0 {
+            return Self::srb_result(out, 0x20, 0, None, 0);
+        }
+        if !is_report_luns
+            && let Some(l) = s.luns.get_mut(&lun_no)
+            && cdb[0] != 0x03
+            && let Some((asc, ascq)) = l.pending_ua.take()
+        {
+            return Self::srb_result(out, 0x04, 2, Some(FixedSense::new(0x6, asc, ascq)), 0);
+        }
+        // Gather write data.
+        let mut data = vec![0u8; want];
+        if let Some(r) = &range
+            && srb.data_in == 0
+            && let Err(e) = gpa_copy(ch, r, &mut data, false)
+        {
+            Self::error(s, ch, format!("SRB data out: {e}"));
+            return Self::srb_result(out, 0x06, 0, None, 0);
+        }
+        let lun_list: Vec<u8> = s.luns.keys().copied().collect();
+        let lun = s.luns.get_mut(&lun_no);
+        let outcome = scsi::execute(lun, &lun_list, cdb, srb.data_in, &mut data);
+        match outcome {
+            ScsiOutcome::Good(n) => {
+                let n = n.min(want);
+                if let Some(r) = &range
+                    && srb.data_in == 1
+                    && n > 0
+                    && let Err(e) = gpa_copy(ch, r, &mut data[..n], true)
+                {
+                    Self::error(s, ch, format!("SRB data in: {e}"));
+                    return Self::srb_result(out, 0x06, 0, None, 0);
+                }
+                Self::srb_result(out, 0x01, 0, None, n as u32)
+            }
+            ScsiOutcome::Check(sense) => Self::srb_result(out, 0x04, 2, Some(sense), 0),
+        }
+    }
+
+    fn srb_result(
+        mut out: VmscsiRequest,
+        srb_status: u8,
+        scsi_status: u8,
+        sense: Option<FixedSense>,
+        transferred: u32,
+    ) -> VmscsiRequest {
+        out.srb_status = srb_status;
+        out.scsi_status = scsi_status;
+        out.data_transfer_length = U32::new(transferred);
+        out.cdb_or_sense = [0; 20];
+        out.sense_info_length = 0;
+        if let Some(sense) = sense {
+            let b = sense.bytes();
+            out.cdb_or_sense[..b.len()].copy_from_slice(&b);
+            out.sense_info_length = b.len() as u8;
+            out.srb_status |= 0x80;
+        }
+        out
+    }
+
+    /// The periodic part of [`DeviceModel::poll`]: releases withheld completions and sends a
+    /// pending ENUMERATE_BUS.
+    pub fn poll_channel(&mut self, ch: &mut dyn VspChannel) {
+        let mut s = self.lock();
+        if !self.primary {
+            return;
+        }
+        if s.release_withheld {
+            s.release_withheld = false;
+            for (tid, bytes) in std::mem::take(&mut s.withheld) {
+                if let Err(e) = ch.send_completion(tid, &bytes) {
+                    log::warn!("storage VSP: withheld completion {tid:#x}: {e}");
+                }
+            }
+        }
+        if s.send_enumerate && s.init == InitState::Ready {
+            s.send_enumerate = false;
+            let mut p = VstorPacket::request(Operation::ENUMERATE_BUS);
+            p.flags = U32::new(0);
+            let size = Self::reply_size(&s, VSTOR_PACKET_SIZE_WIN8);
+            if let Err(e) = ch.send_inband(&p.as_bytes()[..size], 0) {
+                log::warn!("storage VSP: ENUMERATE_BUS: {e}");
+            }
+        }
+    }
+}
+
+/// Copies between `data` and the guest pages of one multi-page range (§0.5): the first page
+/// from `byte_offset`, then whole pages.
+fn gpa_copy(
+    ch: &mut dyn VspChannel,
+    range: &(u32, u32, Vec<u64>),
+    data: &mut [u8],
+    to_guest: bool,
+) -> Result<(), HostRingError> {
+    let (_, offset, pfns) = range;
+    let mut done = 0usize;
+    let mut page_off = *offset as usize;
+    for &pfn in pfns {
+        if done == data.len() {
+            break;
+        }
+        let n = (4096 - page_off).min(data.len() - done);
+        let gpa = pfn * 4096 + page_off as u64;
+        if to_guest {
+            ch.write_gpa(gpa, &data[done..done + n])?;
+        } else {
+            ch.read_gpa(gpa, &mut data[done..done + n])?;
+        }
+        done += n;
+        page_off = 0;
+    }
+    if done < data.len() {
+        return Err(HostRingError::BadAddress(0));
+    }
+    Ok(())
+}
+
+impl DeviceModel for StorageVsp {
+    fn on_open(&mut self, _ch: &mut HostChannel) {
+        if self.primary {
+            let mut s = self.lock();
+            s.init = InitState::NotStarted;
+            s.version = None;
+        }
+    }
+
+    fn on_packet(&mut self, ch: &mut HostChannel, packet: &HostPacket) {
+        let mut subs = Vec::new();
+        self.handle(ch, packet, &mut subs);
+        for index in subs {
+            let Some(mut offer) = self.offer.clone() else {
+                ch.protocol_error("storage VSP: CREATE_SUB_CHANNELS without a primary offer");
+                continue;
+            };
+            offer.sub_channel_index = index;
+            let model = StorageVsp {
+                shared: self.shared.clone(),
+                offer: None,
+                primary: false,
+            };
+            ch.add_offer(offer, Box::new(model));
+        }
+    }
+
+    fn poll(&mut self, ch: &mut HostChannel) {
+        self.poll_channel(ch);
+    }
+
+    fn on_close(&mut self) {
+        let mut s = self.lock();
+        s.closed += 1;
+        if self.primary {
+            // Requests in flight die with the channel; the guest must fail them itself.
+            let dropped = std::mem::take(&mut s.withheld).len();
+            if dropped > 0 {
+                log::info!("storage VSP: channel closed with {dropped} withheld completions");
+            }
+            s.init = InitState::NotStarted;
+            s.version = None;
+            s.withhold = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
