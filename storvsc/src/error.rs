@@ -44,6 +44,8 @@ pub enum StorError {
     ChannelClosed,
     /// The host did not answer in time.
     Timeout,
+    /// The VMBus channel failed otherwise (corrupt ring, refused open, full ring).
+    Channel(vmbus_guest::ChannelError),
     /// The SCSI request failed.
     Srb {
         /// SRB status (with its flag bits).
@@ -102,6 +104,7 @@ impl fmt::Display for StorError {
             Self::TableFull => f.write_str("all request slots in use"),
             Self::ChannelClosed => f.write_str("channel closed with the request in flight"),
             Self::Timeout => f.write_str("request timed out"),
+            Self::Channel(e) => write!(f, "VMBus channel: {e}"),
             Self::Srb {
                 srb_status,
                 scsi_status,
@@ -139,3 +142,16 @@ impl fmt::Display for StorError {
 }
 
 impl core::error::Error for StorError {}
+
+impl From<vmbus_guest::ChannelError> for StorError {
+    /// A dead channel is [`StorError::ChannelClosed`] (requests in flight will never complete),
+    /// an unanswered one [`StorError::Timeout`]; anything else keeps the channel error.
+    fn from(e: vmbus_guest::ChannelError) -> Self {
+        use vmbus_guest::ChannelError as C;
+        match e {
+            C::Rescinded | C::Closed | C::NotOpen => Self::ChannelClosed,
+            C::Timeout => Self::Timeout,
+            other => Self::Channel(other),
+        }
+    }
+}

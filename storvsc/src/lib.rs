@@ -19,6 +19,7 @@
 extern crate std;
 
 pub mod block;
+pub mod controller;
 pub mod error;
 pub mod handshake;
 #[cfg(feature = "embedded-io")]

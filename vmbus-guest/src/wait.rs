@@ -24,17 +24,27 @@ impl core::error::Error for TimedOut {}
 pub trait Wait {
     /// Waits a little; `Err(TimedOut)` when the caller must give up.
     fn wait(&mut self) -> Result<(), TimedOut>;
+
+    /// Starts a new wait budget: a long-lived owner of a waiter (a device driver keeping one
+    /// for all its requests) calls this before each blocking operation, so each operation gets
+    /// the full timeout rather than what earlier ones left over.
+    fn restart(&mut self) {}
 }
 
 impl<W: Wait + ?Sized> Wait for &mut W {
     fn wait(&mut self) -> Result<(), TimedOut> {
         (**self).wait()
     }
+
+    fn restart(&mut self) {
+        (**self).restart()
+    }
 }
 
 /// A [`Wait`] that runs `step` at most `budget` times, then times out.
 #[derive(Debug)]
 pub struct BoundedWait<F> {
+    budget: u32,
     remaining: u32,
     step: F,
 }
@@ -43,6 +53,7 @@ impl<F: FnMut()> BoundedWait<F> {
     /// Allows `budget` waits, each running `step` (spin, halt, or a test host's step).
     pub fn new(budget: u32, step: F) -> Self {
         Self {
+            budget,
             remaining: budget,
             step,
         }
@@ -63,12 +74,17 @@ impl<F: FnMut()> Wait for BoundedWait<F> {
         (self.step)();
         Ok(())
     }
+
+    fn restart(&mut self) {
+        self.remaining = self.budget;
+    }
 }
 
 /// A [`Wait`] with a deadline on a monotonic clock read by `now` (for example the partition
 /// reference counter in 100 ns units); `relax` runs between checks (spin hint, `hlt`, yield).
 #[derive(Debug)]
 pub struct DeadlineWait<N, R> {
+    timeout: u64,
     deadline: u64,
     now: N,
     relax: R,
@@ -79,6 +95,7 @@ impl<N: FnMut() -> u64, R: FnMut()> DeadlineWait<N, R> {
     pub fn new(timeout: u64, mut now: N, relax: R) -> Self {
         let deadline = now().saturating_add(timeout);
         Self {
+            timeout,
             deadline,
             now,
             relax,
@@ -94,6 +111,10 @@ impl<N: FnMut() -> u64, R: FnMut()> Wait for DeadlineWait<N, R> {
         (self.relax)();
         Ok(())
     }
+
+    fn restart(&mut self) {
+        self.deadline = (self.now)().saturating_add(self.timeout);
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +127,9 @@ mod tests {
         assert!(w.wait().is_ok() && w.wait().is_ok() && w.wait().is_ok());
         assert_eq!(w.wait(), Err(TimedOut));
         assert_eq!(w.remaining(), 0);
+        w.restart();
+        assert_eq!(w.remaining(), 3);
+        assert!(w.wait().is_ok());
     }
 
     #[test]
