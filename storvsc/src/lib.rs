@@ -25,6 +25,7 @@ pub mod handshake;
 #[cfg(feature = "embedded-io")]
 pub mod io;
 pub mod protocol;
+pub mod queue;
 pub mod request;
 pub mod scsi;
 
