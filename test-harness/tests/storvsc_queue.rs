@@ -397,3 +397,95 @@ fn blocking_io_still_works_next_to_queued_io() {
     assert_eq!(rig.vsp.read_lun(0, 100 * BS as u64, 4096).unwrap(), qbuf);
     c.close().unwrap();
 }
+
+#[test]
+fn unaligned_host_visible_buffers_and_commands_without_data() {
+    use storvsc::protocol::DataDirection;
+    use storvsc::queue::IoBuffer;
+    use storvsc::request::ScsiRequest;
+    use storvsc::scsi::Cdb;
+    let mut rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 1_000);
+    let hal = rig.hv.hal();
+    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    // 3 KiB at offset 1536 of host-visible pages: one GPA-direct range over two pages.
+    let mut pages = HalBuf::new(&hal, 2);
+    let data = pattern(6 * BS, 42);
+    pages.slice_mut()[1536..1536 + data.len()].copy_from_slice(&data);
+    let buf = &mut pages.slice_mut()[1536..1536 + data.len()];
+    // SAFETY: not touched until reported.
+    let w = unsafe { c.submit_write(LunAddress::lun(0), 10, 6, buf) }.unwrap();
+    let tur = ScsiRequest::new(
+        LunAddress::lun(0),
+        Cdb::test_unit_ready(),
+        DataDirection::NONE,
+        0,
+    );
+    // SAFETY: no data.
+    let t = unsafe { c.submit(&tur, IoBuffer::None) }.unwrap();
+    let done = collect(&mut c, &rig.host, 2);
+    done[&w].as_ref().unwrap().check(data.len() as u32).unwrap();
+    done[&t].as_ref().unwrap().check(0).unwrap();
+    assert_eq!(
+        rig.vsp.read_lun(0, 10 * BS as u64, data.len()).unwrap(),
+        data
+    );
+    // Read it back into a zeroed unaligned window.
+    pages.slice_mut().fill(0);
+    let buf = &mut pages.slice_mut()[1536..1536 + data.len()];
+    // SAFETY: not touched until reported.
+    let r = unsafe { c.submit_read(LunAddress::lun(0), 10, 6, buf) }.unwrap();
+    let done = collect(&mut c, &rig.host, 1);
+    done[&r].as_ref().unwrap().check(data.len() as u32).unwrap();
+    assert_eq!(&pages.slice_mut()[1536..1536 + data.len()], &data[..]);
+    assert!(pages.slice_mut()[..1536].iter().all(|&b| b == 0));
+    // A length that does not match the request, and a bounced buffer too large, are refused.
+    let mut big = vec![0u8; storvsc::queue::SLOT_BOUNCE_BYTES + BS];
+    let blocks = (big.len() / BS) as u32;
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 0, blocks, &mut big) };
+    assert!(matches!(e, Err(StorError::InvalidArgument(_))), "{e:?}");
+    let mut odd = vec![0u8; 1000];
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 0, 3, &mut odd) };
+    assert!(matches!(e, Err(StorError::InvalidArgument(_))), "{e:?}");
+    assert_eq!(c.in_flight(), 0);
+    c.close().unwrap();
+    drop(pages);
+}
+
+#[test]
+fn a_rescinded_sub_channel_fails_only_its_requests() {
+    let mut rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let relids = c.channel_relids().to_vec();
+    assert_eq!(relids.len(), 5);
+    let mut bufs: Vec<Vec<u8>> = (0..10).map(|_| vec![0u8; BS]).collect();
+    let mut tags = Vec::new();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until reported.
+        tags.push(unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap());
+    }
+    let on_victim_before = c.submissions_per_channel()[2];
+    assert!(on_victim_before > 0);
+    // The host drops sub-channel 2 before reading its ring.
+    rig.host.borrow_mut().rescind(relids[2]);
+    let done = collect(&mut c, &rig.host, tags.len());
+    let failed = done
+        .values()
+        .filter(|r| **r == Err(StorError::ChannelClosed))
+        .count();
+    assert_eq!(failed as u64, on_victim_before);
+    assert!(done.values().filter(|r| r.is_ok()).count() == tags.len() - failed);
+    assert!(c.is_alive());
+    // New I/O avoids the dead channel and succeeds.
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until reported.
+        unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap();
+    }
+    let done = collect(&mut c, &rig.host, bufs.len());
+    assert!(done.values().all(|r| r.is_ok()));
+    assert_eq!(c.submissions_per_channel()[2], on_victim_before);
+    c.close().unwrap();
+}
