@@ -45,13 +45,21 @@ pub struct ControllerOptions {
     /// Sub-channels to ask for (capped by the host's `max_channel_count` and by
     /// [`MAX_CHANNELS`]` - 1`); 0 = primary channel only.
     pub sub_channels: u16,
+    /// Spreading policy. 0: every request goes to the least-loaded live channel (ties
+    /// round-robin), which spreads even a single submitter's burst over all channels and
+    /// costs one guest→host signal per channel per burst. N > 0: a request stays on the
+    /// channel the previous one went to while that channel has fewer than N requests in
+    /// flight, then moves to the least-loaded one — fewer signals for one submitter, still
+    /// every channel under deep queues.
+    pub spill_depth: usize,
 }
 
 impl Default for ControllerOptions {
-    /// As many sub-channels as the host and [`MAX_CHANNELS`] allow.
+    /// As many sub-channels as the host and [`MAX_CHANNELS`] allow, least-loaded spreading.
     fn default() -> Self {
         Self {
             sub_channels: (MAX_CHANNELS - 1) as u16,
+            spill_depth: 0,
         }
     }
 }
@@ -87,6 +95,9 @@ pub struct StorvscController<'c, T: Transport, H: Hal, W: Wait> {
     /// A timed-out blocking request still names the large bounce buffer.
     bounce_busy: bool,
     cursor: usize,
+    /// Channel of the last submission and [`ControllerOptions::spill_depth`].
+    last: usize,
+    spill_depth: usize,
     bus_changed: bool,
 }
 
@@ -220,6 +231,8 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
             bounce_pages,
             bounce_busy: false,
             cursor: 0,
+            last: 0,
+            spill_depth: options.spill_depth,
             bus_changed,
         })
     }
@@ -480,6 +493,7 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                     self.live[index] = id;
                     self.submitted[ci] += 1;
                     self.cursor = ci + 1;
+                    self.last = ci;
                     return Ok(Tag(id));
                 }
                 Err(ChannelError::Full) => last = StorError::Channel(ChannelError::Full),
@@ -504,8 +518,15 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
         Err(last)
     }
 
-    /// The live channel with the fewest requests in flight, ties broken round-robin.
+    /// The channel for the next request: the last one while under the spill depth, else the
+    /// live channel with the fewest requests in flight, ties broken round-robin.
     fn pick_channel(&self) -> usize {
+        if self.spill_depth > 0
+            && let Some(ch) = &self.channels[self.last]
+            && ch.requests_in_flight() < self.spill_depth
+        {
+            return self.last;
+        }
         let mut best = 0;
         let mut best_load = usize::MAX;
         for k in 0..self.opened {

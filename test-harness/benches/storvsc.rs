@@ -5,7 +5,7 @@
 //! mock's echo device, which completes each at once with no SCSI handling.
 //!
 //! `cargo bench -p test-harness --bench storvsc` (env: `STORVSC_BENCH_ROUNDS`, default 7;
-//! `STORVSC_BENCH_MS`, default 200 ms per run). Host and guest run on their own threads
+//! `STORVSC_BENCH_MS`, default 150 ms per run). Host and guest run on their own threads
 //! (`MockVmbusHost::spawn`). Two modes:
 //!
 //! - `poll`: the host reads every ring on every step (`set_poll_rings(true)`) and the guest
@@ -56,18 +56,32 @@ enum Mode {
 enum Variant {
     /// Raw ring to the echo device.
     Raw,
-    /// storvsc with `channels` channels (1 = primary only).
-    Stor { write: bool, channels: u16 },
+    /// storvsc with `channels` channels (1 = primary only) and a spill depth (0 = every
+    /// request to the least-loaded channel).
+    Stor {
+        write: bool,
+        channels: u16,
+        spill: usize,
+    },
 }
 
 impl Variant {
     fn name(self) -> String {
         match self {
             Self::Raw => "raw ring (echo)".into(),
-            Self::Stor { write, channels } => format!(
-                "storvsc {} {}ch",
+            Self::Stor {
+                write,
+                channels,
+                spill,
+            } => format!(
+                "storvsc {} {}ch{}",
                 if write { "write" } else { "read " },
-                channels
+                channels,
+                if spill > 0 {
+                    format!(" spill{spill}")
+                } else {
+                    String::new()
+                }
             ),
         }
     }
@@ -190,7 +204,14 @@ fn signals(host: &ThreadedHost, relids: &[u32]) -> (u64, u64) {
     })
 }
 
-fn run_storvsc(mode: Mode, write: bool, channels: u16, depth: usize, dur: Duration) -> Run {
+fn run_storvsc(
+    mode: Mode,
+    write: bool,
+    channels: u16,
+    spill: usize,
+    depth: usize,
+    dur: Duration,
+) -> Run {
     let mut vm = vm(mode, false);
     let pages = Pages::new(&vm.hal, depth);
     let mut c = StorvscController::open_with(
@@ -199,6 +220,7 @@ fn run_storvsc(mode: Mode, write: bool, channels: u16, depth: usize, dur: Durati
         setup_wait(),
         ControllerOptions {
             sub_channels: channels - 1,
+            spill_depth: spill,
         },
     )
     .expect("open controller");
@@ -399,25 +421,20 @@ fn env(name: &str, default: u64) -> u64 {
 
 fn main() {
     let rounds = env("STORVSC_BENCH_ROUNDS", 7).max(1) as usize;
-    let dur = Duration::from_millis(env("STORVSC_BENCH_MS", 200));
+    let dur = Duration::from_millis(env("STORVSC_BENCH_MS", 150));
+    let stor = |write, channels, spill| Variant::Stor {
+        write,
+        channels,
+        spill,
+    };
     let variants = [
         Variant::Raw,
-        Variant::Stor {
-            write: false,
-            channels: 1,
-        },
-        Variant::Stor {
-            write: true,
-            channels: 1,
-        },
-        Variant::Stor {
-            write: false,
-            channels: 5,
-        },
-        Variant::Stor {
-            write: true,
-            channels: 5,
-        },
+        stor(false, 1, 0),
+        stor(true, 1, 0),
+        stor(false, 5, 0),
+        stor(true, 5, 0),
+        stor(false, 5, 16),
+        stor(true, 5, 16),
     ];
     println!(
         "storvsc benchmark: 4 KiB random I/O on a {} MiB in-memory LUN, {rounds} interleaved rounds of {} ms per variant",
@@ -427,7 +444,7 @@ fn main() {
     println!("host: MockVmbusHost::spawn() (own thread); guest: this thread");
     println!("x raw = median of per-round ratios to the raw ring at the same mode and depth\n");
     println!(
-        "{:<5} {:>3} {:<22} {:>10} {:>8} {:>10} {:>10} {:>7}",
+        "{:<5} {:>3} {:<28} {:>10} {:>8} {:>10} {:>10} {:>7}",
         "mode", "QD", "variant", "IOPS", "x raw", "g->h/IO", "h->g/IO", "stalls"
     );
     let total = Instant::now();
@@ -442,9 +459,11 @@ fn main() {
                     }
                     let run = match variants[i] {
                         Variant::Raw => run_raw(mode, depth, dur),
-                        Variant::Stor { write, channels } => {
-                            run_storvsc(mode, write, channels, depth, dur)
-                        }
+                        Variant::Stor {
+                            write,
+                            channels,
+                            spill,
+                        } => run_storvsc(mode, write, channels, spill, depth, dur),
                     };
                     runs[i].push(run);
                 }
@@ -461,7 +480,7 @@ fn main() {
                 let to_guest: u64 = runs[i].iter().map(|r| r.to_guest).sum();
                 let stalls: u64 = runs[i].iter().map(|r| r.stalls).sum();
                 println!(
-                    "{:<5} {:>3} {:<22} {:>10.0} {:>8.3} {:>10.3} {:>10.3} {:>7}",
+                    "{:<5} {:>3} {:<28} {:>10.0} {:>8.3} {:>10.3} {:>10.3} {:>7}",
                     format!("{mode:?}").to_lowercase(),
                     depth,
                     v.name(),
@@ -477,6 +496,7 @@ fn main() {
     }
     println!("g->h/IO = guest->host signals per I/O, h->g/IO = host->guest signals per I/O,");
     println!("both counted by the mock host over all runs of the variant (all its channels);");
+    println!("spill16 = a request stays on the previous request's channel below 16 in flight;");
     println!(
         "stalls = lost wakeups recovered by making the mock host read its rings (see `kick`)."
     );

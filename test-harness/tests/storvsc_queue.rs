@@ -244,7 +244,10 @@ fn opting_out_of_sub_channels_keeps_one_channel() {
         &mut rig.guest,
         rig.relid,
         waiter,
-        ControllerOptions { sub_channels: 0 },
+        ControllerOptions {
+            sub_channels: 0,
+            ..ControllerOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(c.channel_count(), 1);
@@ -262,7 +265,10 @@ fn a_full_table_pushes_back_until_polled() {
         &mut rig.guest,
         rig.relid,
         waiter,
-        ControllerOptions { sub_channels: 0 },
+        ControllerOptions {
+            sub_channels: 0,
+            ..ControllerOptions::default()
+        },
     )
     .unwrap();
     rig.vsp.withhold_completions(true);
@@ -487,5 +493,31 @@ fn a_rescinded_sub_channel_fails_only_its_requests() {
     let done = collect(&mut c, &rig.host, bufs.len());
     assert!(done.values().all(|r| r.is_ok()));
     assert_eq!(c.submissions_per_channel()[2], on_victim_before);
+    c.close().unwrap();
+}
+
+#[test]
+fn spill_depth_keeps_a_burst_on_one_channel_until_it_is_deep_enough() {
+    let mut rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c = StorvscController::open_with(
+        &mut rig.guest,
+        rig.relid,
+        waiter,
+        ControllerOptions {
+            spill_depth: 8,
+            ..ControllerOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.channel_count(), 5);
+    let mut bufs: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; BS]).collect();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until reported.
+        unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap();
+    }
+    assert_eq!(c.submissions_per_channel(), [8, 8, 8, 8, 0]);
+    let done = collect(&mut c, &rig.host, 32);
+    assert!(done.values().all(|r| r.is_ok()));
     c.close().unwrap();
 }
