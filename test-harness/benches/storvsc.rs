@@ -95,8 +95,8 @@ struct Run {
     to_host: u64,
     /// Host→guest signals (event flags) counted by the host.
     to_guest: u64,
-    /// Interrupt-driven mode: times nothing completed for [`STALL`] and the host was made to
-    /// read every ring once (a lost guest→host wakeup in the mock host, see [`kick`]).
+    /// Times nothing completed for [`STALL`] and the host was made to read every ring and
+    /// the guest drained without a flag (a lost wakeup, see [`kick`]).
     stalls: u64,
 }
 
@@ -187,7 +187,8 @@ impl Rng {
 /// Recovers from a lost guest→host wakeup: the mock host's ring reader publishes its read
 /// index without re-checking the write index, so a packet the guest publishes in that window
 /// is neither read nor signalled (the guest saw a non-empty ring). Makes the host read every
-/// ring once; counted as a stall.
+/// ring once; the caller also drains its inbound ring(s) without waiting for a flag. Counted
+/// as a stall; in polling mode a stall would mean a lost packet, not a lost wakeup.
 fn kick(host: &ThreadedHost) {
     host.with_host(|h| {
         h.set_poll_rings(true);
@@ -272,10 +273,15 @@ fn run_storvsc(
         };
         if !done.is_empty() {
             last = Instant::now();
-        } else if mode == Mode::Intr && last.elapsed() > STALL {
+        } else if last.elapsed() > STALL {
+            // A lost wakeup in either direction: make the host read, and drain unflagged.
             kick(&vm.host);
             stalls += 1;
             last = Instant::now();
+            c.poll(|tag, r| {
+                r.and_then(|srb| srb.check(IO as u32)).expect("I/O failed");
+                done.push(tag);
+            });
         }
         for t in done.drain(..) {
             if let Some(i) = tags.iter().position(|x| *x == Some(t)) {
@@ -355,11 +361,13 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
         let mut drain = true;
         if mode == Mode::Intr {
             drain = vm.guest.handle_interrupt().take(vm.relid);
-            if !drain && last.elapsed() > STALL {
-                kick(&vm.host);
-                stalls += 1;
-                last = Instant::now();
-            }
+        }
+        if !drain && last.elapsed() > STALL {
+            // A lost wakeup in either direction: make the host read, and drain unflagged.
+            kick(&vm.host);
+            stalls += 1;
+            last = Instant::now();
+            drain = true;
         }
         if drain {
             ch.poll(&vm.guest, &mut rx, |r| {
