@@ -146,7 +146,10 @@ fn call<T: Transport, H: Hal>(
             // directly until the completion, while nothing in Rust refers to them.
             // SAFETY: the caller passes `len` bytes of its bounce buffer.
             let buffer = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
-            channel.send_gpa_direct(conn, &[buffer], &[packet], 0, RequestMode::Await)?
+            // SAFETY: the bounce buffer is HAL memory the controller owns for its lifetime and
+            // only touches through raw copies before send and after completion; this function
+            // waits for the completion (or the channel's failure) before returning.
+            unsafe { channel.send_gpa_direct(conn, &[buffer], &[packet], 0, RequestMode::Await)? }
         }
     };
     let mut rx = [0u8; RX_BUF];
