@@ -42,6 +42,10 @@ use core::fmt;
 
 use embedded_sdmmc::{Block, BlockCount, BlockIdx};
 
+/// The embedded-sdmmc crate this adapter is built against, so users mount with the matching
+/// version (`storvsc::sdmmc::embedded_sdmmc::VolumeManager`).
+pub use embedded_sdmmc;
+
 use crate::block::BlockDevice;
 use crate::error::StorError;
 
