@@ -463,4 +463,37 @@ mod tests {
         }
         std::fs::remove_file(&path).unwrap();
     }
+
+    /// The fsck check is not vacuous: a cluster marked used in the FAT but owned by no file
+    /// (what a guest that crashed mid-write leaves) makes it fail with its findings.
+    #[test]
+    fn fsck_reports_a_damaged_image() {
+        if let Err(e) = tools_available() {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        let path = tmp("damaged.img");
+        let img =
+            FatImage::create_with_tools(&path, 16 << 20, FatKind::Fat16, "DAMAGED", &[]).unwrap();
+        img.fsck().unwrap();
+        // FAT16 entry for cluster 100 in both FAT copies: end of chain, owned by nobody.
+        let boot = std::fs::read(&path).unwrap();
+        let reserved = u64::from(u16::from_le_bytes([boot[14], boot[15]])) * 512;
+        let fat_bytes = u64::from(u16::from_le_bytes([boot[22], boot[23]])) * 512;
+        let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+        for copy in 0..2 {
+            f.seek(SeekFrom::Start(reserved + copy * fat_bytes + 200))
+                .unwrap();
+            f.write_all(&[0xFF, 0xFF]).unwrap();
+        }
+        drop(f);
+        match img.fsck() {
+            Err(ImageError::ToolFailed { tool, stdout, .. }) => {
+                assert_eq!(tool, "fsck.fat");
+                assert!(stdout.contains("unused cluster"), "{stdout}");
+            }
+            other => panic!("fsck.fat accepted a damaged image: {other:?}"),
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
 }
