@@ -221,11 +221,9 @@ fn guest_side<T: Transport, H: Hal>(
         ))
     })();
     let (sdmmc, _) = vm.free();
-    let mut disk = sdmmc.into_inner();
-    if let Err(e) = disk.flush() {
+    if let Err(e) = sdmmc.into_inner().flush() {
         return Ok(Err(format!("flush: {e}")));
     }
-    drop(disk);
     if let Err(e) = controller.close() {
         return Ok(Err(format!("close: {e}")));
     }
