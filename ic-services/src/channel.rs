@@ -94,6 +94,12 @@ impl<H: IcHandler> IcChannel<H> {
         self.channel.relid()
     }
 
+    /// Whether requests are still waiting in the ring after the last [`IcChannel::poll`]
+    /// (it stops after [`MAX_REQUESTS_PER_POLL`]); no interrupt announces them, poll again.
+    pub fn has_more(&self) -> bool {
+        self.channel.has_more()
+    }
+
     /// Host packets dropped without an answer: malformed requests (a typed [`IcError`] was
     /// logged) and packets that are not in-band requests.
     pub fn dropped(&self) -> u64 {

@@ -95,6 +95,8 @@ pub struct StorvscController<'c, T: Transport, H: Hal, W: Wait> {
     /// A timed-out blocking request still names the large bounce buffer.
     bounce_busy: bool,
     cursor: usize,
+    /// Channels whose last poll left packets in the ring (no interrupt will announce them).
+    more: u32,
     /// Channel of the last submission and [`ControllerOptions::spill_depth`].
     last: usize,
     spill_depth: usize,
@@ -231,6 +233,7 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
             bounce_pages,
             bounce_busy: false,
             cursor: 0,
+            more: 0,
             last: 0,
             spill_depth: options.spill_depth,
             bus_changed,
@@ -370,11 +373,12 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
     }
 
     /// Like [`Self::poll`], but first takes the SynIC event flags
-    /// ([`Connection::handle_interrupt`]) and drains only the channels they name: the
-    /// interrupt-driven form. Channels the host signalled for nothing cost no ring access.
+    /// ([`Connection::handle_interrupt`]) and drains only the channels they name, plus those
+    /// whose last drain stopped early ([`Channel::has_more`]): the interrupt-driven form.
+    /// Channels the host did not signal cost no ring access.
     pub fn poll_interrupt(&mut self, mut on_complete: impl FnMut(Tag, IoResult)) -> usize {
         let mut work = self.conn.handle_interrupt();
-        let mut mask = 0u32;
+        let mut mask = self.more;
         for ci in 0..self.opened {
             if work.take(self.relids[ci]) {
                 mask |= 1 << ci;
@@ -475,13 +479,20 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                     // (the caller's buffer under submit's contract, or a bounce buffer this
                     // controller owns); nothing in Rust writes them meanwhile.
                     let buffer = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
-                    ch.send_gpa_direct(
-                        self.conn,
-                        &[buffer],
-                        &[&packet[..n]],
-                        id,
-                        RequestMode::Callback,
-                    )
+                    // SAFETY: the memory is host-visible (translated page by page, or HAL
+                    // bounce pages), stays allocated and unmoved until this request's
+                    // completion or failure is reported (submit's contract, or the
+                    // controller's own bounce buffers, freed only after close), and `buffer`
+                    // is the only reference, dropped when this call returns.
+                    unsafe {
+                        ch.send_gpa_direct(
+                            self.conn,
+                            &[buffer],
+                            &[&packet[..n]],
+                            id,
+                            RequestMode::Callback,
+                        )
+                    }
                 }
             };
             match sent {
@@ -596,14 +607,24 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                 bounce_busy,
                 undelivered,
                 bus_changed,
+                more,
                 ..
             } = self;
             let polled = ch.poll(conn, &mut rx, |received| match received {
-                Received::Completion {
-                    request,
-                    cookie,
-                    packet,
-                } => {
+                Received::Completion { .. } | Received::Failed { .. } => {
+                    let (request, cookie, result) = match received {
+                        Received::Completion {
+                            request,
+                            cookie,
+                            packet,
+                        } => (request, cookie, SrbCompletion::parse(packet.payload())),
+                        Received::Failed {
+                            request,
+                            cookie,
+                            error,
+                        } => (request, cookie, Err(StorError::from(error))),
+                        Received::Packet(_) => return,
+                    };
                     let Some(index) = slot_index(cookie) else {
                         return;
                     };
@@ -616,7 +637,6 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                         log::warn!("storvsc: completion does not match its request");
                         return;
                     }
-                    let result = SrbCompletion::parse(packet.payload());
                     if let (Ok(srb), IoBuffer::FromDevice { ptr, len }, Staging::SlotBounce) =
                         (&result, slot.data, slot.staging)
                         && let Some(b) = slot_bounce[index]
@@ -666,6 +686,11 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                     }
                 }
             });
+            if ch.has_more() {
+                *more |= 1 << ci;
+            } else {
+                *more &= !(1 << ci);
+            }
             if let Err(e) = polled
                 && is_dead(&e)
             {

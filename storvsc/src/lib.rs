@@ -13,6 +13,7 @@
 //! - [`block`]: a block-device API over the small [`block::ScsiTransport`] trait, which the
 //!   VMBus glue implements.
 //! - `io` (feature `embedded-io`): an `embedded_io::{Read, Write, Seek}` byte-stream view.
+//! - `sdmmc` (feature `embedded-sdmmc`): an `embedded_sdmmc::BlockDevice` adapter.
 #![no_std]
 
 #[cfg(test)]
@@ -28,6 +29,8 @@ pub mod protocol;
 pub mod queue;
 pub mod request;
 pub mod scsi;
+#[cfg(feature = "embedded-sdmmc")]
+pub mod sdmmc;
 
 #[cfg(test)]
 mod fuzz;

@@ -343,13 +343,18 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
                 // SAFETY: page `i` is named by one request at a time; the echo device does
                 // not access it, and nothing writes it meanwhile.
                 let buf = unsafe { std::slice::from_raw_parts(pages.page(i), IO) };
-                match ch.send_gpa_direct(
-                    &vm.guest,
-                    &[buf],
-                    &[&payload],
-                    i as u64,
-                    RequestMode::Callback,
-                ) {
+                // SAFETY: HAL pages that outlive the channel; page `i` is named by one request
+                // at a time and `buf` is dropped when the call returns.
+                let sent = unsafe {
+                    ch.send_gpa_direct(
+                        &vm.guest,
+                        &[buf],
+                        &[&payload],
+                        i as u64,
+                        RequestMode::Callback,
+                    )
+                };
+                match sent {
                     Ok(_) => in_flight += 1,
                     Err(_) => {
                         free.push(i);

@@ -2,6 +2,7 @@
 //! VMBus host that behave like Hyper-V, device models, the demo and benchmarks.
 
 pub mod demo;
+pub mod disk_image;
 pub mod guest;
 pub mod guest_ics;
 pub mod hv;

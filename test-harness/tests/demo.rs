@@ -17,7 +17,7 @@ fn demo(host: &str) -> (Vec<StepResult>, String) {
     (steps, String::from_utf8(out).unwrap())
 }
 
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 13] = [
     "detect Hyper-V",
     "bring-up",
     "reference clock",
@@ -28,6 +28,8 @@ const STEPS: [&str; 11] = [
     "heartbeat",
     "KVP exchange",
     "time sync",
+    "disk",
+    "host checks the image",
     "shutdown honoured",
 ];
 
@@ -54,7 +56,11 @@ fn demo_succeeds_on_every_hyperv_host() {
             text.contains("OSName"),
             "{host}: the host read the guest's OS name"
         );
-        assert!(text.contains("11 of 11 steps succeeded"));
+        assert!(text.contains("13 of 13 steps succeeded"));
+        assert!(
+            text.contains("GUEST.TXT written and read back"),
+            "{host}:\n{text}"
+        );
         assert!(!text.contains('\x1b'), "no colour when asked for none");
     }
 }

@@ -240,15 +240,18 @@ fn gpa_direct_and_monitored_notification() {
     let data = GpadlBuffer::create(&mut guest, relid, 2, &mut step(&mut host)).unwrap();
     // SAFETY: the buffer's two pages are ours until teardown.
     let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().as_ptr().add(100), 5000) };
-    let id = ch
-        .send_gpa_direct(
+    // SAFETY: the GPADL buffer stays allocated until teardown at the end of the test, and the
+    // completion is awaited below before the bytes are looked at again.
+    let id = unsafe {
+        ch.send_gpa_direct(
             &guest,
             &[bytes],
             &[b"gpa-direct request"],
             9,
             RequestMode::Await,
         )
-        .unwrap();
+    }
+    .unwrap();
     let mut comp = [0u8; 128];
     let mut rx = vec![0u8; RX];
     let len = ch
@@ -314,6 +317,88 @@ fn rescind_with_io_in_flight() {
     host.step();
     assert_eq!(host.channel_state(relid), Some(ChannelState::Released));
     assert!(guest.offers().is_empty());
+    assert_clean(&host);
+}
+
+#[test]
+fn callback_requests_in_flight_are_reported_failed_when_the_channel_dies() {
+    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    guest.connect(&mut step(&mut host)).unwrap();
+    let mut ch = Channel::open(
+        &mut guest,
+        relid,
+        &ChannelConfig::default(),
+        &mut step(&mut host),
+    )
+    .unwrap();
+    for cookie in 100..105 {
+        ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
+            .unwrap();
+    }
+    host.rescind(relid);
+    guest.poll();
+    let mut rx = vec![0u8; RX];
+    let mut failed = Vec::new();
+    let r = ch.poll(&guest, &mut rx, |p| {
+        if let Received::Failed { cookie, error, .. } = p {
+            failed.push((cookie, error));
+        }
+    });
+    assert_eq!(r, Err(ChannelError::Rescinded));
+    failed.sort_by_key(|(cookie, _)| *cookie);
+    let expected: Vec<_> = (100..105).map(|c| (c, ChannelError::Rescinded)).collect();
+    assert_eq!(
+        failed, expected,
+        "every callback request learns it failed, once"
+    );
+    let mut again = 0;
+    let _ = ch.poll(&guest, &mut rx, |_| again += 1);
+    assert_eq!(again, 0);
+    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+}
+
+#[test]
+fn a_poll_that_stops_early_says_more_is_waiting() {
+    // The host signals only on empty -> non-empty, so packets left behind by a bounded poll
+    // are announced by has_more(), not by an interrupt.
+    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    guest.connect(&mut step(&mut host)).unwrap();
+    let mut ch = Channel::open(
+        &mut guest,
+        relid,
+        &ChannelConfig::default(),
+        &mut step(&mut host),
+    )
+    .unwrap();
+    for cookie in 0..3 {
+        ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
+            .unwrap();
+    }
+    for _ in 0..5 {
+        host.step();
+    }
+    assert!(
+        guest.handle_interrupt().contains(relid),
+        "the first packet interrupts"
+    );
+    let mut rx = vec![0u8; RX];
+    let mut seen = 0;
+    assert_eq!(ch.poll_at_most(&guest, &mut rx, 1, |_| seen += 1), Ok(1));
+    assert!(ch.has_more());
+    for _ in 0..5 {
+        host.step();
+    }
+    assert!(
+        !guest.handle_interrupt().contains(relid),
+        "no interrupt announces what was left"
+    );
+    while ch.has_more() {
+        ch.poll_at_most(&guest, &mut rx, 1, |_| seen += 1).unwrap();
+    }
+    assert_eq!(seen, 3);
+    assert_eq!(ch.requests_in_flight(), 0);
     assert_clean(&host);
 }
 
@@ -486,5 +571,44 @@ fn control_messages_follow_the_target_vp() {
     .unwrap();
     echo_round_trip(&mut guest, &mut host, &mut ch);
     ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_clean(&host);
+}
+
+#[test]
+fn the_guest_signals_only_when_the_ring_goes_from_empty_to_non_empty() {
+    // Hyper-V throttles guests that signal needlessly (§7.8): a burst of packets the host has
+    // not drained yet costs one signal, not one per packet.
+    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    guest.connect(&mut step(&mut host)).unwrap();
+    let mut ch = Channel::open(
+        &mut guest,
+        relid,
+        &ChannelConfig::default(),
+        &mut step(&mut host),
+    )
+    .unwrap();
+    let mut rx = vec![0u8; RX];
+    for round in 1..=3u64 {
+        for i in 0..10u64 {
+            ch.send_request(&guest, &[b"burst"], i, RequestMode::Callback)
+                .unwrap();
+        }
+        host.step();
+        assert_eq!(
+            host.signal_count(relid),
+            round,
+            "one signal per burst of 10"
+        );
+        let mut completions = 0;
+        for _ in 0..10 {
+            host.step();
+            ch.poll(&guest, &mut rx, |_| completions += 1).unwrap();
+            if completions == 10 {
+                break;
+            }
+        }
+        assert_eq!(completions, 10);
+    }
     assert_clean(&host);
 }

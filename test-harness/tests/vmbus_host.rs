@@ -1200,3 +1200,46 @@ fn gpadl_ranges_and_modify_connection() {
     assert_eq!((r.len(), r[8]), (9, 0));
     rig.assert_clean();
 }
+
+#[test]
+fn relid_released_needs_close_first_and_rings_need_their_own_gpadl() {
+    // §10.1: a channel open when rescinded must be closed before RELID_RELEASED.
+    let (mut rig, _rings, _) = open_echo(HostRelease::Ws2022);
+    rig.host.rescind(1);
+    rig.expect(MessageType::RESCIND_CHANNELOFFER);
+    rig.post(RelidReleased::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(
+        rig.host.protocol_errors().len(),
+        1,
+        "released while still open"
+    );
+    assert_ne!(rig.host.channel_state(1), Some(ChannelState::Released));
+    rig.post(CloseChannel::new(1).as_bytes());
+    rig.post(RelidReleased::new(1).as_bytes());
+    rig.host.step();
+    assert_eq!(rig.host.channel_state(1), Some(ChannelState::Released));
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+
+    // A ring GPADL created for one channel cannot open another.
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    for instance in [INSTANCE_A, INSTANCE_B] {
+        rig.host
+            .add_device(echo_offer(NET, instance), Box::new(EchoDevice));
+    }
+    rig.negotiate();
+    rig.request_offers();
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 0x77, gpa, 8), 0);
+    assert_ne!(
+        rig.open(2, 0x77, 4),
+        0,
+        "channel 2 with channel 1's ring GPADL"
+    );
+    assert!(
+        rig.host
+            .protocol_errors()
+            .iter()
+            .any(|e| e.contains("was created for channel 1"))
+    );
+}

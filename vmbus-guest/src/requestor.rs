@@ -65,6 +65,12 @@ enum Slot {
         cookie: u64,
         error: ChannelError,
     },
+    /// A callback-mode request that ended without a completion; kept until the channel's
+    /// poll reports it (`Requestor::take_failed_callback`).
+    FailedCallback {
+        cookie: u64,
+        error: ChannelError,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,7 +173,8 @@ impl Requestor {
     }
 
     /// Ends every request in flight with `error` (rescind, close, ring corruption). Awaited
-    /// requests keep the error for their waiter; callback requests are freed and reported
+    /// requests keep the error for their waiter; callback requests keep it until
+    /// [`Requestor::take_failed_callback`] hands it to their owner. Each is also reported
     /// through `on_failed`.
     pub fn fail_all(&mut self, error: ChannelError, mut on_failed: impl FnMut(RequestId, u64)) {
         for (index, e) in self.entries.iter_mut().enumerate() {
@@ -176,17 +183,36 @@ impl Requestor {
                     index: index as u16,
                     generation: e.generation,
                 };
-                match mode {
-                    RequestMode::Callback => Self::free(e),
-                    RequestMode::Await => e.slot = Slot::Failed { cookie, error },
-                }
+                e.slot = match mode {
+                    RequestMode::Callback => Slot::FailedCallback { cookie, error },
+                    RequestMode::Await => Slot::Failed { cookie, error },
+                };
                 on_failed(id, cookie);
             }
         }
         self.in_flight = 0;
     }
 
-    /// Status of an awaited request.
+    /// Takes one callback-mode request that failed (channel death) so its owner learns of it;
+    /// the slot is freed.
+    pub fn take_failed_callback(&mut self) -> Option<(RequestId, u64, ChannelError)> {
+        let (index, e) = self
+            .entries
+            .iter_mut()
+            .enumerate()
+            .find(|(_, e)| matches!(e.slot, Slot::FailedCallback { .. }))?;
+        let Slot::FailedCallback { cookie, error } = e.slot else {
+            return None;
+        };
+        let id = RequestId {
+            index: index as u16,
+            generation: e.generation,
+        };
+        Self::free(e);
+        Some((id, cookie, error))
+    }
+
+    /// Status of a request sent in [`RequestMode::Await`].
     pub fn status(&self, id: RequestId) -> Result<RequestStatus, ChannelError> {
         let e = self
             .entries
@@ -197,7 +223,9 @@ impl Requestor {
             Slot::Free => return Err(ChannelError::UnknownRequest),
             Slot::Pending { .. } => RequestStatus::Pending,
             Slot::Completed { len, .. } => RequestStatus::Completed { len },
-            Slot::Failed { error, .. } => RequestStatus::Failed(error),
+            Slot::Failed { error, .. } | Slot::FailedCallback { error, .. } => {
+                RequestStatus::Failed(error)
+            }
         })
     }
 
@@ -215,7 +243,7 @@ impl Requestor {
                 Self::free(e);
                 Ok(Some(len))
             }
-            Slot::Failed { error, .. } => {
+            Slot::Failed { error, .. } | Slot::FailedCallback { error, .. } => {
                 Self::free(e);
                 Err(error)
             }
@@ -237,7 +265,8 @@ impl Requestor {
             Slot::Free => None,
             Slot::Pending { cookie, .. }
             | Slot::Completed { cookie, .. }
-            | Slot::Failed { cookie, .. } => Some(cookie),
+            | Slot::Failed { cookie, .. }
+            | Slot::FailedCallback { cookie, .. } => Some(cookie),
         }
     }
 }

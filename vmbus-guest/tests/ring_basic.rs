@@ -182,8 +182,14 @@ fn malformed_outgoing_packets_are_rejected() {
         w.write(&OutgoingPacket::in_band(1, false, &[&big])),
         Err(WriteError::TooLarge)
     );
-    // The largest packet that can ever fit: D - 8 including the trailer.
-    let max = vec![0u8; 4096 - 8 - 8 - 16];
+    // A packet must stay below D - 8 including its trailer (§7.7): exactly D - 8 is refused
+    // (OpenVMM treats it as invalid), D - 16 is the largest that is ever written.
+    let at_limit = vec![0u8; 4096 - 8 - 8 - 16];
+    assert_eq!(
+        w.write(&OutgoingPacket::in_band(1, false, &[&at_limit])),
+        Err(WriteError::TooLarge)
+    );
+    let max = vec![0u8; 4096 - 8 - 8 - 16 - 8];
     assert!(w.send(&OutgoingPacket::in_band(1, false, &[&max])).is_ok());
 }
 

@@ -40,6 +40,33 @@ impl NativeCpu {
     }
 }
 
+impl NativeCpu {
+    /// Calls the hypercall page with the TLFS register convention: RCX control, RDX and R8 the
+    /// two input words (GPAs for a memory call, values for a fast call), result in RAX; RCX,
+    /// RDX and R8-R11 clobbered (Linux's clobber list).
+    ///
+    /// # Safety
+    ///
+    /// The hypercall page is enabled, and for a memory call (fast bit clear) the two words are
+    /// GPAs of parameter pages as the [`Cpu::hypercall`] contract requires.
+    unsafe fn call_hypercall_page(&self, control: u64, rdx: u64, r8: u64) -> u64 {
+        let result: u64;
+        // SAFETY: per this function's contract; the call follows the ABI above.
+        unsafe {
+            asm!(
+                "call {page}",
+                page = in(reg) self.hypercall_page.as_ptr(),
+                inout("rcx") control => _,
+                inout("rdx") rdx => _,
+                inout("r8") r8 => _,
+                out("rax") result,
+                out("r9") _, out("r10") _, out("r11") _,
+            );
+        }
+        result
+    }
+}
+
 impl Cpu for NativeCpu {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         let (eax, ebx, ecx, edx);
@@ -88,22 +115,9 @@ impl Cpu for NativeCpu {
     }
 
     unsafe fn hypercall(&self, control: u64, input_gpa: u64, output_gpa: u64) -> u64 {
-        let result: u64;
-        // SAFETY: calls the hypercall page with the TLFS register convention (RCX control, RDX
-        // input GPA, R8 output GPA, result in RAX; RCX, RDX, R8-R11 clobbered). The caller
-        // guarantees the parameter pages (see the trait's contract) and that the page is enabled.
-        unsafe {
-            asm!(
-                "call {page}",
-                page = in(reg) self.hypercall_page.as_ptr(),
-                inout("rcx") control => _,
-                inout("rdx") input_gpa => _,
-                inout("r8") output_gpa => _,
-                out("rax") result,
-                out("r9") _, out("r10") _, out("r11") _,
-            );
-        }
-        result
+        // SAFETY: the caller guarantees the parameter pages (the trait's contract) and that
+        // the hypercall page is enabled.
+        unsafe { self.call_hypercall_page(control, input_gpa, output_gpa) }
     }
 
     fn fast_hypercall(&self, control: u64, input0: u64, input1: u64) -> u64 {
@@ -111,21 +125,9 @@ impl Cpu for NativeCpu {
             // Without the fast bit the hypervisor would take the inputs as GPAs.
             return crate::status::HvStatus::INVALID_HYPERCALL_INPUT.0.into();
         }
-        let result: u64;
-        // SAFETY: a fast hypercall passes its input in RDX/R8 and touches no guest memory; the
-        // hypercall page is enabled per the constructor's contract.
-        unsafe {
-            asm!(
-                "call {page}",
-                page = in(reg) self.hypercall_page.as_ptr(),
-                inout("rcx") control => _,
-                inout("rdx") input0 => _,
-                inout("r8") input1 => _,
-                out("rax") result,
-                out("r9") _, out("r10") _, out("r11") _,
-            );
-        }
-        result
+        // SAFETY: with the fast bit set the inputs are register values, not addresses: the
+        // call touches no guest memory. The page is enabled per the constructor's contract.
+        unsafe { self.call_hypercall_page(control, input0, input1) }
     }
 
     fn read_tsc(&self) -> u64 {

@@ -4,6 +4,7 @@
 //! The narration goes to any `io::Write`, so the binary prints it and the tests check it.
 
 mod bus;
+mod disk;
 mod narrator;
 mod platform;
 mod services;
@@ -76,19 +77,38 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         options.host.preset,
         options.host.release.name()
     ))?;
-    let hv = MockHypervisor::new(MockConfig::new(options.host.preset));
+    // 64 MiB of guest RAM: rings, the storvsc bounce buffer and KVP pages with room to spare.
+    let hv = MockHypervisor::new(MockConfig::new(options.host.preset).with_memory_bytes(64 << 20));
     if platform::detect(&mut n, &hv)?.is_some()
         && let Some(vp) = platform::bring_up(&mut n, &hv)?
     {
         platform::time(&mut n, &hv, &vp)?;
         let mut host = MockVmbusHost::new(hv.clone(), options.host.release);
         let ics = IcHost::add_to(&mut host, IcHostConfig::default());
+        let demo_disk = disk::offer(&mut host);
         let (clock, cpu) = (vp.clock, vp.cpu.clone());
         let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
         let mut guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
         if bus::connect(&mut n, &mut host, &mut guest)? {
             let reference_now = Box::new(move || clock.now(&cpu));
-            services::run(&mut n, &hv, &mut host, &ics, &mut guest, reference_now)?;
+            let mut disk_part =
+                |n: &mut narrator::Narrator<'_>,
+                 host: &mut MockVmbusHost,
+                 guest: &mut Connection<_, _>| match &demo_disk {
+                    Ok(d) => disk::run(n, host, guest, d),
+                    Err(e) => n
+                        .record("disk", Err(format!("no disk image: {e}")))
+                        .map(|_| ()),
+                };
+            services::run(
+                &mut n,
+                &hv,
+                &mut host,
+                &ics,
+                &mut guest,
+                reference_now,
+                &mut disk_part,
+            )?;
         }
         // The refusals of connection 4 by a pre-5.0 host are the expected fallback path
         // (narrated in the VMBus section); anything else the mocks logged is an error.

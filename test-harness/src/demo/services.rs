@@ -57,7 +57,15 @@ pub fn format_utc(t: UnixTime) -> String {
     )
 }
 
-/// Runs the services part of the demo.
+/// What runs between time sync and the closing shutdown request (the disk part).
+pub type BeforeShutdown<'a, T, H> = &'a mut dyn FnMut(
+    &mut Narrator<'_>,
+    &mut MockVmbusHost,
+    &mut Connection<T, H>,
+) -> io::Result<()>;
+
+/// Runs the services part of the demo; `before_shutdown` runs while the services are up,
+/// just before the host asks the guest to shut down.
 pub fn run<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     hv: &MockHypervisor,
@@ -65,6 +73,7 @@ pub fn run<T: Transport, H: Hal>(
     ics: &IcHost,
     conn: &mut Connection<T, H>,
     reference_now: ReferenceNowFn,
+    before_shutdown: BeforeShutdown<'_, T, H>,
 ) -> io::Result<()> {
     n.section("Integration services: open, negotiate")?;
     let decisions: Arc<Mutex<Vec<ShutdownRequest>>> = Arc::default();
@@ -203,6 +212,8 @@ pub fn run<T: Transport, H: Hal>(
         Err(e) => Err(e.to_string()),
     };
     n.record("time sync", result)?;
+
+    before_shutdown(n, host, guest.conn)?;
 
     n.section("Shutdown requested by the host")?;
     ics.shutdown

@@ -382,6 +382,12 @@ impl MockVmbusHost {
                 "ring GPADL {handle:#x} already used by channel {other}"
             ));
         }
+        if g.relid != o.relid {
+            return Err(format!(
+                "ring GPADL {handle:#x} was created for channel {}, not {}",
+                g.relid, o.relid
+            ));
+        }
         let pages = g
             .whole_pages()
             .ok_or_else(|| format!("ring GPADL {handle:#x} is not whole pages"))?;
@@ -628,6 +634,10 @@ impl MockVmbusHost {
     /// RELID_RELEASED: only after a rescind.
     fn relid_released(&mut self, relid: u32) {
         match self.channels.get(&relid) {
+            Some(e) if e.rescinded && matches!(e.phase, Phase::Open) => self.error(format!(
+                "RELID_RELEASED for relid {relid} before CLOSECHANNEL: the channel was open \
+                 when rescinded (§10.1: close it first)"
+            )),
             Some(e) if e.rescinded => {
                 self.channels.remove(&relid);
                 self.lock_gpadls().drop_channel(relid);

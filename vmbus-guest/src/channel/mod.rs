@@ -75,6 +75,16 @@ pub enum Received<'a> {
         /// The completion packet (payload includes padding).
         packet: IncomingPacket<'a>,
     },
+    /// A callback-mode request that will never complete: the channel died (rescind, close,
+    /// corruption) with it in flight. Reported once, before `poll` returns the channel error.
+    Failed {
+        /// The request.
+        request: RequestId,
+        /// The cookie given when it was sent.
+        cookie: u64,
+        /// Why it failed.
+        error: ChannelError,
+    },
 }
 
 /// An open VMBus channel. Owned by its device driver; every operation takes the
@@ -92,6 +102,8 @@ pub struct Channel {
     requests: Requestor,
     health: Health,
     unknown_completions: u64,
+    /// The last poll left packets in the inbound ring.
+    more: bool,
 }
 
 // SAFETY: `pages` names the channel's own ring allocation, used only through `&mut self`
@@ -249,7 +261,15 @@ impl Channel {
     /// `buffers` (each translated page by page through [`Hal::virt_to_phys`]) followed by the
     /// in-band `payload`. The buffers must stay alive and unmoved until the completion (or the
     /// request's failure) is seen: the host reads or writes them directly.
-    pub fn send_gpa_direct<T: Transport, H: Hal>(
+    ///
+    /// # Safety
+    ///
+    /// The host reads or writes the buffers directly between this call and the request's
+    /// completion or failure (including a rescind, close or corruption reported by `poll`).
+    /// The caller guarantees each buffer is host-visible memory that stays allocated and
+    /// unmoved until then, and that nothing in Rust holds a reference over bytes the host may
+    /// write meanwhile (the slices passed here only name the memory for this call).
+    pub unsafe fn send_gpa_direct<T: Transport, H: Hal>(
         &mut self,
         conn: &Connection<T, H>,
         buffers: &[&[u8]],
@@ -328,7 +348,7 @@ impl Channel {
 
     /// Like [`Channel::poll`], but hands at most `limit` packets to `on_packet` and leaves
     /// the rest in the ring, so a device layer can answer one request before reading the
-    /// next (a later poll, or the next interrupt, picks them up).
+    /// next. No interrupt announces what is left: poll again while [`Channel::has_more`].
     pub fn poll_at_most<T: Transport, H: Hal>(
         &mut self,
         conn: &Connection<T, H>,
@@ -336,6 +356,35 @@ impl Channel {
         limit: usize,
         mut on_packet: impl FnMut(Received<'_>),
     ) -> Result<usize, ChannelError> {
+        let result = self.drain(conn, buf, limit, &mut on_packet);
+        if result.is_err() {
+            // Whatever killed the channel, callback requests learn of it here.
+            while let Some((request, cookie, error)) = self.requests.take_failed_callback() {
+                on_packet(Received::Failed {
+                    request,
+                    cookie,
+                    error,
+                });
+            }
+        }
+        result
+    }
+
+    /// Whether the last poll stopped with packets still in the inbound ring (it reached its
+    /// packet limit or drain-round bound). The host signals only when the ring goes from empty
+    /// to non-empty, so no interrupt will announce these: poll again.
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    fn drain<T: Transport, H: Hal>(
+        &mut self,
+        conn: &Connection<T, H>,
+        buf: &mut [u8],
+        limit: usize,
+        on_packet: &mut impl FnMut(Received<'_>),
+    ) -> Result<usize, ChannelError> {
+        self.more = false;
         self.check(conn)?;
         let mut handled = 0;
         for _ in 0..MAX_DRAIN_ROUNDS {
@@ -386,10 +435,14 @@ impl Channel {
                 }
                 return Err(e);
             }
-            if !end.more || handled >= limit {
+            if !end.more {
+                return Ok(handled);
+            }
+            if handled >= limit {
                 break;
             }
         }
+        self.more = true;
         Ok(handled)
     }
 

@@ -68,7 +68,10 @@ impl PendingOpen {
                 return Err(e.into());
             }
         };
-        let gpadl = match conn.start_gpadl(relid, pages, total_pages) {
+        // SAFETY: the ring pages were just allocated from the HAL; the channel owns them and
+        // frees them only after GPADL_TORNDOWN (leaking them otherwise), and reaches the rings
+        // only through the ring module's atomic and raw accesses.
+        let gpadl = match unsafe { conn.start_gpadl(relid, pages, total_pages) } {
             Ok(h) => h,
             Err(e) => {
                 if !matches!(e, VmbusError::Post(_)) {
@@ -145,6 +148,7 @@ impl PendingOpen {
                         requests: Requestor::new(),
                         health: Health::Open,
                         unknown_completions: 0,
+                        more: false,
                     }))
                 }
                 Some(OpenState::Result(status)) => Err(ChannelError::OpenFailed(status)),
@@ -186,6 +190,9 @@ impl PendingOpen {
             // The host may have mapped the rings on OPENCHANNEL even if it never answered.
             let _ = conn.post_close(relid);
         }
+        // The waiter may be spent (the open timed out): the teardown gets a fresh budget, or
+        // the ring pages would always be leaked.
+        waiter.restart();
         release_ring_memory(
             conn,
             relid,

@@ -19,7 +19,15 @@ impl<T: Transport, H: Hal> Connection<T, H> {
     ///
     /// If posting fails after the header went out, the GPADL is marked revoked: its memory
     /// must be leaked, since the host may map it.
-    pub fn start_gpadl(
+    ///
+    /// # Safety
+    ///
+    /// The host may read and write the `pages` pages at `vaddr` from now until GPADL_TORNDOWN
+    /// arrives for the returned handle. The caller guarantees they are host-visible memory it
+    /// owns (normally from [`Hal::alloc_pages`]) that stays allocated, unmoved and unreferenced
+    /// by Rust (no `&`/`&mut` over bytes the host may write) until then — leaked if TORNDOWN
+    /// never comes.
+    pub unsafe fn start_gpadl(
         &mut self,
         relid: u32,
         vaddr: NonNull<u8>,
@@ -161,7 +169,9 @@ impl GpadlBuffer {
         waiter: &mut impl Wait,
     ) -> Result<Self, VmbusError> {
         let vaddr = conn.hal.alloc_pages(pages)?;
-        let handle = match conn.start_gpadl(relid, vaddr, pages) {
+        // SAFETY: the pages were just allocated from the HAL for this GPADL; the returned
+        // GpadlBuffer owns them and frees them only after GPADL_TORNDOWN (or leaks them).
+        let handle = match unsafe { conn.start_gpadl(relid, vaddr, pages) } {
             Ok(h) => h,
             Err(e) => {
                 if !matches!(e, VmbusError::Post(_)) {

@@ -241,7 +241,8 @@ fn gpadl_round_trip_and_rescind_revokes() {
     t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
     c.poll();
     let pages = StdHal.alloc_pages(100).unwrap();
-    let h = c.start_gpadl(5, pages, 100).unwrap();
+    // SAFETY: test pages from the std HAL, leaked for the test.
+    let h = unsafe { c.start_gpadl(5, pages, 100) }.unwrap();
     assert_eq!(t.0.borrow().posted.len(), 1 + 3);
     let mut g = GpadlCreated::new_zeroed();
     g.header = MessageHeader::new(MessageType::GPADL_CREATED);
@@ -250,7 +251,8 @@ fn gpadl_round_trip_and_rescind_revokes() {
     t.0.borrow_mut().inbox.push_back(g.as_bytes().to_vec());
     let mut w = BoundedWait::new(3, || {});
     c.wait_gpadl_created(h, &mut w).unwrap();
-    let h2 = c.start_gpadl(5, pages, 1).unwrap();
+    // SAFETY: as above.
+    let h2 = unsafe { c.start_gpadl(5, pages, 1) }.unwrap();
     assert_ne!(h, h2);
     let mut rescind = header(MessageType::RESCIND_CHANNELOFFER);
     rescind.extend_from_slice(&5u32.to_le_bytes());
@@ -264,7 +266,8 @@ fn gpadl_round_trip_and_rescind_revokes() {
     let (mut c, _t) = connected();
     _t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
     c.poll();
-    let h = c.start_gpadl(5, pages, 1).unwrap();
+    // SAFETY: as above.
+    let h = unsafe { c.start_gpadl(5, pages, 1) }.unwrap();
     let mut w = BoundedWait::new(10, || {});
     assert_eq!(c.wait_gpadl_created(h, &mut w), Err(VmbusError::Timeout));
     // SAFETY: test allocation; the scripted host maps nothing.

@@ -99,8 +99,9 @@ impl<M: RingMemory> RingWriter<M> {
         let offset8 = u16::try_from(offset / 8).map_err(|_| WriteError::TooLarge)?;
         let len8 = u16::try_from(len / 8).map_err(|_| WriteError::TooLarge)?;
         let total = len + TRAILER_SIZE;
-        // Even an empty ring keeps 8 bytes free.
-        if total > (size as usize) - TRAILER_SIZE {
+        // Even an empty ring keeps 8 bytes free, and the largest packet (trailer included)
+        // must stay below D - 8 (§7.7; OpenVMM rejects one of exactly D - 8).
+        if total >= (size as usize) - TRAILER_SIZE {
             return Err(WriteError::TooLarge);
         }
         Ok((total as u32, offset8, len8))
