@@ -402,6 +402,10 @@ impl MockVmbusHost {
                     if d.signal_guest {
                         e.ch.signal_guest();
                     }
+                    if d.more {
+                        e.signalled = true;
+                        work += 1;
+                    }
                     for p in &d.packets {
                         work += 1;
                         e.model.on_packet(&mut e.ch, p);

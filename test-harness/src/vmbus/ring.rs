@@ -122,6 +122,10 @@ pub(crate) struct Drained {
     pub packets: Vec<HostPacket>,
     /// The guest was blocked on pending-send-size and now fits: signal it.
     pub signal_guest: bool,
+    /// The guest wrote more while the host was publishing its read index: drain again
+    /// without waiting for a signal (the guest signals only on empty -> non-empty, and the
+    /// ring was not empty from its point of view).
+    pub more: bool,
 }
 
 impl HostReader {
@@ -191,6 +195,7 @@ impl HostReader {
             return Ok(Drained {
                 packets,
                 signal_guest: false,
+                more: false,
             });
         }
         // Every packet byte was copied before the index is published.
@@ -198,9 +203,14 @@ impl HostReader {
         self.ring.set_ctl(READ_INDEX, self.read);
         fence(Ordering::SeqCst);
         let signal_guest = self.space_signal(old_read);
+        // §7.9 step 8: the re-check after publishing. A packet the guest committed before it
+        // saw the new read index did not signal; only this re-read finds it.
+        fence(Ordering::SeqCst);
+        let more = self.ring.ctl(WRITE_INDEX) != self.read;
         Ok(Drained {
             packets,
             signal_guest,
+            more,
         })
     }
 
