@@ -184,16 +184,15 @@ impl Rng {
     }
 }
 
-/// Recovers from a lost guest→host wakeup: the mock host's ring reader publishes its read
-/// index without re-checking the write index, so a packet the guest publishes in that window
-/// is neither read nor signalled (the guest saw a non-empty ring). Makes the host read every
-/// ring once; the caller also drains its inbound ring(s) without waiting for a flag. Counted
-/// as a stall; in polling mode a stall would mean a lost packet, not a lost wakeup.
-fn kick(host: &ThreadedHost) {
+/// Recovers from a lost wakeup (a watchdog: none is expected since the mock host re-checks
+/// its rings after publishing a read index): makes the host read every ring once, then
+/// restores `mode`'s ring polling; the caller also drains its inbound ring(s) without waiting
+/// for a flag. Counted as a stall.
+fn kick(host: &ThreadedHost, mode: Mode) {
     host.with_host(|h| {
         h.set_poll_rings(true);
         h.step();
-        h.set_poll_rings(false);
+        h.set_poll_rings(mode == Mode::Poll);
     });
 }
 
@@ -275,7 +274,7 @@ fn run_storvsc(
             last = Instant::now();
         } else if last.elapsed() > STALL {
             // A lost wakeup in either direction: make the host read, and drain unflagged.
-            kick(&vm.host);
+            kick(&vm.host, mode);
             stalls += 1;
             last = Instant::now();
             c.poll(|tag, r| {
@@ -369,7 +368,7 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
         }
         if !drain && last.elapsed() > STALL {
             // A lost wakeup in either direction: make the host read, and drain unflagged.
-            kick(&vm.host);
+            kick(&vm.host, mode);
             stalls += 1;
             last = Instant::now();
             drain = true;
