@@ -612,3 +612,53 @@ fn the_guest_signals_only_when_the_ring_goes_from_empty_to_non_empty() {
     }
     assert_clean(&host);
 }
+
+#[test]
+fn channel_interrupts_on_another_vp_are_found_without_the_connection() {
+    // The connection lives on VP 0; the channel's interrupts are targeted at VP 1 (≥ 2.4).
+    use test_harness::hv::{HostPreset, MockConfig, MockHypervisor};
+    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let vp0 = test_harness::guest::boot_vp(&hv, 0).unwrap();
+    let vp1 = test_harness::guest::boot_vp(&hv, 1).unwrap();
+    let mut host = test_harness::vmbus::MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
+    let relid = add_echo(&mut host, NET, 1);
+    let transport = vmbus_guest::SynicTransport::for_current_vp(vp0.hypercalls, vp0.synic);
+    let mut guest = vmbus_guest::Connection::new(
+        transport,
+        hv.hal(),
+        vmbus_guest::ConnectionConfig::default(),
+    );
+    guest.connect(&mut step(&mut host)).unwrap();
+    let config = ChannelConfig {
+        target_vp: Some(1),
+        ..ChannelConfig::default()
+    };
+    let mut ch = Channel::open(&mut guest, relid, &config, &mut step(&mut host)).unwrap();
+    ch.send_request(&guest, &[b"ping"], 1, RequestMode::Callback)
+        .unwrap();
+    for _ in 0..3 {
+        host.step();
+    }
+    assert!(
+        !guest.handle_interrupt().contains(relid),
+        "VP 0's SynIC has no flag for a channel targeted at VP 1"
+    );
+    let limit = guest.offers().relid_limit();
+    let work = vmbus_guest::take_channel_events(&vp1.synic, limit);
+    assert!(work.contains(relid), "VP 1's SynIC has the channel's flag");
+    assert!(
+        !vmbus_guest::take_channel_events(&vp1.synic, limit).contains(relid),
+        "taken once"
+    );
+    let mut rx = vec![0u8; RX];
+    let mut completions = 0;
+    ch.poll(&guest, &mut rx, |p| {
+        if matches!(p, Received::Completion { .. }) {
+            completions += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(completions, 1);
+    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_clean(&host);
+}

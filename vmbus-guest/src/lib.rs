@@ -47,6 +47,6 @@ pub use offers::{OfferInfo, OfferTable};
 #[cfg(not(loom))]
 pub use requestor::{RequestId, RequestMode, RequestStatus};
 #[cfg(not(loom))]
-pub use transport::{RawMessage, SynicTransport, Transport};
+pub use transport::{RawMessage, SynicTransport, Transport, take_channel_events};
 #[cfg(not(loom))]
 pub use wait::{BoundedWait, DeadlineWait, TimedOut, Wait};

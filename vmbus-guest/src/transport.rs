@@ -2,6 +2,7 @@
 //! needs (post a message, signal an event, take a SynIC message, take event flags), and
 //! [`SynicTransport`] implements them with `winhv` on one virtual processor.
 
+use crate::bitmap::ChannelBitmap;
 use crate::protocol::{MAX_MESSAGE_SIZE, SYNIC_MESSAGE_TYPE_CHANNEL, VMBUS_MESSAGE_SINT};
 use winhv::{Cpu, HvError, HypercallError, Hypercalls, Synic, SynicError};
 
@@ -122,4 +123,20 @@ impl<C: Cpu> Transport for SynicTransport<C> {
     fn vp_index(&self) -> u32 {
         self.vp_index
     }
+}
+
+/// The channel half of the VMBus interrupt on a virtual processor other than the connection's:
+/// from VMBus 2.4 on, the host interrupts a channel on the target VP named when it was opened
+/// (`ChannelConfig::target_vp`), setting the channel's event flag in *that* VP's SynIC. This
+/// takes those flags (below `relid_limit`, e.g. `conn.offers().relid_limit()`) and returns the
+/// channels with work; poll them.
+///
+/// Needs only that VP's [`Synic`], not the `Connection`, so it is callable from that VP's
+/// interrupt handler while another context holds the connection. No allocation, no blocking.
+/// Control messages still arrive on the connection's VP ([`crate::Connection::handle_interrupt`]).
+pub fn take_channel_events(synic: &Synic, relid_limit: u32) -> ChannelBitmap {
+    let mut work = ChannelBitmap::new();
+    // SINT 2 is a valid SINT, so this cannot fail.
+    let _ = synic.take_event_flags(VMBUS_MESSAGE_SINT, relid_limit, |flag| work.set(flag));
+    work
 }
