@@ -662,3 +662,24 @@ fn channel_interrupts_on_another_vp_are_found_without_the_connection() {
     ch.close(&mut guest, &mut step(&mut host)).unwrap();
     assert_clean(&host);
 }
+
+#[test]
+fn a_lost_unload_response_is_abandoned_and_the_guest_reconnects() {
+    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    add_echo(&mut host, NET, 1);
+    guest.connect(&mut step(&mut host)).unwrap();
+    // The host never gets to answer: the wait runs out while unloading.
+    let mut silent = BoundedWait::new(5, || {});
+    assert!(guest.unload(&mut silent).is_err());
+    assert_eq!(guest.state(), ConnectionState::Unloading);
+    assert!(
+        guest.connect(&mut step(&mut host)).is_err(),
+        "not from Unloading"
+    );
+    guest.abandon();
+    assert_eq!(guest.state(), ConnectionState::Disconnected);
+    // The late UNLOAD_RESPONSE is discarded as stale; the new connection works.
+    guest.connect(&mut step(&mut host)).unwrap();
+    assert_eq!(guest.offers().iter().count(), 1);
+    assert_clean(&host);
+}

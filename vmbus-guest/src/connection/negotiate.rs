@@ -30,6 +30,11 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         ) {
             return Err(VmbusError::WrongState);
         }
+        if matches!(self.state, ConnectionState::Failed(_)) {
+            // The host may still consider the old connection live (a failure after it
+            // accepted the contact) and keep using the old pages: leave them to it.
+            self.leak_shared_pages();
+        }
         match self.monitor_pages {
             Some(p) => {
                 // SAFETY: the two monitor pages are owned by this connection and, while
@@ -201,8 +206,32 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         self.push_event(Event::Unloaded);
     }
 
+    /// Gives up on the current connection without the host's agreement — UNLOAD_RESPONSE
+    /// never came, or the guest must start over after a failure — and returns to
+    /// [`ConnectionState::Disconnected`] so that [`Connection::connect`] can start afresh.
+    ///
+    /// The host may still use what it was given, so nothing is reused: the monitor and
+    /// interrupt pages are leaked to it (new ones are allocated on the next connect), every
+    /// offer and GPADL is forgotten (channels and GPADL buffers still held by drivers must be
+    /// leaked too). Linux does the same when UNLOAD times out before kexec.
+    pub fn abandon(&mut self) {
+        self.leak_shared_pages();
+        self.on_unloaded();
+    }
+
+    fn leak_shared_pages(&mut self) {
+        if let Some(p) = self.monitor_pages.take() {
+            log::warn!(
+                "VMBus: leaving the monitor pages at {:p} to the host (it may still use them)",
+                p.as_ptr()
+            );
+        }
+    }
+
     /// Sends UNLOAD and waits for UNLOAD_RESPONSE (ignoring everything else meanwhile).
-    /// Afterwards [`Connection::connect`] may be called again (the kexec case).
+    /// Afterwards [`Connection::connect`] may be called again (the kexec case). If the wait
+    /// times out the state stays [`ConnectionState::Unloading`]: call
+    /// [`Connection::abandon`] before connecting again.
     pub fn unload(&mut self, waiter: &mut impl Wait) -> Result<(), VmbusError> {
         self.start_unload()?;
         self.wait_until(waiter, |c| {
