@@ -455,9 +455,8 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                 };
                 if let IoBuffer::ToDevice { len, .. } = data {
                     // SAFETY: `p` names `len` bytes the caller keeps valid and unaliased
-                    // (submit's contract); the slot's bounce buffer holds SLOT_BOUNCE_BYTES
-                    // ≥ `len` (checked by submit) and no request in flight names it (the
-                    // slot is ours until its completion).
+                    // (submit's contract); the slot's bounce buffer (SLOT_BOUNCE_BYTES ≥ `len`,
+                    // checked by submit) is named by no request in flight until completion.
                     unsafe { core::ptr::copy_nonoverlapping(p.as_ptr(), bounce.as_ptr(), len) };
                 }
                 Some((bounce, data.len()))
@@ -479,11 +478,12 @@ impl<'c, T: Transport, H: Hal, W: Wait> StorvscController<'c, T, H, W> {
                     // (the caller's buffer under submit's contract, or a bounce buffer this
                     // controller owns); nothing in Rust writes them meanwhile.
                     let buffer = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
-                    // SAFETY: the memory is host-visible (translated page by page, or HAL
-                    // bounce pages), stays allocated and unmoved until this request's
-                    // completion or failure is reported (submit's contract, or the
-                    // controller's own bounce buffers, freed only after close), and `buffer`
-                    // is the only reference, dropped when this call returns.
+                    // The memory is host-visible (translated page by page, or HAL bounce
+                    // pages) and stays allocated and unmoved until this request's completion
+                    // or failure is reported (submit's contract, or the controller's own
+                    // bounce buffers, freed only after close).
+                    // SAFETY: as just said; `buffer` is the only reference, dropped when this
+                    // call returns.
                     unsafe {
                         ch.send_gpa_direct(
                             self.conn,
