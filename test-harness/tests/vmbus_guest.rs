@@ -189,16 +189,7 @@ fn open_close_loop() {
 
 #[test]
 fn callback_completions_and_interrupt_bitmap() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     for i in 0..20u64 {
         ch.send_request(&guest, &[&i.to_le_bytes()], i, RequestMode::Callback)
             .unwrap();
@@ -283,16 +274,7 @@ fn gpa_direct_and_monitored_notification() {
 
 #[test]
 fn rescind_with_io_in_flight() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     let ids: Vec<_> = (0..10)
         .map(|i| {
             ch.send_request(&guest, &[b"io"], i, RequestMode::Await)
@@ -322,16 +304,7 @@ fn rescind_with_io_in_flight() {
 
 #[test]
 fn callback_requests_in_flight_are_reported_failed_when_the_channel_dies() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     for cookie in 100..105 {
         ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
             .unwrap();
@@ -362,16 +335,7 @@ fn callback_requests_in_flight_are_reported_failed_when_the_channel_dies() {
 fn a_poll_that_stops_early_says_more_is_waiting() {
     // The host signals only on empty -> non-empty, so packets left behind by a bounded poll
     // are announced by has_more(), not by an interrupt.
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     for cookie in 0..3 {
         ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
             .unwrap();
@@ -466,16 +430,7 @@ fn unload_and_reconnect() {
 
 #[test]
 fn corrupt_ring_fails_requests_not_the_guest() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     let id = ch
         .send_request(&guest, &[b"x"], 0, RequestMode::Await)
         .unwrap();
@@ -578,16 +533,7 @@ fn control_messages_follow_the_target_vp() {
 fn the_guest_signals_only_when_the_ring_goes_from_empty_to_non_empty() {
     // Hyper-V throttles guests that signal needlessly (§7.8): a burst of packets the host has
     // not drained yet costs one signal, not one per packet.
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
     let mut rx = vec![0u8; RX];
     for round in 1..=3u64 {
         for i in 0..10u64 {

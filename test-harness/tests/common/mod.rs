@@ -51,3 +51,27 @@ pub fn assert_clean(host: &MockVmbusHost) {
     let errors = host.protocol_errors();
     assert!(errors.is_empty(), "host protocol errors: {errors:#?}");
 }
+
+/// A connected guest with one open channel to an echo device (class NET, instance 1) on a
+/// host imitating `release`: the set-up most channel tests start from.
+pub fn open_echo(
+    release: HostRelease,
+) -> (
+    MockHypervisor,
+    MockVmbusHost,
+    Guest,
+    vmbus_guest::Channel,
+    u32,
+) {
+    let (hv, mut host, mut guest) = rig(release);
+    let relid = add_echo(&mut host, NET, 1);
+    guest.connect(&mut step(&mut host)).unwrap();
+    let ch = vmbus_guest::Channel::open(
+        &mut guest,
+        relid,
+        &vmbus_guest::ChannelConfig::default(),
+        &mut step(&mut host),
+    )
+    .unwrap();
+    (hv, host, guest, ch, relid)
+}
