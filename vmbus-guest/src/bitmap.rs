@@ -99,3 +99,51 @@ mod tests {
         assert!(b.take(64) && !b.take(64) && !b.contains(2048));
     }
 }
+
+/// A [`ChannelBitmap`] that interrupt context and other VPs update concurrently: relids with
+/// work recorded by the bus until a driver takes them.
+#[derive(Debug)]
+pub struct AtomicChannelBitmap {
+    words: [core::sync::atomic::AtomicU64; WORDS],
+}
+
+impl Default for AtomicChannelBitmap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AtomicChannelBitmap {
+    /// The empty set.
+    pub const fn new() -> Self {
+        Self {
+            words: [const { core::sync::atomic::AtomicU64::new(0) }; WORDS],
+        }
+    }
+
+    /// Adds `relid` (ignored when not below 2048). Interrupt-safe.
+    pub fn set(&self, relid: u32) {
+        if relid < MAX_CHANNELS {
+            self.words[relid as usize / 64]
+                .fetch_or(1 << (relid % 64), core::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Removes `relid` and says whether it was there. Interrupt-safe.
+    pub fn take(&self, relid: u32) -> bool {
+        if relid >= MAX_CHANNELS {
+            return false;
+        }
+        let bit = 1 << (relid % 64);
+        self.words[relid as usize / 64].fetch_and(!bit, core::sync::atomic::Ordering::AcqRel)
+            & bit
+            != 0
+    }
+
+    /// Moves every relid into `out`. Interrupt-safe.
+    pub fn drain_into(&self, out: &mut ChannelBitmap) {
+        for (o, w) in out.words.iter_mut().zip(self.words.iter()) {
+            *o |= w.swap(0, core::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Typed errors of the connection ([`VmbusError`]), of channels ([`ChannelError`]) and the
 //! host protocol violations the connection detects and survives ([`ProtocolViolation`]).
 
+#![forbid(unsafe_code)]
+
 use crate::hal::HalError;
 use crate::protocol::{MessageType, ParseError};
 use crate::ring::{Corrupt, WriteError};
@@ -49,6 +51,10 @@ pub enum VmbusError {
     },
     /// No GPADL with this handle exists on the connection.
     UnknownGpadl(u32),
+    /// No live offer of the requested class (and instance) is free to open.
+    NoSuchDevice,
+    /// OPENCHANNEL_RESULT reported this failure status.
+    OpenFailed(u32),
     /// The connection was unloaded or reset while the operation was pending.
     Disconnected,
 }
@@ -75,6 +81,8 @@ impl fmt::Display for VmbusError {
                 write!(f, "GPADL {handle:#x} creation failed, status {status:#x}")
             }
             Self::UnknownGpadl(h) => write!(f, "no GPADL with handle {h:#x}"),
+            Self::NoSuchDevice => f.write_str("no free offer of that device class"),
+            Self::OpenFailed(s) => write!(f, "the host refused to open the channel ({s:#x})"),
             Self::Disconnected => f.write_str("the VMBus connection was unloaded"),
         }
     }
@@ -213,6 +221,7 @@ impl From<VmbusError> for ChannelError {
             VmbusError::Timeout => Self::Timeout,
             VmbusError::Rescinded(_) => Self::Rescinded,
             VmbusError::Disconnected => Self::Closed,
+            VmbusError::OpenFailed(s) => Self::OpenFailed(s),
             other => Self::Vmbus(other),
         }
     }

@@ -2,6 +2,8 @@
 //! GPADL_HEADER (26 PFNs) and GPADL_BODY messages (28 PFNs each), and the connection-wide table
 //! of GPADL handles and their state.
 
+#![forbid(unsafe_code)]
+
 use crate::error::{ProtocolViolation, VmbusError};
 use crate::hal::{HV_PAGE_SIZE, HalError};
 use crate::protocol::{

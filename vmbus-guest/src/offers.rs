@@ -1,6 +1,8 @@
 //! The offer table: every channel the host offered on this connection, with what the guest
 //! needs from OFFERCHANNEL (vmbus-core §5.3, §5.7, §9), in a fixed-capacity table.
 
+#![forbid(unsafe_code)]
+
 use crate::error::ProtocolViolation;
 use crate::protocol::{
     DeviceClass, Guid, MAX_CHANNELS, MonitorPage, OfferChannel, OfferFlags, USER_DEFINED_SIZE,
@@ -9,7 +11,7 @@ use crate::protocol::{
 use heapless::Vec;
 
 /// Most offers (channels, sub-channels included) one connection tracks at a time.
-pub const MAX_OFFERS: usize = 128;
+pub const MAX_OFFERS: usize = 64;
 
 /// A validated channel offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +201,27 @@ impl OfferTable {
     pub fn subchannels(&self, primary_relid: u32) -> impl Iterator<Item = &OfferInfo> {
         self.iter()
             .filter(move |o| o.primary_relid == Some(primary_relid))
+    }
+
+    /// The first live primary offer of `class` (of `instance` when given) that no channel
+    /// object holds.
+    pub fn free_primary(&self, class: DeviceClass, instance: Option<&Guid>) -> Option<&OfferInfo> {
+        self.entries
+            .iter()
+            .filter(|e| !e.rescinded && !e.in_use && e.info.is_primary() && e.info.class == class)
+            .filter(|e| instance.is_none_or(|i| e.info.interface_instance == *i))
+            .min_by_key(|e| e.info.relid)
+            .map(|e| &e.info)
+    }
+
+    /// Live sub-channels of `primary_relid` that no channel object holds.
+    pub fn free_subchannels(&self, primary_relid: u32) -> impl Iterator<Item = &OfferInfo> {
+        self.entries
+            .iter()
+            .filter(move |e| {
+                !e.rescinded && !e.in_use && e.info.primary_relid == Some(primary_relid)
+            })
+            .map(|e| &e.info)
     }
 
     /// Number of offers tracked (rescinded ones awaiting release included).

@@ -24,7 +24,7 @@ pub(crate) struct Script {
 pub(crate) struct Scripted(pub(crate) Rc<RefCell<Script>>);
 
 impl Transport for Scripted {
-    fn post_message(&mut self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError> {
+    fn post_message(&self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError> {
         let mut s = self.0.borrow_mut();
         if s.reject_connection == Some(connection_id) {
             return Err(HypercallError::Hv(HvError(HvStatus::INVALID_CONNECTION_ID)));
@@ -39,7 +39,7 @@ impl Transport for Scripted {
         self.0.borrow_mut().signals.push(connection_id);
         Ok(())
     }
-    fn take_message(&mut self) -> Result<Option<RawMessage>, winhv::SynicError> {
+    fn take_message(&self) -> Result<Option<RawMessage>, winhv::SynicError> {
         Ok(self
             .0
             .borrow_mut()
@@ -47,7 +47,7 @@ impl Transport for Scripted {
             .pop_front()
             .map(|m| RawMessage::new(&m)))
     }
-    fn take_event_flags(&mut self, _limit: u32, _on_flag: &mut dyn FnMut(u32)) {}
+    fn take_event_flags(&self, _limit: u32, _on_flag: &mut dyn FnMut(u32)) {}
     fn vp_index(&self) -> u32 {
         0
     }

@@ -2,6 +2,8 @@
 //! needs (post a message, signal an event, take a SynIC message, take event flags), and
 //! [`SynicTransport`] implements them with `winhv` on one virtual processor.
 
+#![forbid(unsafe_code)]
+
 use crate::bitmap::ChannelBitmap;
 use crate::protocol::{MAX_MESSAGE_SIZE, SYNIC_MESSAGE_TYPE_CHANNEL, VMBUS_MESSAGE_SINT};
 use winhv::{Cpu, HvError, HypercallError, Hypercalls, Synic, SynicError};
@@ -32,15 +34,15 @@ impl RawMessage {
 /// real use; tests may script it.
 pub trait Transport {
     /// HvCallPostMessage of a VMBus message (SynIC message type 1) to `connection_id`.
-    fn post_message(&mut self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError>;
+    fn post_message(&self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError>;
     /// HvCallSignalEvent(`connection_id`, flag 0): wake the host for a channel.
     fn signal_event(&self, connection_id: u32) -> Result<(), HvError>;
     /// Takes the next VMBus message from SIMP slot 2 (EOM handled), `Ok(None)` if the slot is
     /// empty. Messages of other SynIC types are consumed and dropped.
-    fn take_message(&mut self) -> Result<Option<RawMessage>, SynicError>;
+    fn take_message(&self) -> Result<Option<RawMessage>, SynicError>;
     /// Atomically takes every set event flag of SIEFP slot 2 below `limit`, calling `on_flag`
     /// with each.
-    fn take_event_flags(&mut self, limit: u32, on_flag: &mut dyn FnMut(u32));
+    fn take_event_flags(&self, limit: u32, on_flag: &mut dyn FnMut(u32));
     /// Hypervisor index of the VP this transport runs on (INITIATE_CONTACT target VP).
     fn vp_index(&self) -> u32;
 }
@@ -48,17 +50,21 @@ pub trait Transport {
 /// [`Transport`] over `winhv` on one virtual processor: its typed hypercalls and its enabled
 /// SynIC, with VMBus on SINT 2.
 pub struct SynicTransport<C: Cpu> {
-    hypercalls: Hypercalls<C>,
+    /// Behind a lock: the hypercall input page is one per VP, used by one post at a time.
+    hypercalls: spin::Mutex<Hypercalls<C>>,
+    /// The VP's processor, for fast hypercalls (signal event) that need no page.
+    cpu: C,
     synic: Synic,
     vp_index: u32,
 }
 
-impl<C: Cpu> SynicTransport<C> {
+impl<C: Cpu + Clone> SynicTransport<C> {
     /// Uses `hypercalls` and `synic` (enabled with SINT 2 routed) of the VP whose hypervisor
     /// index is `vp_index` (read from the VP_INDEX register).
     pub fn new(hypercalls: Hypercalls<C>, synic: Synic, vp_index: u32) -> Self {
         Self {
-            hypercalls,
+            cpu: hypercalls.cpu().clone(),
+            hypercalls: spin::Mutex::new(hypercalls),
             synic,
             vp_index,
         }
@@ -76,7 +82,7 @@ impl<C: Cpu> SynicTransport<C> {
 
     /// Gives back the hypercalls and the SynIC (for example to disable the SynIC after UNLOAD).
     pub fn into_parts(self) -> (Hypercalls<C>, Synic) {
-        (self.hypercalls, self.synic)
+        (self.hypercalls.into_inner(), self.synic)
     }
 
     /// The SynIC in use.
@@ -85,23 +91,24 @@ impl<C: Cpu> SynicTransport<C> {
     }
 }
 
-impl<C: Cpu> Transport for SynicTransport<C> {
-    fn post_message(&mut self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError> {
+impl<C: Cpu + Clone> Transport for SynicTransport<C> {
+    fn post_message(&self, connection_id: u32, payload: &[u8]) -> Result<(), HypercallError> {
         self.hypercalls
+            .lock()
             .post_message(connection_id, SYNIC_MESSAGE_TYPE_CHANNEL, payload)
     }
 
     fn signal_event(&self, connection_id: u32) -> Result<(), HvError> {
-        winhv::hypercall::signal_event(self.hypercalls.cpu(), connection_id, 0)
+        winhv::hypercall::signal_event(&self.cpu, connection_id, 0)
     }
 
-    fn take_message(&mut self) -> Result<Option<RawMessage>, SynicError> {
+    fn take_message(&self) -> Result<Option<RawMessage>, SynicError> {
         // Bounded: each iteration frees one slot; a stream of foreign messages stops after a
         // slot's worth of attempts and the caller polls again.
         for _ in 0..16 {
             match self
                 .synic
-                .take_message(self.hypercalls.cpu(), VMBUS_MESSAGE_SINT)?
+                .take_message(&self.cpu, VMBUS_MESSAGE_SINT)?
             {
                 None => return Ok(None),
                 Some(m) if m.message_type() == SYNIC_MESSAGE_TYPE_CHANNEL => {
@@ -113,7 +120,7 @@ impl<C: Cpu> Transport for SynicTransport<C> {
         Ok(None)
     }
 
-    fn take_event_flags(&mut self, limit: u32, on_flag: &mut dyn FnMut(u32)) {
+    fn take_event_flags(&self, limit: u32, on_flag: &mut dyn FnMut(u32)) {
         // SINT 2 is a valid SINT, so this cannot fail.
         let _ = self
             .synic
@@ -128,12 +135,12 @@ impl<C: Cpu> Transport for SynicTransport<C> {
 /// The channel half of the VMBus interrupt on a virtual processor other than the connection's:
 /// from VMBus 2.4 on, the host interrupts a channel on the target VP named when it was opened
 /// (`ChannelConfig::target_vp`), setting the channel's event flag in *that* VP's SynIC. This
-/// takes those flags (below `relid_limit`, e.g. `conn.offers().relid_limit()`) and returns the
+/// takes those flags (below `relid_limit`, e.g. `bus.with_offers(|t| t.relid_limit())`) and returns the
 /// channels with work; poll them.
 ///
-/// Needs only that VP's [`Synic`], not the `Connection`, so it is callable from that VP's
-/// interrupt handler while another context holds the connection. No allocation, no blocking.
-/// Control messages still arrive on the connection's VP ([`crate::Connection::handle_interrupt`]).
+/// Needs only that VP's [`Synic`], not the bus, so it is callable from that VP's interrupt
+/// handler while another context holds the bus lock. No allocation, no blocking.
+/// Control messages still arrive on the connection's VP ([`crate::Vmbus::handle_interrupt`]).
 pub fn take_channel_events(synic: &Synic, relid_limit: u32) -> ChannelBitmap {
     let mut work = ChannelBitmap::new();
     // SINT 2 is a valid SINT, so this cannot fail.

@@ -2,6 +2,8 @@
 //! [`Wait`]: it is called between polls of the connection or channel, and its error ends the
 //! wait with a timeout, so a host that never answers can never hang the guest.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 
 /// The wait budget ran out before the host answered.

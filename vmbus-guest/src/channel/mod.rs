@@ -1,55 +1,41 @@
 //! An open channel (vmbus-core §5.8, §7, §8): its two rings in one GPADL, packet send
-//! (in-band, with or without completion, GPA-direct), batched receive, completions matched
-//! through the [`Requestor`], guest→host signalling, and close.
+//! (in-band, with or without completion, GPA-direct), pull receive in batches, completions
+//! matched through the [`RequestTable`], guest→host signalling, and close.
+//!
+//! The data path touches only the channel: it signals with its own parameters and reads its
+//! liveness from a lock-free slot the bus updates, so channels (sub-channels of one device
+//! included) run on different VPs without sharing a lock. Only open, close and
+//! [`Channel::open_subchannels`] take the bus's control lock.
+
+#![forbid(unsafe_code)]
 
 mod open;
+mod signal;
 
-pub use open::PendingOpen;
+pub use open::ChannelConfig;
 
-use crate::connection::{ChannelLiveness, Connection};
+use crate::bus::{Liveness, Released, SlotRef, Vmbus};
 use crate::error::ChannelError;
-use crate::hal::{HV_PAGE_SIZE, Hal};
+use crate::hal::Hal;
+use crate::host_buffer::Dma;
 use crate::offers::OfferInfo;
-use crate::requestor::{RequestId, RequestMode, RequestStatus, Requestor};
+use crate::requestor::{DEFAULT_REQUESTS, RequestId, RequestTable};
 use crate::ring::{
     Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketKind, RawRingMemory, ReadError,
     RingReader, RingWriter, WriteError,
 };
+use crate::shared::SharedPages;
 use crate::transport::Transport;
 use crate::wait::Wait;
-use core::ptr::NonNull;
+use signal::Signaller;
 
 /// Most PFNs one GPA-direct packet may name.
-pub const MAX_GPA_DIRECT_PFNS: usize = 64;
-/// Most caller buffers (GPA ranges) in one GPA-direct packet.
+pub const MAX_GPA_DIRECT_PFNS: usize = 66;
+/// Most ranges (DMA descriptors) in one GPA-direct packet.
 pub const MAX_GPA_DIRECT_RANGES: usize = 16;
-/// Drain rounds per [`Channel::poll`] before it returns to the caller.
-const MAX_DRAIN_ROUNDS: usize = 16;
-
-/// Ring sizes and open parameters.
-#[derive(Clone, Copy, Debug)]
-pub struct ChannelConfig {
-    /// Pages of the guest→host ring, control page included (≥ 2). This is also the
-    /// OPENCHANNEL downstream ring page offset.
-    pub outbound_pages: usize,
-    /// Pages of the host→guest ring, control page included (≥ 2).
-    pub inbound_pages: usize,
-    /// VP the host interrupts for this channel; `None` = the transport's VP.
-    pub target_vp: Option<u32>,
-    /// Device-specific OPENCHANNEL user data (@28).
-    pub user_data: [u8; 120],
-}
-
-impl Default for ChannelConfig {
-    fn default() -> Self {
-        Self {
-            outbound_pages: 16,
-            inbound_pages: 16,
-            target_vp: None,
-            user_data: [0; 120],
-        }
-    }
-}
+/// Completions for unknown transaction ids skipped by one [`Channel::recv`] call before it
+/// returns `Ok(None)` (bounded work against a host that floods them).
+const MAX_SKIPPED_PER_RECV: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Health {
@@ -59,58 +45,94 @@ enum Health {
     Gone,
 }
 
-/// A packet handed to [`Channel::poll`]'s callback.
+/// What [`Channel::recv`] returns.
 #[derive(Debug)]
-pub enum Received<'a> {
+pub enum Received<'a, C> {
     /// A packet from the host that is not a completion of a guest request (in-band data,
-    /// transfer pages, GPA direct, ...). If it requests a completion, the device layer sends
-    /// it with [`Channel::send_completion`].
+    /// transfer pages, GPA direct, ...). If it requests a completion, the driver sends it
+    /// with [`Channel::send_completion`] (between receives if it likes).
     Packet(IncomingPacket<'a>),
     /// The completion of a guest request.
     Completion {
         /// The request.
         request: RequestId,
-        /// The cookie given when it was sent.
-        cookie: u64,
+        /// The context given when it was sent.
+        context: C,
         /// The completion packet (payload includes padding).
         packet: IncomingPacket<'a>,
     },
-    /// A callback-mode request that will never complete: the channel died (rescind, close,
-    /// corruption) with it in flight. Reported once, before `poll` returns the channel error.
+    /// A request that will never complete: the channel died (rescind, unload, corruption)
+    /// with it in flight. Each is reported once, before `recv` returns the channel error.
     Failed {
         /// The request.
         request: RequestId,
-        /// The cookie given when it was sent.
-        cookie: u64,
+        /// The context given when it was sent.
+        context: C,
         /// Why it failed.
         error: ChannelError,
     },
 }
 
-/// An open VMBus channel. Owned by its device driver; every operation takes the
-/// [`Connection`] it was opened on. Close it with [`Channel::close`]; dropping it leaks its
-/// ring pages (the host may still map them).
-#[derive(Debug)]
-pub struct Channel {
+/// Diagnostic counters of one channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Packets received (completions included).
+    pub received: u64,
+    /// Packets sent.
+    pub sent: u64,
+    /// Completions whose transaction id matched no request (a misbehaving host).
+    pub unknown_completions: u64,
+    /// Guest→host signals (hypercalls or monitor bits).
+    pub signals: u64,
+    /// Receive batches ended with [`Channel::end_batch`].
+    pub batches: u64,
+}
+
+/// An open VMBus channel, owned by its device driver, borrowing the bus it was opened on.
+///
+/// `C` is the context each request carries (returned with its completion or failure), `N` the
+/// number of requests that can be in flight. Close it with [`Channel::close`]; dropping it
+/// leaks its ring pages (the host may still map them).
+///
+/// Every method except [`Channel::open`], [`Channel::open_subchannels`], [`Channel::transact`]
+/// and [`Channel::close`] is interrupt-safe: no lock, no allocation, no blocking.
+pub struct Channel<'b, T: Transport, H: Hal, C = u64, const N: usize = DEFAULT_REQUESTS> {
+    bus: &'b Vmbus<T, H>,
     info: OfferInfo,
-    generation: u32,
-    pages: NonNull<u8>,
-    total_pages: usize,
+    offer_generation: u32,
+    slot: SlotRef,
+    epoch: u32,
+    signaller: Signaller,
+    /// The ring pages; `None` once closed (or leaked).
+    pages: Option<SharedPages>,
     gpadl: u32,
     writer: RingWriter<RawRingMemory>,
     reader: RingReader<RawRingMemory>,
-    requests: Requestor,
+    requests: RequestTable<C, N>,
     health: Health,
-    unknown_completions: u64,
-    /// The last poll left packets in the inbound ring.
+    in_batch: bool,
+    /// The last `recv` stopped with packets possibly left.
     more: bool,
+    stats: ChannelStats,
 }
 
-// SAFETY: `pages` names the channel's own ring allocation, used only through `&mut self`
-// (the rings are `Send` already); moving the channel to another thread moves that ownership.
-unsafe impl Send for Channel {}
+impl<T: Transport, H: Hal, C, const N: usize> core::fmt::Debug for Channel<'_, T, H, C, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Channel")
+            .field("relid", &self.info.relid)
+            .field("health", &self.health)
+            .field("in_flight", &self.requests.in_flight())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
 
-impl Channel {
+impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
+    /// The bus the channel was opened on.
+    pub fn bus(&self) -> &'b Vmbus<T, H> {
+        self.bus
+    }
+
     /// The offer this channel was opened for.
     pub fn offer(&self) -> &OfferInfo {
         &self.info
@@ -131,19 +153,30 @@ impl Channel {
         self.requests.in_flight()
     }
 
-    /// Completions whose transaction id matched no request (a misbehaving host).
-    pub fn unknown_completions(&self) -> u64 {
-        self.unknown_completions
+    /// Whether every request slot is taken.
+    pub fn requests_full(&self) -> bool {
+        self.requests.is_full()
     }
 
-    /// Checks the channel is usable; on the first sight of a rescind, unload or corruption
-    /// every request in flight completes with the matching error.
-    fn check<T: Transport, H: Hal>(&mut self, conn: &Connection<T, H>) -> Result<(), ChannelError> {
+    /// Diagnostic counters.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Whether the channel is usable (not rescinded, unloaded, corrupt or closed). Reads the
+    /// liveness the bus maintains; requests in flight fail on the first sight of a death.
+    pub fn is_alive(&mut self) -> bool {
+        self.check().is_ok()
+    }
+
+    /// Checks the channel is usable; on the first sight of a rescind or unload every request
+    /// in flight fails with the matching error.
+    fn check(&mut self) -> Result<(), ChannelError> {
         if self.health == Health::Open {
-            match conn.channel_status(self.info.relid, self.generation) {
-                ChannelLiveness::Live => return Ok(()),
-                ChannelLiveness::Rescinded => self.fail(Health::Rescinded),
-                ChannelLiveness::Gone => self.fail(Health::Gone),
+            match self.bus.slots.liveness(self.slot) {
+                Liveness::Live => return Ok(()),
+                Liveness::Rescinded => self.fail(Health::Rescinded),
+                Liveness::Gone => self.fail(Health::Gone),
             }
         }
         Err(self.health_error())
@@ -161,44 +194,37 @@ impl Channel {
     fn fail(&mut self, health: Health) {
         self.health = health;
         let err = self.health_error();
-        self.requests.fail_all(err, |_, _| {});
+        self.requests.fail_all(err);
     }
 
-    fn signal<T: Transport, H: Hal>(&self, conn: &Connection<T, H>) -> Result<(), ChannelError> {
-        conn.signal(&self.info).map_err(ChannelError::from)
+    fn signal(&mut self) -> Result<(), ChannelError> {
+        self.stats.signals += 1;
+        self.signaller
+            .signal(self.bus.transport())
+            .map_err(ChannelError::from)
     }
 
-    fn write_and_signal<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        packet: &OutgoingPacket<'_>,
-    ) -> Result<(), ChannelError> {
-        match self.writer.send(packet) {
-            Ok(signal) => {
-                if signal.is_needed() {
-                    self.signal(conn)?;
-                }
-                Ok(())
-            }
+    fn write_and_signal(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        let signal = match self.writer.send(packet) {
+            Ok(signal) => signal,
             Err(WriteError::Full { needed }) => {
                 // Ask the host to signal when the space is there (§7.8 step 7).
                 match self.writer.request_space(needed) {
-                    Ok(true) => {
-                        let signal = self.writer.send(packet).map_err(|e| self.write_error(e))?;
-                        if signal.is_needed() {
-                            self.signal(conn)?;
-                        }
-                        Ok(())
-                    }
-                    Ok(false) => Err(ChannelError::Full),
+                    Ok(true) => self.writer.send(packet).map_err(|e| self.write_error(e))?,
+                    Ok(false) => return Err(ChannelError::Full),
                     Err(c) => {
                         self.fail(Health::Broken(c));
-                        Err(ChannelError::Corrupt(c))
+                        return Err(ChannelError::Corrupt(c));
                     }
                 }
             }
-            Err(e) => Err(self.write_error(e)),
+            Err(e) => return Err(self.write_error(e)),
+        };
+        self.stats.sent += 1;
+        if signal.is_needed() {
+            self.signal()?;
         }
+        Ok(())
     }
 
     fn write_error(&mut self, e: WriteError) -> ChannelError {
@@ -213,308 +239,383 @@ impl Channel {
     }
 
     /// Sends an in-band packet (type 6) without completion request.
-    pub fn send<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        payload: &[&[u8]],
-    ) -> Result<(), ChannelError> {
-        self.check(conn)?;
-        self.write_and_signal(conn, &OutgoingPacket::in_band(0, false, payload))
+    pub fn send(&mut self, payload: &[&[u8]]) -> Result<(), ChannelError> {
+        self.check()?;
+        self.write_and_signal(&OutgoingPacket::in_band(0, false, payload))
     }
 
     /// Sends an in-band packet (type 6) without completion request, carrying the host's
     /// `transaction_id`: the reply form of protocols where the host starts every transaction
     /// and the guest answers in kind (integration services).
-    pub fn send_reply<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        transaction_id: u64,
-        payload: &[&[u8]],
-    ) -> Result<(), ChannelError> {
-        self.check(conn)?;
-        self.write_and_signal(
-            conn,
-            &OutgoingPacket::in_band(transaction_id, false, payload),
-        )
-    }
-
-    /// Sends an in-band packet with completion requested; the completion is matched by the
-    /// returned id. `mode` says whether it goes to the poll callback or is kept for
-    /// [`Channel::take_completion`].
-    pub fn send_request<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        payload: &[&[u8]],
-        cookie: u64,
-        mode: RequestMode,
-    ) -> Result<RequestId, ChannelError> {
-        self.check(conn)?;
-        let id = self.requests.allocate(cookie, mode)?;
-        let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
-        self.write_and_signal(conn, &packet).inspect_err(|_| {
-            self.requests.cancel(id);
-        })?;
-        Ok(id)
-    }
-
-    /// Sends a GPA-direct packet (type 9, completion requested) naming the caller's
-    /// `buffers` (each translated page by page through [`Hal::virt_to_phys`]) followed by the
-    /// in-band `payload`. The buffers must stay alive and unmoved until the completion (or the
-    /// request's failure) is seen: the host reads or writes them directly.
-    ///
-    /// # Safety
-    ///
-    /// The host reads or writes the buffers directly between this call and the request's
-    /// completion or failure (including a rescind, close or corruption reported by `poll`).
-    /// The caller guarantees each buffer is host-visible memory that stays allocated and
-    /// unmoved until then, and that nothing in Rust holds a reference over bytes the host may
-    /// write meanwhile (the slices passed here only name the memory for this call).
-    pub unsafe fn send_gpa_direct<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        buffers: &[&[u8]],
-        payload: &[&[u8]],
-        cookie: u64,
-        mode: RequestMode,
-    ) -> Result<RequestId, ChannelError> {
-        self.check(conn)?;
-        if buffers.is_empty() || buffers.len() > MAX_GPA_DIRECT_RANGES {
-            return Err(ChannelError::InvalidArgument("1 to 16 GPA-direct buffers"));
-        }
-        let mut pfns: heapless::Vec<u64, MAX_GPA_DIRECT_PFNS> = heapless::Vec::new();
-        let mut spans: heapless::Vec<(u32, u32, usize, usize), MAX_GPA_DIRECT_RANGES> =
-            heapless::Vec::new();
-        for b in buffers {
-            let len = u32::try_from(b.len())
-                .ok()
-                .filter(|l| *l > 0)
-                .ok_or(ChannelError::InvalidArgument("GPA-direct buffer size"))?;
-            let addr = b.as_ptr() as usize;
-            let offset = (addr % HV_PAGE_SIZE) as u32;
-            let first_page = addr - offset as usize;
-            let count = (offset as usize + b.len()).div_ceil(HV_PAGE_SIZE);
-            let start = pfns.len();
-            for i in 0..count {
-                let page = NonNull::new((first_page + i * HV_PAGE_SIZE) as *mut u8)
-                    .ok_or(ChannelError::InvalidArgument("null buffer"))?;
-                let gpa = conn.hal().virt_to_phys(page)?;
-                pfns.push(gpa >> 12)
-                    .map_err(|_| ChannelError::InvalidArgument("too many GPA-direct pages"))?;
-            }
-            let _ = spans.push((len, offset, start, count));
-        }
-        let mut ranges: heapless::Vec<GpaRange<'_>, MAX_GPA_DIRECT_RANGES> = heapless::Vec::new();
-        for &(byte_count, byte_offset, start, count) in &spans {
-            let _ = ranges.push(GpaRange {
-                byte_count,
-                byte_offset,
-                pfns: &pfns[start..start + count],
-            });
-        }
-        let id = self.requests.allocate(cookie, mode)?;
-        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges, payload);
-        self.write_and_signal(conn, &packet).inspect_err(|_| {
-            self.requests.cancel(id);
-        })?;
-        Ok(id)
+    pub fn send_reply(&mut self, transaction_id: u64, payload: &[&[u8]]) -> Result<(), ChannelError> {
+        self.check()?;
+        self.write_and_signal(&OutgoingPacket::in_band(transaction_id, false, payload))
     }
 
     /// Sends a completion (type 11) for a host packet that requested one.
-    pub fn send_completion<T: Transport, H: Hal>(
+    pub fn send_completion(
         &mut self,
-        conn: &Connection<T, H>,
         transaction_id: u64,
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
-        self.check(conn)?;
-        self.write_and_signal(conn, &OutgoingPacket::completion(transaction_id, payload))
+        self.check()?;
+        self.write_and_signal(&OutgoingPacket::completion(transaction_id, payload))
     }
 
-    /// Drains the inbound ring in batches (interrupt mask set while draining, one read-index
-    /// publish per batch, a space signal only when the host waits for it), handing each packet
-    /// to `on_packet`; completions are matched to their requests first. `buf` must hold the
-    /// largest packet. Returns the number of packets handled.
-    ///
-    /// After a rescind or unload, every request in flight fails and this returns the error;
-    /// on ring corruption likewise, and the channel must be closed.
-    pub fn poll<T: Transport, H: Hal>(
-        &mut self,
-        conn: &Connection<T, H>,
-        buf: &mut [u8],
-        on_packet: impl FnMut(Received<'_>),
-    ) -> Result<usize, ChannelError> {
-        self.poll_at_most(conn, buf, usize::MAX, on_packet)
+    /// Sends an in-band packet with completion requested. The completion (or the failure)
+    /// comes back from [`Channel::recv`] with `context`. On error the context is dropped.
+    pub fn request(&mut self, payload: &[&[u8]], context: C) -> Result<RequestId, ChannelError> {
+        self.check()?;
+        let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
+        let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
+        if let Err(e) = self.write_and_signal(&packet) {
+            self.requests.cancel(id);
+            return Err(e);
+        }
+        Ok(id)
     }
 
-    /// Like [`Channel::poll`], but hands at most `limit` packets to `on_packet` and leaves
-    /// the rest in the ring, so a device layer can answer one request before reading the
-    /// next. No interrupt announces what is left: poll again while [`Channel::has_more`].
-    pub fn poll_at_most<T: Transport, H: Hal>(
+    /// Sends a GPA-direct packet (type 9, completion requested) naming the memory of `dma`
+    /// (one GPA range each, translated page by page through [`Hal::virt_to_phys`]) followed
+    /// by the in-band `payload`. Safe: a [`Dma`] is either bus memory that is not freed while
+    /// the request may be in flight, or caller memory whose owner promised that when making
+    /// it ([`Dma::from_raw`]).
+    pub fn request_dma(
         &mut self,
-        conn: &Connection<T, H>,
-        buf: &mut [u8],
-        limit: usize,
-        mut on_packet: impl FnMut(Received<'_>),
-    ) -> Result<usize, ChannelError> {
-        let result = self.drain(conn, buf, limit, &mut on_packet);
-        if result.is_err() {
-            // Whatever killed the channel, callback requests learn of it here.
-            while let Some((request, cookie, error)) = self.requests.take_failed_callback() {
-                on_packet(Received::Failed {
-                    request,
-                    cookie,
-                    error,
-                });
+        dma: &[Dma<'_>],
+        payload: &[&[u8]],
+        context: C,
+    ) -> Result<RequestId, ChannelError> {
+        self.check()?;
+        if dma.is_empty() || dma.len() > MAX_GPA_DIRECT_RANGES {
+            return Err(ChannelError::InvalidArgument("1 to 16 GPA-direct ranges"));
+        }
+        let mut pfns = [0u64; MAX_GPA_DIRECT_PFNS];
+        let mut spans = [(0u32, 0u32, 0usize, 0usize); MAX_GPA_DIRECT_RANGES];
+        let mut used = 0usize;
+        let mut host_buffer = false;
+        for (d, span) in dma.iter().zip(spans.iter_mut()) {
+            let count = d.page_count();
+            let end = used
+                .checked_add(count)
+                .filter(|e| *e <= MAX_GPA_DIRECT_PFNS)
+                .ok_or(ChannelError::InvalidArgument("too many GPA-direct pages"))?;
+            for (i, pfn) in pfns[used..end].iter_mut().enumerate() {
+                *pfn = d.pfn(self.bus.hal(), i)?;
+            }
+            *span = (d.len() as u32, d.page_offset(), used, count);
+            used = end;
+            host_buffer |= d.users().is_some();
+        }
+        let mut ranges = [GpaRange {
+            byte_count: 0,
+            byte_offset: 0,
+            pfns: &[],
+        }; MAX_GPA_DIRECT_RANGES];
+        for (r, &(byte_count, byte_offset, start, count)) in ranges.iter_mut().zip(spans.iter())
+        {
+            *r = GpaRange {
+                byte_count,
+                byte_offset,
+                pfns: &pfns[start..start + count],
+            };
+        }
+        let id = self
+            .requests
+            .insert(context, host_buffer)
+            .map_err(|(e, _)| e)?;
+        // Recorded before the packet goes out: from then on the host may touch the memory.
+        for d in dma {
+            if let Some(users) = d.users() {
+                users.record(self.slot);
             }
         }
-        result
+        if host_buffer {
+            self.bus.slots.dma_started(self.slot);
+        }
+        let packet =
+            OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
+        if let Err(e) = self.write_and_signal(&packet) {
+            if self.requests.cancel(id).is_some() && host_buffer {
+                // Never reached the ring: the host cannot be using the memory for it.
+                self.bus.slots.dma_completed(self.slot);
+            }
+            return Err(e);
+        }
+        Ok(id)
     }
 
-    /// Whether the last poll stopped with packets still in the inbound ring (it reached its
-    /// packet limit or drain-round bound). The host signals only when the ring goes from empty
-    /// to non-empty, so no interrupt will announce these: poll again.
+    /// Receives the next packet into `buf` (which must hold the largest packet the device
+    /// sends): `Ok(None)` when the ring is empty. Completions are matched to their requests
+    /// (unknown ids are counted and skipped). The first receive of a batch masks the host's
+    /// interrupts; the freed ring space is published to the host only by
+    /// [`Channel::end_batch`], so a driver may send completions between receives.
+    ///
+    /// After a rescind, unload or ring corruption, each request in flight is returned once as
+    /// [`Received::Failed`], then the channel error; close the channel.
+    pub fn recv<'a>(&mut self, buf: &'a mut [u8]) -> Result<Option<Received<'a, C>>, ChannelError> {
+        if !self.in_batch {
+            // Liveness is checked once per batch, not per packet.
+            let _ = self.check();
+            self.reader.begin_drain();
+            self.in_batch = true;
+        }
+        if self.health != Health::Open {
+            return match self.requests.take_failed() {
+                Some((request, context, error)) => Ok(Some(Received::Failed {
+                    request,
+                    context,
+                    error,
+                })),
+                None => Err(self.health_error()),
+            };
+        }
+        self.more = true;
+        for _ in 0..MAX_SKIPPED_PER_RECV {
+            // Decide with a short borrow of `buf`; the packet is rebuilt from the private
+            // copy below, so the borrow returned to the caller is the only long one.
+            let outcome = match self.reader.read(&mut *buf) {
+                Ok(p) => {
+                    self.stats.received += 1;
+                    let len = usize::from(p.descriptor.length8) * 8;
+                    if matches!(p.kind, PacketKind::Completion) {
+                        match self.requests.complete(p.transaction_id()) {
+                            Some(ended) => {
+                                if ended.dma {
+                                    self.bus.slots.dma_completed(self.slot);
+                                }
+                                Some((len, Some((ended.id, ended.context))))
+                            }
+                            None => {
+                                self.stats.unknown_completions += 1;
+                                log::warn!(
+                                    "channel {}: completion for unknown transaction {:#x}",
+                                    self.info.relid,
+                                    p.transaction_id()
+                                );
+                                None
+                            }
+                        }
+                    } else {
+                        Some((len, None))
+                    }
+                }
+                Err(ReadError::Empty) => {
+                    self.more = false;
+                    return Ok(None);
+                }
+                Err(ReadError::BufferTooSmall { needed }) => {
+                    return Err(ChannelError::BufferTooSmall { needed });
+                }
+                Err(ReadError::Corrupt(c)) => {
+                    self.fail(Health::Broken(c));
+                    return self.recv(buf);
+                }
+            };
+            let Some((len, completion)) = outcome else {
+                continue;
+            };
+            let buf: &'a [u8] = buf;
+            let packet = match buf.get(..len).map(IncomingPacket::reparse) {
+                Some(Ok(p)) => p,
+                // Cannot happen: `read` validated this very copy.
+                _ => return Err(ChannelError::Corrupt(Corrupt::TruncatedPacket { available: 0 })),
+            };
+            return Ok(Some(match completion {
+                Some((request, context)) => Received::Completion {
+                    request,
+                    context,
+                    packet,
+                },
+                None => Received::Packet(packet),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Ends a receive batch: publishes the read index once (signalling the host only if it
+    /// waits for space), clears the interrupt mask and re-checks the ring. Returns whether
+    /// packets are waiting — then receive again: no interrupt will announce them.
+    pub fn end_batch(&mut self) -> Result<bool, ChannelError> {
+        if !self.in_batch {
+            return Ok(self.more);
+        }
+        self.in_batch = false;
+        self.stats.batches += 1;
+        let end = self.reader.finish_drain();
+        if end.signal.is_needed() && self.health == Health::Open {
+            self.signal()?;
+        }
+        self.more = end.more;
+        Ok(end.more)
+    }
+
+    /// Ends a receive batch that stopped on a budget: publishes the read index (signalling
+    /// the host only if it waits for space) but keeps the interrupt mask set, so the host does
+    /// not interrupt while the driver is still behind (NAPI-style). Receive again later.
+    pub fn yield_batch(&mut self) -> Result<(), ChannelError> {
+        if self.in_batch && self.reader.publish().is_needed() && self.health == Health::Open {
+            self.signal()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the last receive stopped with packets possibly still in the ring.
     pub fn has_more(&self) -> bool {
         self.more
     }
 
-    fn drain<T: Transport, H: Hal>(
+    /// A request/response exchange for handshakes: sends `payload` with completion
+    /// requested, then receives (waiting with `waiter` between empty polls of bus and
+    /// channel) until its completion arrives, copying the completion payload into `response`
+    /// (truncated to it) and returning the host's payload length. Other packets received
+    /// meanwhile go to `on_other`. Thread context only; bounded by the waiter. If the waiter
+    /// runs out, the request stays in flight and its late completion is returned by a later
+    /// [`Channel::recv`] with `context`.
+    pub fn transact(
         &mut self,
-        conn: &Connection<T, H>,
-        buf: &mut [u8],
-        limit: usize,
-        on_packet: &mut impl FnMut(Received<'_>),
-    ) -> Result<usize, ChannelError> {
-        self.more = false;
-        self.check(conn)?;
-        let mut handled = 0;
-        for _ in 0..MAX_DRAIN_ROUNDS {
-            self.reader.begin_drain();
-            let mut stop = None;
-            while handled < limit {
-                match self.reader.read(buf) {
-                    Ok(p) => {
-                        handled += 1;
-                        if matches!(p.kind, PacketKind::Completion) {
-                            match self.requests.complete(p.transaction_id(), p.payload()) {
-                                Some((request, cookie)) => on_packet(Received::Completion {
-                                    request,
-                                    cookie,
-                                    packet: p,
-                                }),
-                                None => {
-                                    self.unknown_completions += 1;
-                                    log::warn!(
-                                        "channel {}: completion for unknown transaction {:#x}",
-                                        self.info.relid,
-                                        p.transaction_id()
-                                    );
-                                }
-                            }
-                        } else {
-                            on_packet(Received::Packet(p));
-                        }
-                    }
-                    Err(ReadError::Empty) => break,
-                    Err(ReadError::BufferTooSmall { needed }) => {
-                        stop = Some(ChannelError::BufferTooSmall { needed });
-                        break;
-                    }
-                    Err(ReadError::Corrupt(c)) => {
-                        stop = Some(ChannelError::Corrupt(c));
-                        break;
-                    }
-                }
-            }
-            let end = self.reader.finish_drain();
-            if end.signal.is_needed() {
-                self.signal(conn)?;
-            }
-            if let Some(e) = stop {
-                if let ChannelError::Corrupt(c) = e {
-                    self.fail(Health::Broken(c));
-                }
-                return Err(e);
-            }
-            if !end.more {
-                return Ok(handled);
-            }
-            if handled >= limit {
-                break;
-            }
-        }
-        self.more = true;
-        Ok(handled)
-    }
-
-    /// Status of a request sent with [`RequestMode::Await`].
-    pub fn request_status(&self, id: RequestId) -> Result<RequestStatus, ChannelError> {
-        self.requests.status(id)
-    }
-
-    /// Collects a finished awaited request: `Ok(Some(len))` with the completion payload
-    /// copied into `buf` (up to [`crate::requestor::COMPLETION_INLINE`] bytes kept),
-    /// `Ok(None)` while pending, the failure (rescind, close, corruption) otherwise.
-    pub fn take_completion(
-        &mut self,
-        id: RequestId,
-        buf: &mut [u8],
-    ) -> Result<Option<usize>, ChannelError> {
-        self.requests.take(id, buf)
-    }
-
-    /// Waits (bounded) for an awaited request: polls the connection and this channel,
-    /// handing other packets to `on_packet`; returns the completion's payload length.
-    pub fn wait_completion<T: Transport, H: Hal>(
-        &mut self,
-        conn: &mut Connection<T, H>,
-        id: RequestId,
-        completion: &mut [u8],
-        rx_buf: &mut [u8],
-        mut on_packet: impl FnMut(Received<'_>),
+        payload: &[&[u8]],
+        context: C,
+        response: &mut [u8],
+        rx: &mut [u8],
+        mut on_other: impl FnMut(Received<'_, C>),
         waiter: &mut impl Wait,
     ) -> Result<usize, ChannelError> {
+        let id = self.request(payload, context)?;
         loop {
-            conn.poll();
-            let polled = self.poll(conn, rx_buf, &mut on_packet);
-            if let Some(len) = self.take_completion(id, completion)? {
-                return Ok(len);
+            while let Some(r) = self.recv(rx)? {
+                match r {
+                    Received::Completion {
+                        request, packet, ..
+                    } if request == id => {
+                        self.end_batch()?;
+                        let p = packet.payload();
+                        let n = p.len().min(response.len());
+                        response[..n].copy_from_slice(&p[..n]);
+                        return Ok(p.len());
+                    }
+                    Received::Failed { request, error, .. } if request == id => {
+                        self.end_batch()?;
+                        return Err(error);
+                    }
+                    other => on_other(other),
+                }
             }
-            polled?;
+            if self.end_batch()? {
+                continue;
+            }
+            self.bus.poll();
             waiter.wait()?;
         }
     }
 
-    /// Closes the channel: every request in flight fails with [`ChannelError::Closed`] (or
-    /// the rescind error), CLOSECHANNEL is sent if the offer is still there, the ring GPADL is
-    /// torn down and its pages freed after GPADL_TORNDOWN (leaked if the host never confirms),
-    /// and a rescinded relid is released with RELID_RELEASED.
-    pub fn close<T: Transport, H: Hal>(
-        mut self,
-        conn: &mut Connection<T, H>,
+    /// Opens sub-channels of this (primary) channel: waits (bounded by `waiter`) until `n`
+    /// sub-channel offers of this device are present — after the driver asked for them with
+    /// its device protocol — and opens each with `config` into the empty places of `out`.
+    /// Returns how many were opened; fewer than asked when the host offered fewer in time or
+    /// an open failed (logged). Thread context only.
+    pub fn open_subchannels<const M: usize>(
+        &self,
+        n: usize,
+        config: &ChannelConfig,
         waiter: &mut impl Wait,
-    ) -> Result<(), ChannelError> {
-        let _ = self.check(conn);
-        if self.health == Health::Open || matches!(self.health, Health::Broken(_)) {
+        out: &mut [Option<Channel<'b, T, H, C, M>>],
+    ) -> usize {
+        let want = n.min(out.iter().filter(|c| c.is_none()).count());
+        let primary = self.info.relid;
+        let _ = self.bus.wait_until(waiter, |c| {
+            (c.offers.free_subchannels(primary).count() >= want).then_some(Ok(()))
+        });
+        let mut relids = [0u32; crate::bus::MAX_OPEN_CHANNELS];
+        let found = self.bus.with_offers(|t| {
+            let mut k = 0;
+            for o in t.free_subchannels(primary).take(want.min(relids.len())) {
+                relids[k] = o.relid;
+                k += 1;
+            }
+            k
+        });
+        let mut opened = 0;
+        for &relid in &relids[..found] {
+            waiter.restart();
+            let Some(place) = out.iter_mut().find(|c| c.is_none()) else {
+                break;
+            };
+            match Channel::open(self.bus, relid, config, waiter) {
+                Ok(ch) => {
+                    *place = Some(ch);
+                    opened += 1;
+                }
+                Err(e) => log::warn!("sub-channel {relid} of {primary} not opened: {e}"),
+            }
+        }
+        opened
+    }
+
+    /// Closes the channel: every request in flight fails (the contexts are dropped; see
+    /// [`Channel::close_with`]), CLOSECHANNEL is sent if the offer is still there, the ring
+    /// GPADL is torn down and its pages freed only after GPADL_TORNDOWN, and a rescinded
+    /// relid is released with RELID_RELEASED. Thread context only.
+    pub fn close(self, waiter: &mut impl Wait) -> Released {
+        self.close_with(waiter, |_, _, _| {})
+    }
+
+    /// Like [`Channel::close`], handing every request that was still in flight (or failed
+    /// and not yet received) to `on_failed`. Memory those requests named may be reused only
+    /// if this returns [`Released::Freed`].
+    pub fn close_with(
+        mut self,
+        waiter: &mut impl Wait,
+        mut on_failed: impl FnMut(RequestId, C, ChannelError),
+    ) -> Released {
+        let _ = self.check();
+        if matches!(self.health, Health::Open | Health::Broken(_)) {
             self.fail(Health::Gone);
         }
-        let relid = self.info.relid;
-        let liveness = conn.channel_status(relid, self.generation);
-        let mut result = Ok(());
-        if liveness != ChannelLiveness::Gone
-            && let Err(e) = conn.post_close(relid)
-        {
-            result = Err(e.into());
+        while let Some((id, ctx, err)) = self.requests.take_failed() {
+            on_failed(id, ctx, err);
         }
-        open::release_ring_memory(
-            conn,
-            relid,
-            self.gpadl,
-            self.pages,
-            self.total_pages,
-            waiter,
-        );
-        conn.release_channel(relid, self.generation);
-        result
+        let Some(pages) = self.pages.take() else {
+            return Released::Leaked;
+        };
+        let relid = self.info.relid;
+        let released = if self.epoch != self.bus.epoch() {
+            self.bus.ended_epoch_release(self.epoch)
+        } else {
+            {
+                let mut c = self.bus.lock();
+                if c.offer_present(relid, self.offer_generation)
+                    && let Err(e) = c.post_close(relid)
+                {
+                    log::warn!("CLOSECHANNEL({relid}) failed: {e}");
+                }
+            }
+            waiter.restart();
+            let r = self.bus.teardown_gpadl(self.gpadl, self.epoch, waiter);
+            self.bus
+                .lock()
+                .release_channel(relid, self.offer_generation);
+            r
+        };
+        self.bus.slots.release(self.slot, released.is_freed());
+        match released {
+            Released::Freed => pages.free(self.bus.hal()),
+            Released::Leaked => pages.leak(),
+        }
+        released
+    }
+}
+
+impl<T: Transport, H: Hal, C, const N: usize> Drop for Channel<'_, T, H, C, N> {
+    fn drop(&mut self) {
+        if let Some(pages) = self.pages.take() {
+            log::warn!(
+                "channel {} dropped without close: its ring stays the host's",
+                self.info.relid
+            );
+            self.bus.slots.release(self.slot, false);
+            pages.leak();
+        }
     }
 }
 

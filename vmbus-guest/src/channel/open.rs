@@ -1,49 +1,78 @@
 //! Opening a channel (vmbus-core §5.8, §7.1, §7.6): allocate both rings in one set of pages,
 //! describe them with one GPADL, initialise the control pages, send OPENCHANNEL and wait for
-//! OPENCHANNEL_RESULT — as a state machine ([`PendingOpen`]) and as a bounded blocking call.
+//! OPENCHANNEL_RESULT. Every failure path frees the pages only if the host never mapped them.
 
-use super::{Channel, ChannelConfig, Health};
-use crate::connection::Connection;
+#![forbid(unsafe_code)]
+
+use super::signal::Signaller;
+use super::{Channel, ChannelStats, Health};
+use crate::bus::{Created, Released, SlotRef, Vmbus};
 use crate::error::{ChannelError, VmbusError};
-use crate::gpadl::GpadlState;
 use crate::hal::{HV_PAGE_SIZE, Hal};
 use crate::offers::{OfferInfo, OpenState};
-use crate::requestor::Requestor;
-use crate::ring::{RawRingMemory, RingReader, RingWriter};
+use crate::protocol::{DeviceClass, Guid, VmbusVersion};
+use crate::requestor::RequestTable;
+use crate::ring::{RingReader, RingWriter};
+use crate::shared::SharedPages;
 use crate::transport::Transport;
 use crate::wait::Wait;
-use core::ptr::NonNull;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    WaitGpadl,
-    WaitOpen,
+/// Ring sizes and open parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelConfig {
+    /// Pages of the guest→host ring, control page included (≥ 2). This is also the
+    /// OPENCHANNEL downstream ring page offset.
+    pub outbound_pages: usize,
+    /// Pages of the host→guest ring, control page included (≥ 2).
+    pub inbound_pages: usize,
+    /// VP the host interrupts for this channel; `None` = the transport's VP.
+    pub target_vp: Option<u32>,
+    /// Device-specific OPENCHANNEL user data (@28).
+    pub user_data: [u8; 120],
 }
 
-/// A channel open in progress. Advance it with [`PendingOpen::poll`] after
-/// [`Connection::poll`]; give up with [`PendingOpen::abort`].
-#[derive(Debug)]
-pub struct PendingOpen {
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            outbound_pages: 16,
+            inbound_pages: 16,
+            target_vp: None,
+            user_data: [0; 120],
+        }
+    }
+}
+
+/// What was set up before a failure, to undo it.
+struct Claimed {
     info: OfferInfo,
-    generation: u32,
-    pages: NonNull<u8>,
-    total_pages: usize,
-    outbound_pages: usize,
-    gpadl: u32,
-    target_vp: u32,
-    user_data: [u8; 120],
-    stage: Stage,
+    offer_generation: u32,
+    slot: SlotRef,
 }
 
-// SAFETY: `pages` names this open's own ring allocation, touched only through `&mut self`.
-unsafe impl Send for PendingOpen {}
+impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
+    /// Opens the live primary offer of `class` (of `instance` when given, else the first one
+    /// not yet open): one call from "the bus is connected" to "the device's channel is open".
+    /// Thread context only.
+    pub fn open_class(
+        bus: &'b Vmbus<T, H>,
+        class: DeviceClass,
+        instance: Option<&Guid>,
+        config: &ChannelConfig,
+        waiter: &mut impl Wait,
+    ) -> Result<Self, ChannelError> {
+        let offer = bus
+            .find(class, instance)
+            .ok_or(ChannelError::Vmbus(VmbusError::NoSuchDevice))?;
+        Self::open(bus, offer.relid, config, waiter)
+    }
 
-impl PendingOpen {
-    /// Starts opening channel `relid`: allocates the ring pages and posts the ring GPADL.
-    pub fn start<T: Transport, H: Hal>(
-        conn: &mut Connection<T, H>,
+    /// Opens channel `relid` and waits (bounded by `waiter`) for OPENCHANNEL_RESULT. Thread
+    /// context only.
+    pub fn open(
+        bus: &'b Vmbus<T, H>,
         relid: u32,
         config: &ChannelConfig,
+        waiter: &mut impl Wait,
     ) -> Result<Self, ChannelError> {
         if config.outbound_pages < 2 || config.inbound_pages < 2 {
             return Err(ChannelError::InvalidArgument(
@@ -53,223 +82,135 @@ impl PendingOpen {
         let total_pages = config
             .outbound_pages
             .checked_add(config.inbound_pages)
+            .filter(|t| (t - 2).checked_mul(HV_PAGE_SIZE).is_some_and(|b| b <= u32::MAX as usize))
             .ok_or(ChannelError::InvalidArgument("ring too large"))?;
-        if u32::try_from((total_pages - 2) * HV_PAGE_SIZE).is_err() {
-            return Err(ChannelError::InvalidArgument("ring too large"));
-        }
-        let (info, generation) = conn.offer_for_open(relid)?;
-        let target_vp = config
-            .target_vp
-            .unwrap_or_else(|| conn.transport().vp_index());
-        let pages = match conn.hal().alloc_pages(total_pages) {
+        let epoch = bus.epoch();
+        let (claimed, signaller, target_vp) = {
+            let mut c = bus.lock();
+            let (info, offer_generation) = c.offer_for_open(relid)?;
+            let Some(slot) = bus.slots.claim(relid) else {
+                c.release_channel(relid, offer_generation);
+                return Err(ChannelError::Vmbus(VmbusError::TableFull));
+            };
+            let version = c.negotiated.map_or(VmbusVersion::V1_1, |n| n.version);
+            let signaller = Signaller::for_offer(&info, version, c.monitor_pages.as_ref());
+            let target_vp = config
+                .target_vp
+                .unwrap_or_else(|| bus.transport().vp_index());
+            let claimed = Claimed {
+                info,
+                offer_generation,
+                slot,
+            };
+            (claimed, signaller, target_vp)
+        };
+        let pages = match SharedPages::alloc(bus.hal(), total_pages) {
             Ok(p) => p,
             Err(e) => {
-                conn.release_channel(relid, generation);
+                undo(bus, &claimed, true);
                 return Err(e.into());
             }
         };
-        // SAFETY: the ring pages were just allocated from the HAL; the channel owns them and
-        // frees them only after GPADL_TORNDOWN (leaking them otherwise), and reaches the rings
-        // only through the ring module's atomic and raw accesses.
-        let gpadl = match unsafe { conn.start_gpadl(relid, pages, total_pages) } {
-            Ok(h) => h,
+        let gpadl = match bus.create_gpadl(relid, &pages, waiter) {
+            Created::Yes(h) => h,
+            Created::No(e) => {
+                pages.free(bus.hal());
+                undo(bus, &claimed, true);
+                return Err(e.into());
+            }
+            Created::Unknown(e) => {
+                pages.leak();
+                undo(bus, &claimed, false);
+                return Err(e.into());
+            }
+        };
+        // Zeroed pages from the HAL: both control pages read = write = 0, inbound interrupt
+        // mask 0; the writer sets its feature bit (§7.6) before the host sees OPENCHANNEL.
+        let rings = pages
+            .ring(0, config.outbound_pages)
+            .and_then(|o| Ok((o, pages.ring(config.outbound_pages, config.inbound_pages)?)))
+            .map_err(ChannelError::from)
+            .and_then(|(o, i)| Ok((RingWriter::new(o)?, RingReader::new(i)?)));
+        let opened = rings.and_then(|rings| {
+            let r = bus
+                .lock()
+                .post_open(
+                    &claimed.info,
+                    gpadl,
+                    config.outbound_pages as u32,
+                    target_vp,
+                    &config.user_data,
+                )
+                .map_err(ChannelError::from);
+            r.map(|()| rings)
+        });
+        let (writer, reader) = match opened {
+            Ok(rings) => rings,
             Err(e) => {
-                if !matches!(e, VmbusError::Post(_)) {
-                    // SAFETY: nothing was posted about these pages; the host never saw them.
-                    unsafe { conn.hal().free_pages(pages, total_pages) };
-                }
-                conn.release_channel(relid, generation);
-                return Err(e.into());
+                let released = bus.teardown_gpadl(gpadl, epoch, waiter);
+                finish_undo(bus, &claimed, pages, released);
+                return Err(e);
             }
         };
-        Ok(Self {
-            info,
-            generation,
-            pages,
-            total_pages,
-            outbound_pages: config.outbound_pages,
+        let result = bus.wait_until(waiter, |c| match c.open_state(relid) {
+            Some(OpenState::Opening { .. }) => None,
+            Some(OpenState::Result(0)) => Some(Ok(())),
+            Some(OpenState::Result(status)) => Some(Err(VmbusError::OpenFailed(status))),
+            Some(OpenState::Cancelled) => Some(Err(VmbusError::Rescinded(relid))),
+            _ => Some(Err(VmbusError::Disconnected)),
+        });
+        if let Err(e) = result {
+            // The host may have mapped the rings on OPENCHANNEL even if it never answered.
+            {
+                let mut c = bus.lock();
+                if c.offer_present(relid, claimed.offer_generation) {
+                    let _ = c.post_close(relid);
+                }
+            }
+            // The waiter may be spent (the open timed out): the teardown gets a fresh budget,
+            // or the ring pages would always be leaked.
+            waiter.restart();
+            let released = bus.teardown_gpadl(gpadl, epoch, waiter);
+            finish_undo(bus, &claimed, pages, released);
+            return Err(e.into());
+        }
+        Ok(Channel {
+            bus,
+            info: claimed.info,
+            offer_generation: claimed.offer_generation,
+            slot: claimed.slot,
+            epoch,
+            signaller,
+            pages: Some(pages),
             gpadl,
-            target_vp,
-            user_data: config.user_data,
-            stage: Stage::WaitGpadl,
+            writer,
+            reader,
+            requests: RequestTable::new(),
+            health: Health::Open,
+            in_batch: false,
+            more: false,
+            stats: ChannelStats::default(),
         })
     }
-
-    /// The relid being opened.
-    pub fn relid(&self) -> u32 {
-        self.info.relid
-    }
-
-    /// Advances the open: `Ok(Some(channel))` once OPENCHANNEL_RESULT reports success,
-    /// `Ok(None)` while waiting. On `Err` call [`PendingOpen::abort`].
-    pub fn poll<T: Transport, H: Hal>(
-        &mut self,
-        conn: &mut Connection<T, H>,
-    ) -> Result<Option<Channel>, ChannelError> {
-        let relid = self.info.relid;
-        match self.stage {
-            Stage::WaitGpadl => match conn.gpadl_state(self.gpadl) {
-                Some(GpadlState::Creating) => Ok(None),
-                Some(GpadlState::Created) => {
-                    // Zeroed pages from the HAL: both control pages read = write = 0, inbound
-                    // interrupt mask 0; the writer sets its feature bit (§7.6).
-                    self.rings()?;
-                    conn.post_open(
-                        &self.info,
-                        self.gpadl,
-                        self.outbound_pages as u32,
-                        self.target_vp,
-                        &self.user_data,
-                    )?;
-                    self.stage = Stage::WaitOpen;
-                    Ok(None)
-                }
-                Some(GpadlState::Failed(status)) => {
-                    Err(ChannelError::Vmbus(VmbusError::GpadlFailed {
-                        handle: self.gpadl,
-                        status,
-                    }))
-                }
-                Some(GpadlState::Revoked) => Err(ChannelError::Rescinded),
-                _ => Err(ChannelError::Closed),
-            },
-            Stage::WaitOpen => match conn.open_state(relid) {
-                Some(OpenState::Opening { .. }) => Ok(None),
-                Some(OpenState::Result(0)) => {
-                    let (writer, reader) = self.rings()?;
-                    Ok(Some(Channel {
-                        info: self.info,
-                        generation: self.generation,
-                        pages: self.pages,
-                        total_pages: self.total_pages,
-                        gpadl: self.gpadl,
-                        writer,
-                        reader,
-                        requests: Requestor::new(),
-                        health: Health::Open,
-                        unknown_completions: 0,
-                        more: false,
-                    }))
-                }
-                Some(OpenState::Result(status)) => Err(ChannelError::OpenFailed(status)),
-                Some(OpenState::Cancelled) => Err(ChannelError::Rescinded),
-                _ => Err(ChannelError::Closed),
-            },
-        }
-    }
-
-    fn rings(
-        &self,
-    ) -> Result<(RingWriter<RawRingMemory>, RingReader<RawRingMemory>), ChannelError> {
-        let out_data = ((self.outbound_pages - 1) * HV_PAGE_SIZE) as u32;
-        let in_data = ((self.total_pages - self.outbound_pages - 1) * HV_PAGE_SIZE) as u32;
-        // SAFETY: `pages` is this open's allocation of `total_pages` pages; the outbound ring
-        // is its first `outbound_pages` pages and the inbound ring the rest. Only this channel
-        // (one writer, one reader) and the host access them, through the ring protocol.
-        let (out, inb) = unsafe {
-            let inbound = self.pages.add(self.outbound_pages * HV_PAGE_SIZE);
-            (
-                RawRingMemory::from_pages(self.pages, out_data),
-                RawRingMemory::from_pages(inbound, in_data),
-            )
-        };
-        let bad = |_| ChannelError::InvalidArgument("ring layout");
-        let writer = RingWriter::new(out.map_err(bad)?)?;
-        let reader = RingReader::new(inb.map_err(bad)?)?;
-        Ok((writer, reader))
-    }
-
-    /// Gives up the open: CLOSECHANNEL if OPENCHANNEL went out, GPADL teardown, pages freed
-    /// only if the host confirmed it no longer maps them (leaked otherwise), relid released.
-    pub fn abort<T: Transport, H: Hal>(self, conn: &mut Connection<T, H>, waiter: &mut impl Wait) {
-        let relid = self.info.relid;
-        if self.stage == Stage::WaitOpen
-            && conn.channel_status(relid, self.generation)
-                != crate::connection::ChannelLiveness::Gone
-        {
-            // The host may have mapped the rings on OPENCHANNEL even if it never answered.
-            let _ = conn.post_close(relid);
-        }
-        // The waiter may be spent (the open timed out): the teardown gets a fresh budget, or
-        // the ring pages would always be leaked.
-        waiter.restart();
-        release_ring_memory(
-            conn,
-            relid,
-            self.gpadl,
-            self.pages,
-            self.total_pages,
-            waiter,
-        );
-        conn.release_channel(relid, self.generation);
-    }
 }
 
-/// Tears down the ring GPADL and frees the pages if the host confirms; leaks them otherwise.
-pub(super) fn release_ring_memory<T: Transport, H: Hal>(
-    conn: &mut Connection<T, H>,
-    relid: u32,
-    gpadl: u32,
-    pages: NonNull<u8>,
-    total_pages: usize,
-    waiter: &mut impl Wait,
+/// Gives the offer and the slot back after a failed open.
+fn undo<T: Transport, H: Hal>(bus: &Vmbus<T, H>, claimed: &Claimed, host_released: bool) {
+    bus.slots.release(claimed.slot, host_released);
+    bus.lock()
+        .release_channel(claimed.info.relid, claimed.offer_generation);
+}
+
+/// Frees or leaks the ring pages after a failed open, as the teardown allows.
+fn finish_undo<T: Transport, H: Hal>(
+    bus: &Vmbus<T, H>,
+    claimed: &Claimed,
+    pages: SharedPages,
+    released: Released,
 ) {
-    let free = match conn.gpadl_state(gpadl) {
-        Some(GpadlState::Created) => {
-            let r = conn
-                .start_gpadl_teardown(gpadl)
-                .and_then(|()| conn.wait_gpadl_torndown(gpadl, waiter));
-            match r {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("ring GPADL of channel {relid} not torn down: {e}");
-                    false
-                }
-            }
-        }
-        Some(GpadlState::Failed(_)) => {
-            conn.forget_gpadl(gpadl);
-            true
-        }
-        // Unloaded: the host dropped every GPADL of the connection.
-        None => conn.state() == crate::connection::ConnectionState::Disconnected,
-        Some(_) => {
-            conn.forget_gpadl(gpadl);
-            false
-        }
-    };
-    if free {
-        // SAFETY: the host no longer maps the pages (TORNDOWN, refused, or unloaded) and the
-        // rings built on them are gone.
-        unsafe { conn.hal().free_pages(pages, total_pages) };
-    } else {
-        log::warn!("leaking {total_pages} ring pages of channel {relid}");
+    match released {
+        Released::Freed => pages.free(bus.hal()),
+        Released::Leaked => pages.leak(),
     }
-}
-
-impl Channel {
-    /// Opens channel `relid` and waits (bounded by `waiter`) for OPENCHANNEL_RESULT.
-    pub fn open<T: Transport, H: Hal>(
-        conn: &mut Connection<T, H>,
-        relid: u32,
-        config: &ChannelConfig,
-        waiter: &mut impl Wait,
-    ) -> Result<Channel, ChannelError> {
-        let mut pending = PendingOpen::start(conn, relid, config)?;
-        loop {
-            conn.poll();
-            match pending.poll(conn) {
-                Ok(Some(ch)) => return Ok(ch),
-                Ok(None) => {}
-                Err(e) => {
-                    pending.abort(conn, waiter);
-                    return Err(e);
-                }
-            }
-            if waiter.wait().is_err() {
-                pending.abort(conn, waiter);
-                return Err(ChannelError::Timeout);
-            }
-        }
-    }
+    undo(bus, claimed, released.is_freed());
 }

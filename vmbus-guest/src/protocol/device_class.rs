@@ -1,5 +1,7 @@
 //! Device classes: the interface-type GUIDs in OFFERCHANNEL @8 (devices §1).
 
+#![forbid(unsafe_code)]
+
 use super::Guid;
 
 /// What kind of synthetic device or integration service an offer is, from its interface type.

@@ -1,5 +1,7 @@
 //! Bit flags negotiated on the connection (6.0 features) and carried in offers.
 
+#![forbid(unsafe_code)]
+
 bitflags::bitflags! {
     /// 6.0 connection feature flags (vmbus-core §5.6): requested in INITIATE_CONTACT @20,
     /// granted in VERSION_RESPONSE @16; the guest keeps `requested & granted`. Unknown bits are

@@ -4,6 +4,8 @@
 //! 4-byte aligned, so PFNs are [`WirePfn`] (alignment 1); serialise a message by writing the
 //! fixed part's bytes followed by each PFN's bytes into the payload buffer.
 
+#![forbid(unsafe_code)]
+
 use super::{MAX_MESSAGE_SIZE, MessageHeader, MessageType};
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;

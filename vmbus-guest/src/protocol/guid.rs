@@ -1,5 +1,7 @@
 //! The 16-byte GUID in Windows' mixed-endian wire layout.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -1,5 +1,7 @@
 //! The VMBus channel-message type in the first word of every message (vmbus-core §5.2).
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

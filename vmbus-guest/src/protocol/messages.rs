@@ -1,6 +1,8 @@
 //! Fixed-size VMBus channel messages other than offers and GPADLs (vmbus-core §5.3).
 //! Sizes include the 8-byte [`MessageHeader`]; offsets in the asserts are the protocol's.
 
+#![forbid(unsafe_code)]
+
 use super::{Guid, MessageType};
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;

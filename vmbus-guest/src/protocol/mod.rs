@@ -8,6 +8,8 @@
 //! [`parse_host_message`]. The layout assumes a little-endian target (every Hyper-V guest
 //! architecture, x86_64 and aarch64, is little-endian).
 
+#![forbid(unsafe_code)]
+
 #[cfg(target_endian = "big")]
 compile_error!("the VMBus wire structs assume a little-endian target");
 

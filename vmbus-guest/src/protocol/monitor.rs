@@ -5,6 +5,8 @@
 //! the host, live access goes through volatile/atomic accesses at the offsets this struct
 //! fixes; the struct documents and checks that layout.
 
+#![forbid(unsafe_code)]
+
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

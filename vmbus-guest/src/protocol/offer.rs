@@ -1,5 +1,7 @@
 //! OFFERCHANNEL (1, H→G): the host offers a device channel (vmbus-core §5.3, §5.7).
 
+#![forbid(unsafe_code)]
+
 use super::{Guid, MessageHeader, OfferFlags};
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;

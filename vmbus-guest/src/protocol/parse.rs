@@ -1,5 +1,7 @@
 //! Validation and copy-out of host→guest channel messages.
 
+#![forbid(unsafe_code)]
+
 use super::{
     FeatureFlags, GpadlCreated, GpadlTorndown, MAX_MESSAGE_SIZE, MessageHeader, MessageType,
     ModifyChannelResponse, OFFER_CHANNEL_SIZE, OFFER_CHANNEL_SIZE_V0_13, OfferChannel, OpenResult,

@@ -1,5 +1,7 @@
 //! VMBus protocol versions and the message connection ids they imply (vmbus-core §5.4–5.5).
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 
 /// A VMBus protocol version word as carried in INITIATE_CONTACT @8: `(major << 16) | minor`.

@@ -1,5 +1,7 @@
 //! The control page as shared atomics: the only view of the ring header the endpoints use.
 
+#![forbid(unsafe_code)]
+
 use super::sync::AtomicU32;
 
 /// The first 0x44 bytes of a ring control page, as atomics at the protocol offsets (the rest

@@ -1,6 +1,8 @@
 //! Typed ring errors: an empty or full ring is flow control, a [`Corrupt`] ring is a peer
 //! (host) that broke the protocol and the channel must be reset.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 
 /// What the peer got wrong in shared memory. Every value read from the ring is validated and

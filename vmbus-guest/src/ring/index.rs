@@ -1,5 +1,7 @@
 //! Index arithmetic and validation shared by both endpoints.
 
+#![forbid(unsafe_code)]
+
 use super::error::Corrupt;
 use super::memory::{MAX_DATA_SIZE, MIN_DATA_SIZE};
 

@@ -10,7 +10,9 @@
 //! Everything read from shared memory (indices, descriptors, headers, ranges) is read once and
 //! validated; violations are [`Corrupt`] errors.
 
-mod control;
+#![forbid(unsafe_code)]
+
+pub(crate) mod control;
 mod error;
 mod index;
 mod memory;

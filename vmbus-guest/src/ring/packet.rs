@@ -1,6 +1,8 @@
 //! Packets: what a writer sends ([`OutgoingPacket`]) and the validated view of a received one
 //! ([`IncomingPacket`]), parsed from the reader's private copy, never from shared memory.
 
+#![forbid(unsafe_code)]
+
 use super::error::Corrupt;
 use super::protocol::{
     DESCRIPTOR_SIZE, FLAG_COMPLETION_REQUESTED, GpaDirectHeader, GpaRangeHeader, PacketDescriptor,
@@ -316,6 +318,18 @@ impl<'b> IncomingPacket<'b> {
     /// gives the real length).
     pub fn payload(&self) -> &'b [u8] {
         self.payload
+    }
+
+    /// Parses again a packet [`crate::ring::RingReader::read`] copied into `bytes` and
+    /// validated (descriptor first; `bytes` at least its `length8 * 8`).
+    pub(crate) fn reparse(bytes: &'b [u8]) -> Result<Self, Corrupt> {
+        let (descriptor, _) = PacketDescriptor::read_from_prefix(bytes)
+            .map_err(|_| Corrupt::TruncatedPacket { available: 0 })?;
+        let len = descriptor.length8 as usize * 8;
+        let packet = bytes
+            .get(..len)
+            .ok_or(Corrupt::TruncatedPacket { available: 0 })?;
+        Self::parse(descriptor, packet)
     }
 
     /// Parses `bytes` (exactly `length8 * 8` bytes, `descriptor` already checked for

@@ -1,6 +1,8 @@
 //! Wire layouts of the ring: the control page, the packet descriptor and the type-specific
 //! headers of transfer-page and GPA-direct packets (vmbus-core.md §7.2–§7.5, devices.md §0).
 
+#![forbid(unsafe_code)]
+
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

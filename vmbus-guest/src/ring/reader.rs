@@ -1,6 +1,8 @@
 //! The reading end of one ring direction (the guest's inbound ring, or the host's end of the
 //! guest's outbound ring).
 
+#![forbid(unsafe_code)]
+
 use super::control::ControlSnapshot;
 use super::error::{Corrupt, ReadError};
 use super::index::{advance, check_read_index, check_size, check_write_index, distance};

@@ -1,6 +1,8 @@
 //! Signalling decisions. The ring never signals by itself: it tells the channel layer whether
 //! the protocol requires a signal (SignalEvent or a monitor bit, vmbus-core.md §8.1).
 
+#![forbid(unsafe_code)]
+
 /// Whether the peer must be signalled after a commit or a publish.
 #[must_use = "the channel layer must signal the peer when the ring says so, or a wake-up is lost"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! The writing end of one ring direction (the guest's outbound ring, or the host's end of
 //! the guest's inbound ring).
 
+#![forbid(unsafe_code)]
+
 use super::control::ControlSnapshot;
 use super::error::{Corrupt, WriteError};
 use super::index::{advance, check_read_index, check_size, check_write_index, distance};

@@ -1,20 +1,20 @@
 //! Dispatch of one host→guest message according to the connection state.
 
-use super::{Connection, ConnectionState, Event};
+#![forbid(unsafe_code)]
+
+use super::{ConnectionState, Ctl, Event};
 use crate::error::ProtocolViolation;
-use crate::gpadl::GpadlState;
 use crate::hal::Hal;
 use crate::offers::{OfferInfo, OpenState};
 use crate::protocol::{HostMessage, MessageType, parse_host_message};
 use crate::transport::Transport;
 
-impl<T: Transport, H: Hal> Connection<T, H> {
+impl<T: Transport, H: Hal> Ctl<'_, T, H> {
     /// Processes one VMBus message payload from the host (as copied out of the SynIC slot).
-    /// [`Connection::poll`] calls this; a kernel with its own SynIC handling may call it
-    /// directly. Never panics: malformed or unexpected messages are counted and dropped.
-    pub fn handle_message(&mut self, payload: &[u8]) {
+    /// Never panics: malformed or unexpected messages are counted and dropped.
+    pub(crate) fn handle_message(&mut self, payload: &[u8]) {
         self.stats.messages += 1;
-        let msg = match parse_host_message(payload, self.version()) {
+        let msg = match parse_host_message(payload, self.negotiated.map(|n| n.version)) {
             Ok(m) => m,
             Err(e) => {
                 if matches!(self.state, ConnectionState::Connected) {
@@ -32,7 +32,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
                 _ => self.stats.stale_discarded += 1,
             },
             ConnectionState::Unloading => match msg {
-                HostMessage::UnloadResponse => self.on_unloaded(),
+                HostMessage::UnloadResponse => self.on_unloaded(true),
                 _ => self.stats.stale_discarded += 1,
             },
             ConnectionState::Disconnected | ConnectionState::Failed(_) => {
@@ -46,14 +46,15 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         match msg {
             HostMessage::Offer(o) => {
                 let version = self
-                    .version()
-                    .unwrap_or(crate::protocol::VmbusVersion::V1_1);
+                    .negotiated
+                    .map_or(crate::protocol::VmbusVersion::V1_1, |n| n.version);
                 let r = OfferInfo::from_wire(&o, version).and_then(|info| {
                     let sub = !info.is_primary();
                     self.offers.insert(info).map(|_| (info.relid, sub))
                 });
                 match r {
                     Ok((relid, sub)) => {
+                        self.bus.set_relid_limit(self.offers.relid_limit());
                         if sub
                             && self
                                 .offers
@@ -107,6 +108,11 @@ impl<T: Transport, H: Hal> Connection<T, H> {
     }
 
     fn on_rescind(&mut self, relid: u32) {
+        // Usually done already by the interrupt path when it copied the message out.
+        let bus = self.bus;
+        if bus.slots.rescind(relid) {
+            bus.note_work(relid);
+        }
         let Some(e) = self.offers.get_mut(relid).filter(|e| !e.rescinded) else {
             self.violation(ProtocolViolation::UnknownRelid {
                 message_type: MessageType::RESCIND_CHANNELOFFER,
@@ -125,10 +131,5 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         if !in_use {
             self.release_relid(relid);
         }
-    }
-
-    /// State of a GPADL.
-    pub fn gpadl_state(&self, handle: u32) -> Option<GpadlState> {
-        self.gpadls.state(handle)
     }
 }

@@ -1,8 +1,12 @@
 //! Version negotiation (vmbus-core §5.5), REQUESTOFFERS and UNLOAD (§10.2).
 
-use super::{Connection, ConnectionState, Event, Negotiated, SHARED_PAGES};
+#![forbid(unsafe_code)]
+
+use super::{ConnectionState, Ctl, Event, Negotiated, SHARED_PAGES, Vmbus};
+use crate::shared::SharedPages;
 use crate::error::VmbusError;
-use crate::hal::{HV_PAGE_SIZE, Hal};
+use crate::hal::Hal;
+
 use crate::protocol::{
     FeatureFlags, InitiateContact, MESSAGE_CONNECTION_ID, MessageHeader, MessageType,
     RequestOffers, Unload, VMBUS_MESSAGE_SINT, VersionResponseInfo, VmbusVersion,
@@ -19,29 +23,27 @@ use zerocopy::IntoBytes;
 /// pinning are not implemented, so they are never requested whatever the configuration says.
 pub const SUPPORTED_FEATURES: FeatureFlags = FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS;
 
-impl<T: Transport, H: Hal> Connection<T, H> {
-    /// Starts negotiation: allocates (or re-zeroes) the two monitor pages and posts
-    /// INITIATE_CONTACT for the highest candidate version. Progress comes from
-    /// [`Connection::poll`]; watch [`Connection::state`].
-    pub fn start_connect(&mut self) -> Result<(), VmbusError> {
+impl<T: Transport, H: Hal> Ctl<'_, T, H> {
+    /// Starts negotiation: allocates (or re-zeroes) the monitor pages and posts
+    /// INITIATE_CONTACT for the highest candidate version.
+    pub(crate) fn start_connect(&mut self) -> Result<(), VmbusError> {
         if !matches!(
             self.state,
             ConnectionState::Disconnected | ConnectionState::Failed(_)
         ) {
             return Err(VmbusError::WrongState);
         }
-        if matches!(self.state, ConnectionState::Failed(_)) {
+        if !valid_version_list(self.bus.config().versions) {
+            return Err(VmbusError::NoCompatibleVersion);
+        }
+        if self.monitor_shared {
             // The host may still consider the old connection live (a failure after it
             // accepted the contact) and keep using the old pages: leave them to it.
             self.leak_shared_pages();
         }
-        match self.monitor_pages {
-            Some(p) => {
-                // SAFETY: the two monitor pages are owned by this connection and, while
-                // disconnected, not in use by the host.
-                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, SHARED_PAGES * HV_PAGE_SIZE) }
-            }
-            None => self.monitor_pages = Some(self.hal.alloc_pages(SHARED_PAGES)?),
+        match &self.monitor_pages {
+            Some(p) => p.zero(),
+            None => self.monitor_pages = Some(SharedPages::alloc(self.bus.hal(), SHARED_PAGES)?),
         }
         self.negotiated = None;
         self.offers.clear();
@@ -52,13 +54,9 @@ impl<T: Transport, H: Hal> Connection<T, H> {
     }
 
     fn shared_gpas(&self) -> Result<(u64, u64, u64), VmbusError> {
-        let p = self.monitor_pages.ok_or(VmbusError::WrongState)?;
-        let parent_to_child = self.hal.virt_to_phys(p)?;
-        // SAFETY: the allocation is SHARED_PAGES (3) pages long.
-        let child_to_parent = self.hal.virt_to_phys(unsafe { p.add(HV_PAGE_SIZE) })?;
-        // SAFETY: as above.
-        let interrupt_page = self.hal.virt_to_phys(unsafe { p.add(2 * HV_PAGE_SIZE) })?;
-        Ok((parent_to_child, child_to_parent, interrupt_page))
+        let p = self.monitor_pages.as_ref().ok_or(VmbusError::WrongState)?;
+        let hal = self.bus.hal();
+        Ok((p.page_gpa(hal, 0)?, p.page_gpa(hal, 1)?, p.page_gpa(hal, 2)?))
     }
 
     /// Posts INITIATE_CONTACT for `versions[index]`, moving down the list while the host
@@ -69,15 +67,18 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             Err(e) => return self.fail(e),
         };
         let target_vp = self
-            .config
+            .bus
+            .config()
             .target_vp
-            .unwrap_or_else(|| self.transport.vp_index());
+            .unwrap_or_else(|| self.bus.transport().vp_index());
         loop {
-            let Some(&version) = self.config.versions.get(index) else {
+            let Some(&version) = self.bus.config().versions.get(index) else {
+                // Every version refused: the host holds nothing of this guest.
+                self.monitor_shared = false;
                 return self.fail(VmbusError::NoCompatibleVersion);
             };
             let features = if version >= VmbusVersion::V6_0 {
-                (self.config.features & SUPPORTED_FEATURES).bits()
+                (self.bus.config().features & SUPPORTED_FEATURES).bits()
             } else {
                 0
             };
@@ -98,6 +99,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
                 child_to_parent_monitor_page_gpa: c2p,
             };
             self.state = ConnectionState::Contacting { index };
+            self.monitor_shared = true;
             let conn = message_connection_id_for(version);
             match self.post_to(conn, msg.as_bytes()) {
                 Ok(()) => {
@@ -123,7 +125,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
 
     /// VERSION_RESPONSE while contacting.
     pub(super) fn on_version_response(&mut self, index: usize, r: VersionResponseInfo) {
-        let Some(&requested) = self.config.versions.get(index) else {
+        let Some(&requested) = self.bus.config().versions.get(index) else {
             let _ = self.fail(VmbusError::NoCompatibleVersion);
             return;
         };
@@ -149,7 +151,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             MESSAGE_CONNECTION_ID
         };
         let features = if requested >= VmbusVersion::V6_0 {
-            self.config.features & SUPPORTED_FEATURES & r.supported_features.unwrap_or_default()
+            self.bus.config().features & SUPPORTED_FEATURES & r.supported_features.unwrap_or_default()
         } else {
             FeatureFlags::empty()
         };
@@ -159,6 +161,7 @@ impl<T: Transport, H: Hal> Connection<T, H> {
             features,
         });
         self.state = ConnectionState::Connected;
+        self.bus.set_legacy_flags(requested < VmbusVersion::V2_4);
         log::info!("VMBus {requested} negotiated, message connection {message_connection_id}");
         self.push_event(Event::Connected(requested));
         if let Err(e) = self.request_offers() {
@@ -177,65 +180,99 @@ impl<T: Transport, H: Hal> Connection<T, H> {
         Ok(())
     }
 
-    /// Negotiates and waits for ALLOFFERS_DELIVERED; returns the agreed version.
-    pub fn connect(&mut self, waiter: &mut impl Wait) -> Result<VmbusVersion, VmbusError> {
-        self.start_connect()?;
-        self.wait_until(waiter, |c| match c.state {
-            ConnectionState::Failed(e) => Some(Err(e)),
-            ConnectionState::Connected if c.all_offers_delivered => c.version().map(Ok),
-            _ => None,
-        })
-    }
-
-    /// Sends UNLOAD. Progress through [`Connection::poll`]; on UNLOAD_RESPONSE every channel,
-    /// GPADL and relid is gone and the state is [`ConnectionState::Disconnected`].
-    pub fn start_unload(&mut self) -> Result<(), VmbusError> {
+    /// Sends UNLOAD; UNLOAD_RESPONSE arrives later.
+    pub(crate) fn start_unload(&mut self) -> Result<(), VmbusError> {
         self.post(Unload::new().as_bytes())?;
         self.state = ConnectionState::Unloading;
         Ok(())
     }
 
-    /// UNLOAD_RESPONSE while unloading.
-    pub(super) fn on_unloaded(&mut self) {
+    /// UNLOAD_RESPONSE while unloading: the host dropped every channel and GPADL.
+    pub(super) fn on_unloaded(&mut self, clean: bool) {
+        if clean {
+            self.cleanly_ended = Some(self.bus.epoch());
+        }
         self.state = ConnectionState::Disconnected;
         self.negotiated = None;
         self.offers.clear();
         self.gpadls.clear();
         self.offers_requested = false;
         self.all_offers_delivered = false;
+        self.monitor_shared = false;
+        self.bus.bump_epoch();
         self.push_event(Event::Unloaded);
-    }
-
-    /// Gives up on the current connection without the host's agreement — UNLOAD_RESPONSE
-    /// never came, or the guest must start over after a failure — and returns to
-    /// [`ConnectionState::Disconnected`] so that [`Connection::connect`] can start afresh.
-    ///
-    /// The host may still use what it was given, so nothing is reused: the monitor and
-    /// interrupt pages are leaked to it (new ones are allocated on the next connect), every
-    /// offer and GPADL is forgotten (channels and GPADL buffers still held by drivers must be
-    /// leaked too). Linux does the same when UNLOAD times out before kexec.
-    pub fn abandon(&mut self) {
-        self.leak_shared_pages();
-        self.on_unloaded();
     }
 
     fn leak_shared_pages(&mut self) {
         if let Some(p) = self.monitor_pages.take() {
-            log::warn!(
-                "VMBus: leaving the monitor pages at {:p} to the host (it may still use them)",
-                p.as_ptr()
-            );
+            self.stats.pages_leaked += p.pages() as u64;
+            p.leak();
         }
+        self.monitor_shared = false;
+    }
+}
+
+/// Whether `versions` is a usable candidate list: non-empty, strictly descending, and every
+/// entry a version this guest implements.
+fn valid_version_list(versions: &[VmbusVersion]) -> bool {
+    !versions.is_empty()
+        && versions.windows(2).all(|w| w[0] > w[1])
+        && versions
+            .iter()
+            .all(|v| crate::protocol::CANDIDATE_VERSIONS.contains(v))
+}
+
+impl<T: Transport, H: Hal> Vmbus<T, H> {
+    /// Starts negotiation: allocates (or re-zeroes) the monitor pages and posts
+    /// INITIATE_CONTACT for the highest candidate version. Progress comes from
+    /// [`Vmbus::poll`]; watch [`Vmbus::state`]. Thread context only.
+    pub fn start_connect(&self) -> Result<(), VmbusError> {
+        self.lock().start_connect()
+    }
+
+    /// Negotiates and waits for ALLOFFERS_DELIVERED; returns the agreed version. Thread
+    /// context only.
+    pub fn connect(&self, waiter: &mut impl Wait) -> Result<VmbusVersion, VmbusError> {
+        self.start_connect()?;
+        self.wait_until(waiter, |c| match c.state {
+            ConnectionState::Failed(e) => Some(Err(e)),
+            ConnectionState::Connected if c.all_offers_delivered => {
+                c.negotiated.map(|n| Ok(n.version))
+            }
+            _ => None,
+        })
+    }
+
+    /// Sends UNLOAD. Progress through [`Vmbus::poll`]; on UNLOAD_RESPONSE every channel,
+    /// GPADL and relid is gone and the state is [`ConnectionState::Disconnected`].
+    pub fn start_unload(&self) -> Result<(), VmbusError> {
+        self.lock().start_unload()
     }
 
     /// Sends UNLOAD and waits for UNLOAD_RESPONSE (ignoring everything else meanwhile).
-    /// Afterwards [`Connection::connect`] may be called again (the kexec case). If the wait
-    /// times out the state stays [`ConnectionState::Unloading`]: call
-    /// [`Connection::abandon`] before connecting again.
-    pub fn unload(&mut self, waiter: &mut impl Wait) -> Result<(), VmbusError> {
+    /// Afterwards [`Vmbus::connect`] may be called again (the kexec case). If the wait times
+    /// out the state stays [`ConnectionState::Unloading`]: call [`Vmbus::abandon`] before
+    /// connecting again. Channels still open are dead; closing them frees nothing the host
+    /// did not release.
+    pub fn unload(&self, waiter: &mut impl Wait) -> Result<(), VmbusError> {
         self.start_unload()?;
         self.wait_until(waiter, |c| {
             (c.state == ConnectionState::Disconnected).then_some(Ok(()))
         })
+    }
+
+    /// Gives up on the current connection without the host's agreement — UNLOAD_RESPONSE
+    /// never came, or the guest must start over after a failure — and returns to
+    /// [`ConnectionState::Disconnected`] so that [`Vmbus::connect`] can start afresh.
+    ///
+    /// The host may still use what it was given, so nothing is reused: the monitor and
+    /// interrupt pages are leaked to it (new ones are allocated on the next connect), every
+    /// offer and GPADL is forgotten, and every channel and host buffer of the old epoch leaks
+    /// its memory when closed or released. Linux does the same when UNLOAD times out before
+    /// kexec.
+    pub fn abandon(&self) {
+        let mut c = self.lock();
+        c.leak_shared_pages();
+        c.on_unloaded(false);
     }
 }

@@ -1,0 +1,298 @@
+//! All access to memory the host can see goes through this module: the only place in
+//! `vmbus-guest` with `unsafe` code (the rest of the crate is `#![forbid(unsafe_code)]`).
+//!
+//! Rules kept here:
+//! - no Rust reference (`&[u8]`, `&mut [u8]`) is ever formed over bytes the host may write:
+//!   data is copied in and out with volatile accesses ([`copy_in`], [`copy_out`]), and words
+//!   the protocol shares (ring control fields, monitor pending bits) are atomics;
+//! - every host-written value is read once by the caller, from the private copy;
+//! - pages go back to the [`Hal`] only through [`SharedPages::free`], whose callers inside the
+//!   crate have proof the host no longer maps them (GPADL_TORNDOWN, a refused GPADL, an
+//!   UNLOAD_RESPONSE, or pages the host was never told about).
+
+mod ring_memory;
+
+pub use ring_memory::{FlatRingMemory, RawRingMemory};
+
+use crate::hal::{HV_PAGE_SIZE, Hal, HalError, PhysAddr};
+use crate::host_buffer::Dma;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Copies `buf.len()` bytes from host-visible memory at `src` into `buf` with volatile
+/// accesses (aligned 8-byte words where possible), so the compiler neither re-reads nor
+/// elides host-written bytes.
+///
+/// # Safety
+///
+/// `src..src + buf.len()` is readable memory that stays mapped for the call.
+#[inline(always)]
+unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
+    let len = buf.len();
+    let mut i = 0;
+    let head = src.align_offset(8).min(len);
+    while i < head {
+        // SAFETY: i < len, inside the caller's range.
+        buf[i] = unsafe { src.add(i).read_volatile() };
+        i += 1;
+    }
+    while i + 8 <= len {
+        // SAFETY: src + i is 8-aligned (past the head) and the 8 bytes are in range.
+        let w = unsafe { src.add(i).cast::<u64>().read_volatile() };
+        buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: i < len, inside the caller's range.
+        buf[i] = unsafe { src.add(i).read_volatile() };
+        i += 1;
+    }
+}
+
+/// Copies `data` into host-visible memory at `dst` with volatile accesses.
+///
+/// # Safety
+///
+/// `dst..dst + data.len()` is writable memory that stays mapped for the call.
+#[inline(always)]
+unsafe fn copy_out(dst: *mut u8, data: &[u8]) {
+    let len = data.len();
+    let mut i = 0;
+    let head = dst.align_offset(8).min(len);
+    while i < head {
+        // SAFETY: i < len, inside the caller's range.
+        unsafe { dst.add(i).write_volatile(data[i]) };
+        i += 1;
+    }
+    while i + 8 <= len {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&data[i..i + 8]);
+        // SAFETY: dst + i is 8-aligned (past the head) and the 8 bytes are in range.
+        unsafe { dst.add(i).cast::<u64>().write_volatile(u64::from_ne_bytes(w)) };
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: i < len, inside the caller's range.
+        unsafe { dst.add(i).write_volatile(data[i]) };
+        i += 1;
+    }
+}
+
+/// An access outside a shared buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfBounds {
+    /// Offset asked for.
+    pub offset: usize,
+    /// Length asked for.
+    pub len: usize,
+    /// Size of the buffer.
+    pub size: usize,
+}
+
+impl core::fmt::Display for OutOfBounds {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} bytes at offset {} are outside a {}-byte shared buffer",
+            self.len, self.offset, self.size
+        )
+    }
+}
+
+impl core::error::Error for OutOfBounds {}
+
+/// Pages from [`Hal::alloc_pages`] that the host may map: owned by one bus object (the monitor
+/// pages, a channel's rings, a host buffer), reached only by copies and atomics, and given back
+/// to the HAL only by [`SharedPages::free`] or never ([`SharedPages::leak`]).
+///
+/// Dropping it leaks the pages (the safe default: the host might still map them).
+#[derive(Debug)]
+pub(crate) struct SharedPages {
+    base: NonNull<u8>,
+    pages: usize,
+}
+
+// SAFETY: the value only names the allocation; every access is a volatile copy or an atomic,
+// valid from any thread.
+unsafe impl Send for SharedPages {}
+// SAFETY: as for `Send`; shared access is what the copies and atomics are for.
+unsafe impl Sync for SharedPages {}
+
+impl SharedPages {
+    /// Allocates `pages` zeroed pages.
+    pub(crate) fn alloc(hal: &impl Hal, pages: usize) -> Result<Self, HalError> {
+        if pages == 0 || pages.checked_mul(HV_PAGE_SIZE).is_none() {
+            return Err(HalError::InvalidRequest);
+        }
+        let base = hal.alloc_pages(pages)?;
+        Ok(Self { base, pages })
+    }
+
+    /// Number of 4 KiB pages.
+    pub(crate) fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.pages * HV_PAGE_SIZE
+    }
+
+    /// Guest-physical address of page `i` (for GPADL PFN lists).
+    pub(crate) fn page_gpa(&self, hal: &impl Hal, i: usize) -> Result<PhysAddr, HalError> {
+        if i >= self.pages {
+            return Err(HalError::InvalidRequest);
+        }
+        // In bounds: i < pages, and pages * 4096 fits (checked at allocation).
+        let page = self.base.as_ptr().wrapping_add(i * HV_PAGE_SIZE);
+        hal.virt_to_phys(NonNull::new(page).ok_or(HalError::InvalidRequest)?)
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(OutOfBounds {
+                offset,
+                len,
+                size: self.len(),
+            }),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the pages (bounds-checked, volatile).
+    pub(crate) fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), OutOfBounds> {
+        self.check(offset, buf.len())?;
+        // SAFETY: in bounds of the live allocation (checked above).
+        unsafe { copy_in(self.base.as_ptr().add(offset), buf) };
+        Ok(())
+    }
+
+    /// Copies `data` into the pages at `offset` (bounds-checked, volatile).
+    pub(crate) fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
+        self.check(offset, data.len())?;
+        // SAFETY: in bounds of the live allocation (checked above).
+        unsafe { copy_out(self.base.as_ptr().add(offset), data) };
+        Ok(())
+    }
+
+    /// Zeroes every byte (volatile).
+    pub(crate) fn zero(&self) {
+        let zeros = [0u8; 256];
+        for off in (0..self.len()).step_by(zeros.len()) {
+            // In bounds: the size is a multiple of 4096, hence of 256.
+            let _ = self.write_at(off, &zeros);
+        }
+    }
+
+    /// The ring in pages `first..first + pages` of this allocation: its first page is the
+    /// control page, the rest the data area.
+    ///
+    /// The ring memory names these pages: the caller keeps this [`SharedPages`] alive (never
+    /// frees it) while the returned value, or a reader or writer built on it, is in use.
+    pub(crate) fn ring(&self, first: usize, pages: usize) -> Result<RawRingMemory, HalError> {
+        let end = first.checked_add(pages).ok_or(HalError::InvalidRequest)?;
+        if pages < 2 || end > self.pages {
+            return Err(HalError::InvalidRequest);
+        }
+        let data_size =
+            u32::try_from((pages - 1) * HV_PAGE_SIZE).map_err(|_| HalError::InvalidRequest)?;
+        // SAFETY: pages first..end lie inside the live allocation (checked above), which the
+        // owner keeps allocated while the ring is used (the contract of this crate-private
+        // call); one reader and one writer use each ring, the host being the other end.
+        unsafe {
+            RawRingMemory::from_pages(self.base.add(first * HV_PAGE_SIZE), data_size)
+                .map_err(|_| HalError::InvalidRequest)
+        }
+    }
+
+    /// Gives the pages back to the HAL.
+    ///
+    /// Callers (crate-internal) hold proof that the host does not map the pages any more and
+    /// that no ring built with [`SharedPages::ring`] is still in use.
+    pub(crate) fn free(self, hal: &impl Hal) {
+        // SAFETY: `base`/`pages` are exactly one allocation from `alloc_pages`; the caller
+        // holds proof that neither the host nor this program uses the pages any more.
+        unsafe { hal.free_pages(self.base, self.pages) };
+    }
+
+    /// Leaves the pages to the host for good.
+    pub(crate) fn leak(self) {
+        log::warn!(
+            "leaking {} host-visible page(s) at {:p}: the host may still map them",
+            self.pages,
+            self.base.as_ptr()
+        );
+    }
+
+    /// The virtual address of byte `offset` for address translation only (never dereferenced
+    /// outside this module).
+    pub(crate) fn addr_of(&self, offset: usize) -> Option<NonNull<u8>> {
+        (offset < self.len())
+            .then(|| NonNull::new(self.base.as_ptr().wrapping_add(offset)))
+            .flatten()
+    }
+}
+
+/// One 32-bit word of bus-owned shared pages that the guest sets bits in and the host reads
+/// and clears: a monitor pending bit, a legacy interrupt-page bit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharedWord {
+    word: NonNull<u32>,
+    bit: u32,
+}
+
+// SAFETY: the word is only accessed atomically.
+unsafe impl Send for SharedWord {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SharedWord {}
+
+impl SharedPages {
+    /// The word at `offset` (4-aligned, in bounds) with `bit` to set.
+    ///
+    /// Crate contract: used only while these pages are allocated; the bus's monitor pages,
+    /// the only ones this is called on, are freed only when the bus itself is dropped, which
+    /// outlives every channel borrowing it.
+    pub(crate) fn word(&self, offset: usize, bit: u32) -> Option<SharedWord> {
+        if !offset.is_multiple_of(4) || self.check(offset, 4).is_err() {
+            return None;
+        }
+        let word = NonNull::new(self.base.as_ptr().wrapping_add(offset).cast::<u32>())?;
+        Some(SharedWord { word, bit })
+    }
+}
+
+impl SharedWord {
+    /// Sets the bit (atomic OR, full barrier).
+    pub(crate) fn set(&self) {
+        // SAFETY: 4-aligned, inside bus-owned pages that outlive this value (see
+        // `SharedPages::word`); shared with the host, so only accessed atomically.
+        let word = unsafe { AtomicU32::from_ptr(self.word.as_ptr()) };
+        word.fetch_or(self.bit, Ordering::SeqCst);
+    }
+}
+
+impl Dma<'_> {
+    /// Describes `len` bytes of caller memory at `addr` for a GPA-direct request.
+    ///
+    /// # Safety
+    ///
+    /// The host reads or writes this memory directly, at any time from when a request naming
+    /// it is sent until its completion is received — or, if the request fails without a
+    /// completion (rescind, unload, corruption), until the channel's `close` returns
+    /// [`crate::Released::Freed`], and forever if it returns [`crate::Released::Leaked`]. For that whole
+    /// time the caller guarantees the memory is host-visible, stays allocated and unmoved,
+    /// and that nothing in Rust holds a reference (`&`/`&mut`) over bytes the host may write.
+    pub unsafe fn from_raw(addr: NonNull<u8>, len: usize) -> Result<Dma<'static>, OutOfBounds> {
+        let bad = OutOfBounds {
+            offset: 0,
+            len,
+            size: u32::MAX as usize,
+        };
+        let len = u32::try_from(len).ok().filter(|l| *l > 0).ok_or(bad)?;
+        Ok(Dma {
+            addr,
+            len,
+            users: None,
+        })
+    }
+}
