@@ -7,10 +7,12 @@ use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::vmbus::{DeviceOffer, EchoDevice, HostRelease, MockVmbusHost};
 use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, Connection, ConnectionConfig, SynicTransport};
+use vmbus_guest::{BoundedWait, ConnectionConfig, SynicTransport, Vmbus};
 
-/// The guest connection type used in the tests.
-pub type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+/// The guest bus type used in the tests.
+pub type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
+/// A channel on [`Guest`] with the default request context and capacity.
+pub type GuestChannel<'b> = vmbus_guest::Channel<'b, SynicTransport<MockVp>, MockHal>;
 
 pub const NET: Guid = Guid::from_str_const("f8615163-df3e-46c5-913f-f2d2f965ed0e");
 pub const SCSI: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
@@ -30,7 +32,7 @@ pub fn rig(release: HostRelease) -> (MockHypervisor, MockVmbusHost, Guest) {
     let vp = boot_vp(&hv, 0).expect("boot VP 0");
     let host = MockVmbusHost::new(hv.clone(), release);
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     (hv, host, guest)
 }
 
@@ -52,26 +54,27 @@ pub fn assert_clean(host: &MockVmbusHost) {
     assert!(errors.is_empty(), "host protocol errors: {errors:#?}");
 }
 
-/// A connected guest with one open channel to an echo device (class NET, instance 1) on a
-/// host imitating `release`: the set-up most channel tests start from.
-pub fn open_echo(
-    release: HostRelease,
-) -> (
-    MockHypervisor,
-    MockVmbusHost,
-    Guest,
-    vmbus_guest::Channel,
-    u32,
-) {
-    let (hv, mut host, mut guest) = rig(release);
+/// A connected guest with an echo device (class NET, instance 1) on a host imitating
+/// `release`: the set-up most channel tests start from. Returns the relid; open it with
+/// [`open_echo_channel`] (the channel borrows the bus, so the caller keeps the bus).
+pub fn connected_echo(release: HostRelease) -> (MockHypervisor, MockVmbusHost, Guest, u32) {
+    let (hv, mut host, guest) = rig(release);
     let relid = add_echo(&mut host, NET, 1);
     guest.connect(&mut step(&mut host)).unwrap();
-    let ch = vmbus_guest::Channel::open(
-        &mut guest,
+    (hv, host, guest, relid)
+}
+
+/// Opens the channel `relid` with the default configuration, stepping `host`.
+pub fn open_echo_channel<'b>(
+    guest: &'b Guest,
+    host: &mut MockVmbusHost,
+    relid: u32,
+) -> GuestChannel<'b> {
+    vmbus_guest::Channel::open(
+        guest,
         relid,
         &vmbus_guest::ChannelConfig::default(),
-        &mut step(&mut host),
+        &mut step(host),
     )
-    .unwrap();
-    (hv, host, guest, ch, relid)
+    .unwrap()
 }
