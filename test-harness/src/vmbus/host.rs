@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vmbus_guest::protocol::{
     FeatureFlags, MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_MULTI_CLIENT, MessageHeader,
-    MessageType, MonitorPage, OfferChannel, RescindChannelOffer, SYNIC_MESSAGE_TYPE_CHANNEL,
-    VMBUS_MESSAGE_SINT, VmbusVersion,
+    MessageType, OfferChannel, RescindChannelOffer, SYNIC_MESSAGE_TYPE_CHANNEL, VMBUS_MESSAGE_SINT,
+    VmbusVersion,
 };
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::U64;
@@ -34,6 +34,28 @@ pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
 
 /// Capacity of each message port (messages not yet taken by a step).
 const PORT_CAPACITY: usize = 4096;
+
+/// Where the guest raises monitor id `monitor_id` on the child→parent monitor page: the byte
+/// offset of the `pending` word and the bit to test in it; `None` for ids beyond 127.
+///
+/// The host's own statement of vmbus-core §8.1/§8.2 (not the guest library's): the page has 4
+/// trigger groups of 32 monitor ids (ids 0..=127); group `g` = `monitor_id / 32` is the 8-byte
+/// pair {pending u32, armed u32} at 0x008 + 8·g, and the guest sets bit `monitor_id % 32` of
+/// its `pending` word.
+pub(super) fn monitor_pending_bit(monitor_id: u8) -> Option<(u64, u32)> {
+    const TRIGGER_GROUPS_OFFSET: u64 = 0x008;
+    const TRIGGER_GROUP_SIZE: u64 = 8;
+    const IDS_PER_GROUP: u8 = 32;
+    const GROUPS: u8 = 4;
+    let group = monitor_id / IDS_PER_GROUP;
+    if group >= GROUPS {
+        return None;
+    }
+    Some((
+        TRIGGER_GROUPS_OFFSET + u64::from(group) * TRIGGER_GROUP_SIZE,
+        1 << (monitor_id % IDS_PER_GROUP),
+    ))
+}
 
 /// The negotiated connection (after an accepted INITIATE_CONTACT).
 pub(super) struct Connection {
@@ -367,10 +389,10 @@ impl MockVmbusHost {
         };
         let mut work = 0;
         for e in self.channels.values_mut() {
-            let Some((off, bit)) = e.monitor_id.and_then(MonitorPage::pending_bit) else {
+            let Some((off, bit)) = e.monitor_id.and_then(monitor_pending_bit) else {
                 continue;
             };
-            let old = self.ram.fetch_and_u32(c2p + off as u64, !bit).unwrap_or(0);
+            let old = self.ram.fetch_and_u32(c2p + off, !bit).unwrap_or(0);
             if old & bit != 0 {
                 e.signalled = true;
                 e.signal_count += 1;
@@ -615,5 +637,27 @@ impl MockVmbusHost {
             Some(pfn) => self.ram.store_u32(pfn * 4096, write_index),
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monitor_pending_bit;
+
+    /// vmbus-core §8.2: trigger groups at 0x008, 8 bytes each, `pending` first; §8.1: bit
+    /// `id % 32` of group `id / 32`; ids 0..127.
+    #[test]
+    fn monitor_pending_bit_follows_vmbus_core_8() {
+        assert_eq!(monitor_pending_bit(0), Some((0x008, 1)));
+        assert_eq!(monitor_pending_bit(1), Some((0x008, 1 << 1)));
+        assert_eq!(monitor_pending_bit(31), Some((0x008, 1 << 31)));
+        assert_eq!(monitor_pending_bit(32), Some((0x010, 1)));
+        assert_eq!(monitor_pending_bit(33), Some((0x010, 1 << 1)));
+        assert_eq!(monitor_pending_bit(64), Some((0x018, 1)));
+        assert_eq!(monitor_pending_bit(100), Some((0x020, 1 << 4)));
+        assert_eq!(monitor_pending_bit(127), Some((0x020, 1 << 31)));
+        // The last trigger group ends before the reserved bytes at 0x028.
+        assert_eq!(monitor_pending_bit(128), None);
+        assert_eq!(monitor_pending_bit(255), None);
     }
 }
