@@ -241,6 +241,7 @@ impl MockVmbusHost {
         } else {
             MESSAGE_CONNECTION_ID
         };
+        let host_pages = self.map_connection_pages(monitor_pages, interrupt_page);
         self.conn = Some(Connection {
             version,
             features: granted,
@@ -251,6 +252,7 @@ impl MockVmbusHost {
             interrupt_page,
             offers_requested: false,
             offers_delivered: false,
+            host_pages,
         });
         self.unloaded = false;
     }
@@ -743,8 +745,12 @@ impl MockVmbusHost {
                 .iter()
                 .all(|&g| g == 0 || (g.is_multiple_of(4096) && self.ram.contains(g, 4096)));
         if ok {
+            let monitor_pages = (p2c != 0).then_some((p2c, c2p));
+            let interrupt_page = self.conn.as_ref().and_then(|c| c.interrupt_page);
+            let host_pages = self.map_connection_pages(monitor_pages, interrupt_page);
             if let Some(c) = self.conn.as_mut() {
-                c.monitor_pages = (p2c != 0).then_some((p2c, c2p));
+                c.monitor_pages = monitor_pages;
+                c.host_pages = host_pages;
             }
         } else {
             self.error(format!(

@@ -16,7 +16,7 @@ use super::gpadl::GpadlTable;
 use super::mem::GuestRam;
 use super::ring::{HostReader, HostWriter};
 use super::{DeviceModel, DeviceOffer, ErrorLog, HostRelease};
-use crate::hv::MockHypervisor;
+use crate::hv::{FreedWhileMapped, HostMapping, MockHypervisor, ViolationHook};
 
 /// The message connection id a ≥ 5.0 host returns in VERSION_RESPONSE @12 by default. It is
 /// deliberately neither 1 nor 4 so a guest that does not switch to the returned id is caught.
@@ -71,6 +71,9 @@ pub(super) struct Connection {
     pub interrupt_page: Option<u64>,
     pub offers_requested: bool,
     pub offers_delivered: bool,
+    /// The host's mappings of the monitor and legacy interrupt pages: it writes them until
+    /// UNLOAD_RESPONSE (vmbus-core §10.3), so they end with the connection.
+    pub host_pages: Vec<HostMapping>,
 }
 
 /// Where a channel is in its open/close cycle.
@@ -130,6 +133,8 @@ pub struct MockVmbusHost {
     pub(super) connection_state: u8,
     pub(super) fail_next_open: BTreeMap<u32, u32>,
     pub(super) fail_next_gpadl: Option<u32>,
+    /// Reports a guest free of host-mapped memory into `errors`.
+    pub(super) map_hook: ViolationHook,
 }
 
 impl MockVmbusHost {
@@ -143,16 +148,21 @@ impl MockVmbusHost {
             hv.connect_message_port(MESSAGE_CONNECTION_ID_MULTI_CLIENT, PORT_CAPACITY);
             hv.connect_message_port(DEFAULT_MESSAGE_CONNECTION_ID, PORT_CAPACITY);
         }
+        let errors = ErrorLog::default();
+        let map_hook: ViolationHook = {
+            let errors = errors.clone();
+            Arc::new(move |v: &FreedWhileMapped| errors.push(v.to_string()))
+        };
         Self {
             ram: GuestRam::new(hv.clone()),
+            gpadls: Arc::new(Mutex::new(GpadlTable::new(hv.clone(), map_hook.clone()))),
             hv,
             release,
-            errors: ErrorLog::default(),
+            errors,
             conn: None,
             unloaded: false,
             channels: BTreeMap::new(),
             released: BTreeSet::new(),
-            gpadls: Arc::new(Mutex::new(GpadlTable::default())),
             host_features: DEFAULT_HOST_FEATURES,
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
@@ -160,6 +170,7 @@ impl MockVmbusHost {
             connection_state: 0,
             fail_next_open: BTreeMap::new(),
             fail_next_gpadl: None,
+            map_hook,
         }
     }
 
@@ -246,6 +257,7 @@ impl MockVmbusHost {
             self.hv.clone(),
             self.gpadls.clone(),
             self.errors.clone(),
+            self.map_hook.clone(),
         );
         self.channels.insert(
             relid,
@@ -326,6 +338,7 @@ impl MockVmbusHost {
         if let Some(h) = gpadl {
             self.release_ring_gpadl(h);
         }
+        self.lock_gpadls().revoke_channel(relid);
         self.send(RescindChannelOffer::new(relid).as_bytes());
     }
 
@@ -430,6 +443,7 @@ impl MockVmbusHost {
                     }
                     for p in &d.packets {
                         work += 1;
+                        e.ch.begin_request(p);
                         e.model.on_packet(&mut e.ch, p);
                     }
                 }
@@ -476,6 +490,51 @@ impl MockVmbusHost {
     /// Every protocol violation the guest committed so far (tests assert this is empty).
     pub fn protocol_errors(&self) -> Vec<String> {
         self.errors.all()
+    }
+
+    /// Every time the guest freed (through [`MockHal`](crate::hv::MockHal)) a page the host
+    /// still mapped: a live GPADL (created, not yet answered with GPADL_TORNDOWN, including
+    /// those of a connection abandoned without UNLOAD), a GPA-direct request not yet
+    /// completed, or the connection's monitor / legacy interrupt pages before
+    /// UNLOAD_RESPONSE. Each one is also in [`Self::protocol_errors`]. (The list is the
+    /// partition's, [`MockHypervisor::freed_while_mapped`].)
+    pub fn freed_while_mapped(&self) -> Vec<FreedWhileMapped> {
+        self.hv.freed_while_mapped()
+    }
+
+    /// Transaction ids of the GPA-direct requests on `relid` the host has received and not
+    /// yet completed (e.g. withheld completions); their pages count as host-mapped.
+    pub fn requests_in_flight(&self, relid: u32) -> Vec<u64> {
+        self.channels
+            .get(&relid)
+            .map(|e| e.ch.requests_in_flight())
+            .unwrap_or_default()
+    }
+
+    /// Maps the connection's monitor pages and legacy interrupt page for the host.
+    pub(super) fn map_connection_pages(
+        &self,
+        monitor_pages: Option<(u64, u64)>,
+        interrupt_page: Option<u64>,
+    ) -> Vec<HostMapping> {
+        let mut pages = Vec::new();
+        if let Some((p2c, c2p)) = monitor_pages {
+            pages.push(("parent→child monitor page", p2c));
+            pages.push(("child→parent monitor page", c2p));
+        }
+        if let Some(page) = interrupt_page {
+            pages.push(("legacy interrupt page", page));
+        }
+        pages
+            .into_iter()
+            .map(|(what, gpa)| {
+                self.hv.map_for_host(
+                    format!("{what} {gpa:#x} of the VMBus connection (no UNLOAD_RESPONSE yet)"),
+                    [gpa / 4096],
+                    Some(self.map_hook.clone()),
+                )
+            })
+            .collect()
     }
 
     /// Returns and forgets the protocol errors so far (for hostile tests that expect some).
