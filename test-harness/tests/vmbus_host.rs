@@ -1470,3 +1470,24 @@ fn pages_of_an_uncompleted_gpa_direct_request_stay_host_mapped() {
     assert_eq!(v[0].pfns, [a / 4096]);
     assert_eq!(rig.host.protocol_errors().len(), 1);
 }
+
+#[test]
+fn a_rescind_ends_the_host_s_use_of_the_channel_s_gpadls() {
+    // vmbus-core §6.4 step 4: after the host rescinded a channel it may never answer the
+    // teardown and Linux treats the GPADLs as revoked, so freeing them is not a guest bug.
+    let (mut rig, rings, _) = open_echo(HostRelease::Ws2022);
+    let (_, extra) = rig.alloc(1);
+    assert_eq!(rig.gpadl(1, 0x81, extra, 1), 0);
+    rig.host.rescind(1);
+    assert!(!rig.hv.is_host_mapped(rings.gpa) && !rig.hv.is_host_mapped(extra));
+    rig.free(rings.gpa, 8);
+    rig.free(extra, 1);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    // The host still answers the teardowns.
+    rig.teardown(1, 0x81);
+    let r = rig.expect(MessageType::RESCIND_CHANNELOFFER);
+    assert_eq!(u32_at(&r, 8), 1);
+    let r = rig.recv().expect("TORNDOWN");
+    assert_eq!(MessageType(u32_at(&r, 0)), MessageType::GPADL_TORNDOWN);
+    rig.assert_clean();
+}
