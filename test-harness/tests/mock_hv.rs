@@ -949,3 +949,68 @@ fn writing_the_hypercall_page_is_caught() {
         cpu.fast_hypercall(0x1_0008, 0, 0);
     });
 }
+
+#[test]
+fn hal_poisons_freed_pages() {
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(8 * 4096));
+    let hal = m.hal();
+    let a = hal.alloc_pages(2).unwrap();
+    let gpa = hal.virt_to_phys(a).unwrap();
+    // SAFETY: the allocation is 2 pages long and owned by this test.
+    unsafe { a.as_ptr().write_bytes(0x11, 2 * 4096) };
+    // SAFETY: exactly the allocation above, no longer used.
+    unsafe { hal.free_pages(a, 2) };
+    let p = m.gpa_to_ptr(gpa, 2 * 4096).unwrap();
+    // SAFETY: guest RAM of `m`, nothing else touches it now.
+    let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), 2 * 4096) };
+    assert!(bytes.iter().all(|&b| b == test_harness::hv::POISON_BYTE));
+    assert_eq!(test_harness::hv::POISON_BYTE, 0xDB);
+    // A new allocation of the same pages is zeroed, not poisoned.
+    let b = hal.alloc_pages(2).unwrap();
+    assert_eq!(b, a);
+    // SAFETY: inside the 2-page allocation.
+    assert_eq!(unsafe { *b.add(4096 + 7).as_ptr() }, 0);
+    // The by-GPA free does the same, and refuses what is not an allocation.
+    assert!(m.hal().free_gpa(gpa + 4096, 1).is_err());
+    m.hal().free_gpa(gpa, 2).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { *b.add(5).as_ptr() }, 0xDB);
+    assert_eq!(m.freed_while_mapped(), []);
+}
+
+#[test]
+fn freeing_a_host_mapped_page_is_recorded_and_not_fatal() {
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(8 * 4096));
+    let hal = m.hal();
+    let a = hal.alloc_pages(3).unwrap();
+    let gpa = hal.virt_to_phys(a).unwrap();
+    let pfn = gpa / 4096;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook: test_harness::hv::ViolationHook = {
+        let seen = seen.clone();
+        std::sync::Arc::new(move |v| seen.lock().unwrap().push(v.clone()))
+    };
+    let with_hook = m.map_for_host("ring of test channel", [pfn + 1, pfn + 2], Some(hook));
+    let without_hook = m.map_for_host("test buffer", [pfn + 2], None);
+    assert!(m.is_host_mapped(gpa + 4096) && !m.is_host_mapped(gpa));
+    assert_eq!(m.host_mappings().len(), 2);
+    // SAFETY: exactly the allocation above; the test keeps no reference into it.
+    unsafe { hal.free_pages(a, 3) };
+    let v = m.freed_while_mapped();
+    assert_eq!(v.len(), 2);
+    assert_eq!((v[0].gpa, v[0].pages), (gpa, 3));
+    assert_eq!(v[0].pfns, [pfn + 1, pfn + 2]);
+    assert_eq!(v[0].owner, "ring of test channel");
+    assert_eq!(v[1].pfns, [pfn + 2]);
+    // With a hook the owner hears of it; without one it is a hypervisor protocol error.
+    assert_eq!(*seen.lock().unwrap(), [v[0].clone()]);
+    assert_eq!(m.protocol_errors().len(), 1);
+    assert!(m.protocol_errors()[0].contains("test buffer"));
+    // Dropping the mappings unmaps: the next free of those pages is fine.
+    drop((with_hook, without_hook));
+    assert_eq!(m.host_mappings(), Vec::<(String, Vec<u64>)>::new());
+    let b = hal.alloc_pages(3).unwrap();
+    // SAFETY: exactly the allocation above.
+    unsafe { hal.free_pages(b, 3) };
+    assert_eq!(m.freed_while_mapped().len(), 2);
+}

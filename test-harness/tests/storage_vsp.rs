@@ -691,3 +691,59 @@ fn storvsc_handshake_falls_back_to_a_win7_host() {
         rig.assert_clean();
     }
 }
+
+impl Rig {
+    /// The guest frees `pages` pages at `gpa` through the HAL.
+    fn free(&self, gpa: u64, pages: usize) {
+        let p = self.hv.gpa_to_ptr(gpa, pages * 4096).expect("RAM");
+        // SAFETY: `p` starts a live `pages`-page allocation from this HAL and the test keeps
+        // no reference into it.
+        unsafe { self.hv.hal().free_pages(p, pages) };
+    }
+}
+
+#[test]
+fn freeing_the_buffer_of_a_withheld_read_is_recorded() {
+    let vsp = StorageVsp::new(VspConfig::default());
+    vsp.add_lun(0, Lun::memory(512, 64));
+    vsp.write_lun(0, 0, &[0x5A; 512]);
+    let mut rig = Rig::new(vsp.clone());
+    for (tid, op, v) in [(1, 7, 0u16), (2, 9, 0x0602), (3, 10, 0), (4, 8, 0)] {
+        assert_eq!(
+            status(&rig.call(tid, &vstor(op, &v.to_le_bytes(), 64), None)),
+            0
+        );
+    }
+    let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let (_, a) = Rig::alloc(&rig.hv, 1);
+    let (_, b) = Rig::alloc(&rig.hv, 1);
+    vsp.withhold_completions(true);
+    rig.send(
+        20,
+        &vstor(3, &srb(0, &read10, 1, 512), 64),
+        Some((512, 0, &[a / 4096])),
+    );
+    rig.send(
+        21,
+        &vstor(3, &srb(0, &read10, 1, 512), 64),
+        Some((512, 0, &[b / 4096])),
+    );
+    assert_eq!(vsp.withheld(), 2);
+    assert_eq!(rig.host.requests_in_flight(rig.relid), [20, 21]);
+    // The guest gives up on request 20 and frees its buffer while the host still holds it.
+    rig.free(a, 1);
+    let v = rig.host.freed_while_mapped();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].owner.contains("GPA-direct request 0x14"), "{}", v[0]);
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+    // Once the completions are released, freeing the other buffer is fine.
+    vsp.release_withheld();
+    rig.host.step();
+    assert_eq!(rig.take().map(|p| p.1), Some(20));
+    assert_eq!(rig.take().map(|p| p.1), Some(21));
+    assert_eq!(rig.host.requests_in_flight(rig.relid), Vec::<u64>::new());
+    assert_eq!(rig.read_mem(b, 512), [0x5A; 512]);
+    rig.free(b, 1);
+    assert_eq!(rig.host.freed_while_mapped().len(), 1);
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+}

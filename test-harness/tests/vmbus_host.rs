@@ -1243,3 +1243,251 @@ fn relid_released_needs_close_first_and_rings_need_their_own_gpadl() {
             .any(|e| e.contains("was created for channel 1"))
     );
 }
+
+// ---- Guest frees memory the host still maps (vmbus-core §6.3, §6.4, §10.2, §10.3) ----
+
+impl Rig {
+    /// The guest frees `pages` pages at `gpa` through the HAL, as a driver would.
+    fn free(&self, gpa: u64, pages: usize) {
+        let p = self.hv.gpa_to_ptr(gpa, pages * 4096).expect("RAM");
+        // SAFETY: `p` is the start of a live `pages`-page allocation from this HAL (every
+        // caller frees what it got from `alloc`), and the test keeps no reference into it.
+        unsafe { self.hv.hal().free_pages(p, pages) };
+    }
+
+    fn teardown(&mut self, relid: u32, handle: u32) {
+        self.post(
+            GpadlTeardown {
+                header: MessageHeader::new(MessageType::GPADL_TEARDOWN),
+                relid,
+                gpadl_handle: handle,
+            }
+            .as_bytes(),
+        );
+    }
+}
+
+/// Negotiated and offered echo channel 1 (not opened).
+fn offered_echo(release: HostRelease) -> Rig {
+    let mut rig = Rig::new(release);
+    rig.host
+        .add_device(echo_offer(NET, INSTANCE_A), Box::new(EchoDevice));
+    rig.negotiate();
+    rig.request_offers();
+    rig
+}
+
+#[test]
+fn freeing_pages_under_a_live_gpadl_is_recorded_and_the_pages_poisoned() {
+    let mut rig = offered_echo(HostRelease::Ws2022);
+    let (_, gpa) = rig.alloc(3);
+    rig.write_mem(gpa, b"guest data");
+    assert_eq!(rig.gpadl(1, 0x77, gpa, 3), 0);
+    assert!(rig.hv.is_host_mapped(gpa + 2 * 4096));
+    rig.assert_clean();
+
+    rig.free(gpa, 3);
+    let v = rig.host.freed_while_mapped();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!((v[0].gpa, v[0].pages), (gpa, 3));
+    assert_eq!(v[0].pfns, [gpa / 4096, gpa / 4096 + 1, gpa / 4096 + 2]);
+    assert!(v[0].owner.contains("GPADL 0x77"), "{}", v[0].owner);
+    let errors = rig.host.protocol_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("GPADL 0x77"), "{}", errors[0]);
+    // Freed pages read as the poison pattern.
+    assert!(
+        rig.read_mem(gpa, 3 * 4096)
+            .iter()
+            .all(|&b| b == test_harness::hv::POISON_BYTE)
+    );
+    assert_eq!(test_harness::hv::POISON_BYTE, 0xDB);
+    // Not fatal: the host still answers the (late) teardown.
+    rig.teardown(1, 0x77);
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+}
+
+#[test]
+fn freeing_after_gpadl_torndown_is_not_recorded() {
+    let mut rig = offered_echo(HostRelease::Ws2022);
+    let (_, gpa) = rig.alloc(2);
+    assert_eq!(rig.gpadl(1, 0x78, gpa, 2), 0);
+    rig.teardown(1, 0x78);
+    let r = rig.expect(MessageType::GPADL_TORNDOWN);
+    assert_eq!(u32_at(&r, 8), 0x78);
+    assert!(!rig.hv.is_host_mapped(gpa));
+    rig.free(gpa, 2);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    rig.assert_clean();
+    assert!(rig.read_mem(gpa, 2 * 4096).iter().all(|&b| b == 0xDB));
+}
+
+#[test]
+fn freeing_before_the_teardown_is_answered_is_recorded() {
+    // TEARDOWN posted but not yet processed.
+    let mut rig = offered_echo(HostRelease::Ws2022);
+    let (_, gpa) = rig.alloc(1);
+    assert_eq!(rig.gpadl(1, 0x79, gpa, 1), 0);
+    rig.teardown(1, 0x79);
+    rig.free(gpa, 1);
+    assert_eq!(rig.host.freed_while_mapped().len(), 1);
+    rig.expect(MessageType::GPADL_TORNDOWN);
+
+    // The ring GPADL of an open channel: TEARDOWN is deferred until CLOSECHANNEL.
+    let (mut rig, rings, _) = open_echo(HostRelease::Ws2022);
+    rig.teardown(1, 0xE1E10);
+    rig.host.step();
+    assert!(rig.recv().is_none(), "TORNDOWN waits for the close");
+    rig.free(rings.gpa, 8);
+    let v = rig.host.freed_while_mapped();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].pfns.len(), 8);
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+}
+
+#[test]
+fn close_then_torndown_then_free_is_clean() {
+    let (mut rig, rings, _) = open_echo(HostRelease::Ws2022);
+    rig.post(
+        CloseChannel {
+            header: MessageHeader::new(MessageType::CLOSECHANNEL),
+            relid: 1,
+        }
+        .as_bytes(),
+    );
+    rig.teardown(1, 0xE1E10);
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    rig.free(rings.gpa, 8);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    rig.assert_clean();
+}
+
+#[test]
+fn after_unload_response_nothing_is_host_mapped() {
+    let (mut rig, rings, _) = open_echo(HostRelease::Copper);
+    let contact = rig.contact.expect("contact");
+    let (_, extra) = rig.alloc(2);
+    assert_eq!(rig.gpadl(1, 0x80, extra, 2), 0);
+    assert!(!rig.hv.host_mappings().is_empty());
+    rig.post(Unload::new().as_bytes());
+    rig.expect(MessageType::UNLOAD_RESPONSE);
+    assert_eq!(rig.host.gpadls(), 0);
+    assert_eq!(rig.hv.host_mappings(), Vec::<(String, Vec<u64>)>::new());
+    rig.free(rings.gpa, 8);
+    rig.free(extra, 2);
+    rig.free(contact.parent_to_child_monitor_page_gpa, 1);
+    rig.free(contact.child_to_parent_monitor_page_gpa, 1);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    rig.assert_clean();
+}
+
+#[test]
+fn an_abandoned_connection_still_maps_its_gpadls_and_monitor_pages() {
+    // The guest gives up on the connection without UNLOAD: for the host everything is live.
+    let (rig, rings, _) = open_echo(HostRelease::Ws2022);
+    let contact = rig.contact.expect("contact");
+    rig.free(contact.child_to_parent_monitor_page_gpa, 1);
+    rig.free(rings.gpa, 8);
+    let v = rig.host.freed_while_mapped();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].owner.contains("child→parent monitor page"), "{}", v[0]);
+    assert!(v[1].owner.contains("GPADL 0xe1e10"), "{}", v[1]);
+    assert_eq!(rig.host.protocol_errors().len(), 2);
+}
+
+/// Keeps every request's transaction id without completing it (a withheld completion).
+#[derive(Clone, Default)]
+struct Withholder {
+    held: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl DeviceModel for Withholder {
+    fn on_packet(&mut self, _ch: &mut HostChannel, packet: &HostPacket) {
+        self.held.lock().unwrap().push(packet.transaction_id);
+    }
+}
+
+/// Writes a GPA-direct packet (completion requested) naming the whole page `buf` at write
+/// index `w`; returns the new write index.
+fn write_gpa_direct(rig: &Rig, rings: &Rings, w: u32, tid: u64, buf: u64) -> u32 {
+    let mut p = Vec::new();
+    p.extend_from_slice(&9u16.to_le_bytes());
+    p.extend_from_slice(&5u16.to_le_bytes()); // (24 + 16) / 8
+    p.extend_from_slice(&6u16.to_le_bytes());
+    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&tid.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.extend_from_slice(&4096u32.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&(buf / 4096).to_le_bytes());
+    p.extend_from_slice(b"request!");
+    p.extend_from_slice(&(u64::from(w) << 32).to_le_bytes());
+    rig.write_mem(rings.out_data() + u64::from(w), &p);
+    let nw = w + p.len() as u32;
+    rig.write_mem(rings.out_ctl(), &nw.to_le_bytes());
+    nw
+}
+
+#[test]
+fn pages_of_an_uncompleted_gpa_direct_request_stay_host_mapped() {
+    let dev = Withholder::default();
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(SCSI, INSTANCE_A), Box::new(dev.clone()));
+    rig.negotiate();
+    let offer = rig.request_offers()[0];
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    let rings = Rings { gpa };
+    let (_, a) = rig.alloc(1);
+    let (_, b) = rig.alloc(1);
+    let w = write_gpa_direct(&rig, &rings, 0, 7, a);
+    write_gpa_direct(&rig, &rings, w, 8, b);
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    assert_eq!(*dev.held.lock().unwrap(), [7, 8]);
+    assert_eq!(rig.host.requests_in_flight(1), [7, 8]);
+
+    // Request 8 completes; its page may then be freed.
+    rig.host
+        .with_channel(1, |ch, _| ch.send_completion(8, b"ok"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rig.host.requests_in_flight(1), [7]);
+    rig.free(b, 1);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    // Request 7 is still withheld: freeing its page is a guest bug.
+    rig.free(a, 1);
+    let v = rig.host.freed_while_mapped();
+    assert_eq!(v.len(), 1);
+    assert!(v[0].owner.contains("GPA-direct request 0x7"), "{}", v[0]);
+    assert_eq!(v[0].pfns, [a / 4096]);
+    assert_eq!(rig.host.protocol_errors().len(), 1);
+}
+
+#[test]
+fn a_rescind_ends_the_host_s_use_of_the_channel_s_gpadls() {
+    // vmbus-core §6.4 step 4: after the host rescinded a channel it may never answer the
+    // teardown and Linux treats the GPADLs as revoked, so freeing them is not a guest bug.
+    let (mut rig, rings, _) = open_echo(HostRelease::Ws2022);
+    let (_, extra) = rig.alloc(1);
+    assert_eq!(rig.gpadl(1, 0x81, extra, 1), 0);
+    rig.host.rescind(1);
+    assert!(!rig.hv.is_host_mapped(rings.gpa) && !rig.hv.is_host_mapped(extra));
+    rig.free(rings.gpa, 8);
+    rig.free(extra, 1);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    // The host still answers the teardowns.
+    rig.teardown(1, 0x81);
+    let r = rig.expect(MessageType::RESCIND_CHANNELOFFER);
+    assert_eq!(u32_at(&r, 8), 1);
+    let r = rig.recv().expect("TORNDOWN");
+    assert_eq!(MessageType(u32_at(&r, 0)), MessageType::GPADL_TORNDOWN);
+    rig.assert_clean();
+}

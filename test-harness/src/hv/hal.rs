@@ -1,5 +1,10 @@
 //! `vmbus_guest::Hal` over the mock's guest RAM: a first-fit page allocator, virt↔phys
 //! translation that refuses memory outside RAM, and MMIO mapping of the VRAM window.
+//!
+//! Freed pages are poisoned with [`POISON_BYTE`] so a guest (or host) still using them reads
+//! garbage instead of stale data, and a free of pages the host still maps (a live GPADL, an
+//! in-flight GPA-direct request, a connection's monitor pages) is recorded; see
+//! [`MockHypervisor::freed_while_mapped`].
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -8,6 +13,10 @@ use vmbus_guest::{Hal, HalError, PhysAddr};
 
 use super::memory::PAGE_SIZE;
 use super::{MockHypervisor, lock};
+
+/// Every byte of a page freed through [`MockHal`] reads as this until it is allocated again
+/// (allocations are zeroed).
+pub const POISON_BYTE: u8 = 0xDB;
 
 /// Page allocator state: one bit per RAM page, plus the live allocations.
 #[derive(Debug)]
@@ -76,6 +85,60 @@ impl MockHal {
             mem.ram_base() + (first * PAGE_SIZE) as u64,
         ))
     }
+
+    /// Frees the `pages`-page allocation at `gpa` as `free_pages` does (poisoning it and
+    /// checking it against the host's mappings), without a pointer; `Err` (and a hypervisor
+    /// protocol error) if it is not exactly a live allocation.
+    pub fn free_gpa(&self, gpa: u64, pages: usize) -> Result<(), String> {
+        let ptr = self
+            .hv
+            .shared
+            .memory
+            .ram_ptr(gpa, 1)
+            .map_or(std::ptr::null(), |p| p.as_ptr().cast_const());
+        self.free_at(ptr, pages)
+    }
+
+    /// The body of `free_pages`: frees the allocation, poisons it, checks host mappings.
+    fn free_at(&self, vaddr: *const u8, pages: usize) -> Result<(), String> {
+        let shared = &self.hv.shared;
+        let mem = &shared.memory;
+        let freed = mem.ram_gpa_of(vaddr).and_then(|gpa| {
+            let offset = (gpa - mem.ram_base()) as usize;
+            offset
+                .is_multiple_of(PAGE_SIZE)
+                .then_some((offset / PAGE_SIZE, gpa))
+        });
+        let violations = {
+            let mut state = lock(&shared.state);
+            match freed {
+                Some((first, gpa)) if state.allocator.free(first, pages) => {
+                    // Poisoned under the lock: once it is released the pages may be handed
+                    // out (and zeroed) again.
+                    mem.fill_pages(first, pages, POISON_BYTE);
+                    let v = state.host_map.check_free(gpa, pages);
+                    for (v, hook) in &v {
+                        if hook.is_none() {
+                            state.error(v.to_string());
+                        }
+                    }
+                    v
+                }
+                _ => {
+                    let m = format!("HAL: free_pages({vaddr:p}, {pages}) is not a live allocation");
+                    state.error(m.clone());
+                    return Err(m);
+                }
+            }
+        };
+        for (v, hook) in violations {
+            log::warn!("mock hv: {v}");
+            if let Some(hook) = hook {
+                hook(&v);
+            }
+        }
+        Ok(())
+    }
 }
 
 // SAFETY: pages come from the RAM block, are zeroed and page aligned, are handed out once until
@@ -86,25 +149,7 @@ unsafe impl Hal for MockHal {
     }
 
     unsafe fn free_pages(&self, vaddr: NonNull<u8>, pages: usize) {
-        let shared = &self.hv.shared;
-        let freed = shared.memory.ram_gpa_of(vaddr.as_ptr()).and_then(|gpa| {
-            let offset = (gpa - shared.memory.ram_base()) as usize;
-            offset
-                .is_multiple_of(PAGE_SIZE)
-                .then_some(offset / PAGE_SIZE)
-        });
-        let message = {
-            let mut state = lock(&shared.state);
-            match freed {
-                Some(first) if state.allocator.free(first, pages) => None,
-                _ => {
-                    let m = format!("HAL: free_pages({vaddr:p}, {pages}) is not a live allocation");
-                    state.error(m.clone());
-                    Some(m)
-                }
-            }
-        };
-        if let Some(m) = message {
+        if let Err(m) = self.free_at(vaddr.as_ptr(), pages) {
             panic!("{m}");
         }
     }

@@ -172,11 +172,17 @@ impl GuestMemory {
         unsafe { AtomicU64::from_ptr(p.as_ptr().cast()) }
     }
 
-    /// Zeroes one RAM page by index.
+    /// Zeroes `count` RAM pages from page index `first`.
     pub(crate) fn zero_pages(&self, first: usize, count: usize) {
+        self.fill_pages(first, count, 0);
+    }
+
+    /// Fills `count` RAM pages from page index `first` with `byte`.
+    pub(crate) fn fill_pages(&self, first: usize, count: usize, byte: u8) {
         let base = self.ram.base + (first * PAGE_SIZE) as u64;
+        let word = u64::from_ne_bytes([byte; 8]);
         for i in 0..(count * PAGE_SIZE / 8) as u64 {
-            self.atomic_u64(base + 8 * i).store(0, Ordering::Relaxed);
+            self.atomic_u64(base + 8 * i).store(word, Ordering::Relaxed);
         }
     }
 }

@@ -7,6 +7,7 @@
 mod clock;
 mod config;
 mod hal;
+mod host_map;
 mod hypercall;
 mod memory;
 mod overlay;
@@ -22,7 +23,8 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use config::MockConfig;
-pub use hal::MockHal;
+pub use hal::{MockHal, POISON_BYTE};
+pub use host_map::{FreedWhileMapped, HostMapping, ViolationHook};
 pub use hypercall::status;
 pub use hypercall::{
     FLUSH_VIRTUAL_ADDRESS_LIST, FLUSH_VIRTUAL_ADDRESS_SPACE, NOTIFY_LONG_SPIN_WAIT, POST_MESSAGE,

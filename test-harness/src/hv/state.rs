@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::clock::Clock;
 use super::config::MockConfig;
 use super::hal::PageAllocator;
+use super::host_map::HostMap;
 use super::memory::GuestMemory;
 use super::overlay::Overlay;
 use super::presets::{HostPreset, Identity};
@@ -78,6 +79,8 @@ pub(crate) struct State {
     pub hypercall_log: Vec<(u16, u16)>,
     pub protocol_errors: Vec<String>,
     pub allocator: PageAllocator,
+    /// Guest pages the host side maps (GPADLs, in-flight requests, connection pages).
+    pub host_map: HostMap,
 }
 
 impl State {
@@ -108,6 +111,7 @@ impl State {
             hypercall_log: Vec::new(),
             protocol_errors: Vec::new(),
             allocator: PageAllocator::new(mem.ram_pages()),
+            host_map: HostMap::default(),
         }
     }
 

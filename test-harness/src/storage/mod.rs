@@ -2,7 +2,9 @@
 //! a [`DeviceModel`] for the mock VMBus host.
 //!
 //! Written from the protocol document, independently of the guest's handshake and request
-//! code; only the wire structs of `storvsc::protocol` are shared. It answers like a Hyper-V
+//! code; only the wire structs and plain numbers of `storvsc::protocol` are shared. The
+//! version-dependent rules (packet size, SRB length, which versions exist) are the VSP's own,
+//! in `vstor.rs`. It answers like a Hyper-V
 //! virtual disk: INQUIRY "Msft" / "Virtual Disk", READ CAPACITY, READ/WRITE(10/16) through the
 //! GPA-direct range, SYNCHRONIZE CACHE, UNMAP, REPORT LUNS, TEST UNIT READY, MODE SENSE, with
 //! sense data for bad LBAs and unknown opcodes. Completions are padded to the negotiated packet
@@ -13,6 +15,7 @@
 //! add/remove) after handing another to the host.
 
 mod scsi;
+mod vstor;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,8 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use storvsc::protocol::{
     ChannelProperties, NtStatus, Operation, ProtocolVersion,
-    STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL, SubChannelCount, VSTOR_PACKET_SIZE_PRE_WIN8,
-    VSTOR_PACKET_SIZE_WIN8, VmscsiRequest, VstorPacket, VstorVersion, payload_as, set_payload,
+    STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL, SubChannelCount, VmscsiRequest, VstorVersion,
 };
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::{U16, U32};
@@ -34,7 +36,7 @@ use crate::vmbus::{
 
 pub use scsi::{FixedSense, ScsiOutcome};
 
-/// Storage controller class GUID (SCSI), devices §1.1.
+/// Storage controller class GUID (SCSI), devices §1.1 (a literal here, not the guest's table).
 pub const SCSI_CLASS: vmbus_guest::protocol::Guid =
     vmbus_guest::protocol::Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
 
@@ -208,10 +210,11 @@ pub struct VspConfig {
 }
 
 impl Default for VspConfig {
-    /// A Windows Server 2016+ host: every version up to WIN10, 4 sub-channels, 256 KiB.
+    /// A Windows Server 2016+ host: every version up to WIN10 (devices §3.1), 4 sub-channels,
+    /// 256 KiB.
     fn default() -> Self {
         Self {
-            accepted_versions: VstorVersion::ALL_NEWEST_FIRST.to_vec(),
+            accepted_versions: vstor::ALL_VERSIONS_NEWEST_FIRST.to_vec(),
             max_sub_channels: 4,
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
         }
@@ -219,15 +222,10 @@ impl Default for VspConfig {
 }
 
 impl VspConfig {
-    /// The OpenVMM host: WIN6..WIN8.1, refuses WIN10.
+    /// The OpenVMM host: WIN6..WIN8.1, refuses WIN10 (devices §3.1).
     pub fn openvmm() -> Self {
         Self {
-            accepted_versions: vec![
-                VstorVersion::WIN6,
-                VstorVersion::WIN7,
-                VstorVersion::WIN8,
-                VstorVersion::WIN8_1,
-            ],
+            accepted_versions: vstor::OPENVMM_VERSIONS.to_vec(),
             ..Self::default()
         }
     }
@@ -440,8 +438,8 @@ impl StorageVsp {
     /// size clamped to 48..=64.
     fn reply_size(s: &Shared, request_len: usize) -> usize {
         match s.version {
-            Some(v) => v.packet_size(),
-            None => request_len.clamp(VSTOR_PACKET_SIZE_PRE_WIN8, VSTOR_PACKET_SIZE_WIN8),
+            Some(v) => vstor::packet_size(v),
+            None => request_len.clamp(vstor::PACKET_SIZE_PRE_WIN8, vstor::PACKET_SIZE_WIN8),
         }
     }
 
@@ -471,7 +469,7 @@ impl StorageVsp {
             Self::error(&mut s, ch, format!("packet type {:#x}", packet.packet_type));
             return;
         }
-        let Some(req) = VstorPacket::parse(&packet.payload) else {
+        let Some(req) = vstor::parse_packet(&packet.payload) else {
             Self::error(
                 &mut s,
                 ch,
@@ -480,22 +478,25 @@ impl StorageVsp {
             return;
         };
         if let Some(v) = s.version
-            && packet.payload.len() < v.packet_size()
+            && packet.payload.len() < vstor::packet_size(v)
         {
             Self::error(
                 &mut s,
                 ch,
-                format!("{}-byte packet after negotiating {v}", packet.payload.len()),
+                format!(
+                    "{}-byte packet after negotiating {}",
+                    packet.payload.len(),
+                    vstor::version_name(v)
+                ),
             );
         }
         if req.flags.get() & 1 == 0 {
             Self::error(&mut s, ch, "vstor packet without REQUEST_COMPLETION".into());
         }
         let size = Self::reply_size(&s, packet.payload.len());
-        let mut reply = VstorPacket::request(Operation::COMPLETE_IO);
-        reply.flags = U32::new(0);
+        let mut reply = vstor::host_packet(Operation::COMPLETE_IO.0);
         let forced = s.fail_next_status.take();
-        let op = req.op();
+        let op = Operation(req.operation.get());
         let status = if let Some(st) = forced {
             // The payload is echoed so the guest sees a well-formed packet.
             reply.payload = req.payload;
@@ -508,7 +509,7 @@ impl StorageVsp {
                     NtStatus::SUCCESS
                 }
                 Operation::QUERY_PROTOCOL_VERSION => {
-                    let pv: ProtocolVersion = payload_as(&req.payload);
+                    let pv: ProtocolVersion = vstor::payload_as(&req.payload);
                     let v = VstorVersion(pv.major_minor.get());
                     reply.payload = req.payload;
                     if s.init != InitState::Begun {
@@ -532,7 +533,7 @@ impl StorageVsp {
                         max_transfer_bytes: U32::new(s.config.max_transfer_bytes),
                         ..Default::default()
                     };
-                    set_payload(&mut reply.payload, &props);
+                    vstor::set_payload(&mut reply.payload, &props);
                     NtStatus::SUCCESS
                 }
                 Operation::END_INITIALIZATION => {
@@ -544,9 +545,10 @@ impl StorageVsp {
                     }
                 }
                 Operation::CREATE_SUB_CHANNELS => {
-                    let c: SubChannelCount = payload_as(&req.payload);
+                    let c: SubChannelCount = vstor::payload_as(&req.payload);
                     let n = c.sub_channel_count.get();
-                    let ok = s.version.is_some_and(|v| v.is_win8_or_later())
+                    // Sub-channels only from WIN8 (devices §3.10).
+                    let ok = s.version.is_some_and(vstor::is_win8_or_later)
                         && n > 0
                         && n <= s.config.max_sub_channels
                             - s.sub_channels_created.min(s.config.max_sub_channels);
@@ -566,10 +568,10 @@ impl StorageVsp {
                     if s.init != InitState::Ready {
                         NtStatus::INVALID_DEVICE_STATE
                     } else {
-                        let srb = req.srb();
-                        let version = s.version.unwrap_or(VstorVersion::WIN8);
+                        let srb = vstor::srb_of(&req);
+                        let version = s.version.unwrap_or(VstorVersion(vstor::WIN8));
                         let out = self.execute_srb(&mut s, ch, packet, &srb, version);
-                        reply.set_srb(&out);
+                        vstor::set_payload(&mut reply.payload, &out);
                         NtStatus::SUCCESS
                     }
                 }
@@ -590,7 +592,7 @@ impl StorageVsp {
         version: VstorVersion,
     ) -> VmscsiRequest {
         let mut out = *srb;
-        out.length = U16::new(version.srb_length());
+        out.length = U16::new(vstor::srb_length(version));
         let cdb_len = usize::from(srb.cdb_length).min(16);
         let cdb = &srb.cdb_or_sense[..cdb_len];
         s.opcodes.push(cdb.first().copied().unwrap_or(0xFF));
@@ -700,9 +702,8 @@ impl StorageVsp {
         }
         if s.send_enumerate && s.init == InitState::Ready {
             s.send_enumerate = false;
-            let mut p = VstorPacket::request(Operation::ENUMERATE_BUS);
-            p.flags = U32::new(0);
-            let size = Self::reply_size(&s, VSTOR_PACKET_SIZE_WIN8);
+            let p = vstor::host_packet(Operation::ENUMERATE_BUS.0);
+            let size = Self::reply_size(&s, vstor::PACKET_SIZE_WIN8);
             if let Err(e) = ch.send_inband(&p.as_bytes()[..size], 0) {
                 log::warn!("storage VSP: ENUMERATE_BUS: {e}");
             }

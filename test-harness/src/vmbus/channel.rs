@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::gpadl::GpadlTable;
 use super::mem::GuestRam;
 use super::packet::{
-    FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_INBAND, encode_packet,
+    FLAG_COMPLETION_REQUESTED, HostPacket, PACKET_TYPE_COMPLETION, PACKET_TYPE_GPA_DIRECT,
+    PACKET_TYPE_INBAND, encode_packet,
 };
 use super::ring::{HostReader, HostWriter, WriteError};
 use super::{DeviceOffer, ErrorLog};
-use crate::hv::MockHypervisor;
+use crate::hv::{HostMapping, MockHypervisor, ViolationHook};
 
 /// Lifecycle state of a channel on the host (vmbus-core §5.8, §10.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +96,10 @@ pub struct HostChannel {
     pub(crate) packets_sent: u64,
     pub(crate) signals_to_guest: u64,
     pub(crate) pending_offers: Vec<(DeviceOffer, Box<dyn super::DeviceModel>)>,
+    /// GPA-direct requests received and not yet completed, with the host's mapping of their
+    /// pages.
+    in_flight: Vec<(u64, HostMapping)>,
+    map_hook: ViolationHook,
 }
 
 impl HostChannel {
@@ -104,6 +109,7 @@ impl HostChannel {
         hv: MockHypervisor,
         gpadls: Arc<Mutex<GpadlTable>>,
         errors: ErrorLog,
+        map_hook: ViolationHook,
     ) -> Self {
         Self {
             relid,
@@ -117,6 +123,8 @@ impl HostChannel {
             packets_sent: 0,
             signals_to_guest: 0,
             pending_offers: Vec::new(),
+            in_flight: Vec::new(),
+            map_hook,
         }
     }
 
@@ -173,6 +181,8 @@ impl HostChannel {
 
     /// Sends any packet: `header` is the type-specific part after the 16-byte descriptor (a
     /// multiple of 8 bytes; e.g. a transfer-page header and ranges for type 7), then `payload`.
+    /// A completion (type 11) ends the host's use of the pages of the GPA-direct request with
+    /// that transaction id (see [`Self::requests_in_flight`]), even if it cannot be written.
     pub fn send_packet(
         &mut self,
         packet_type: u16,
@@ -181,6 +191,14 @@ impl HostChannel {
         header: &[u8],
         payload: &[u8],
     ) -> Result<(), HostRingError> {
+        if packet_type == PACKET_TYPE_COMPLETION
+            && let Some(i) = self
+                .in_flight
+                .iter()
+                .position(|(tid, _)| *tid == transaction_id)
+        {
+            drop(self.in_flight.remove(i));
+        }
         match self.rings.as_ref() {
             None => return Err(HostRingError::NotOpen),
             Some(r) if r.corrupt => {
@@ -239,10 +257,40 @@ impl HostChannel {
         n
     }
 
-    /// Forgets the rings (close, rescind, unload).
+    /// Forgets the rings (close, rescind, unload) and the requests in flight: the host drops
+    /// them with the channel and no longer touches their pages.
     pub(crate) fn detach(&mut self) {
         self.rings = None;
         self.backlog.clear();
+        self.in_flight.clear();
+    }
+
+    /// The host took `packet` from the ring: a GPA-direct packet asking for a completion
+    /// names guest pages the host may use until it completes the request, so they count as
+    /// host-mapped until then (a guest that frees them first is reported).
+    pub(crate) fn begin_request(&mut self, packet: &HostPacket) {
+        if packet.packet_type != PACKET_TYPE_GPA_DIRECT || !packet.completion_requested() {
+            return;
+        }
+        let tid = packet.transaction_id;
+        let mapping = self.hv.map_for_host(
+            format!(
+                "GPA-direct request {tid:#x} on channel {} (not completed)",
+                self.relid
+            ),
+            packet
+                .gpa_ranges
+                .iter()
+                .flat_map(|(_, _, pfns)| pfns.iter().copied()),
+            Some(self.map_hook.clone()),
+        );
+        self.in_flight.push((tid, mapping));
+    }
+
+    /// Transaction ids of the GPA-direct requests received on this channel and not yet
+    /// completed (the host still uses their pages), oldest first.
+    pub fn requests_in_flight(&self) -> Vec<u64> {
+        self.in_flight.iter().map(|(tid, _)| *tid).collect()
     }
 
     /// Interrupts the guest for this channel (vmbus-core §8.3).

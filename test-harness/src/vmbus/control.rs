@@ -21,6 +21,28 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
 }
 
+/// INITIATE_CONTACT @16..24 from 5.0 on, as the host reads it (vmbus-core §5.3): target SINT
+/// (byte @16, from 5.0), target VTL (byte @17, from 5.1), reserved u16 @18, requested feature
+/// flags (u32 @20, from 6.0). Below 5.0 the same 8 bytes are the legacy interrupt page GPA.
+/// `info` is the little-endian u64 at @16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ContactTargetInfo {
+    sint: u8,
+    vtl: u8,
+    features: u32,
+}
+
+impl ContactTargetInfo {
+    fn from_field(info: u64) -> Self {
+        let b = info.to_le_bytes();
+        Self {
+            sint: b[0],
+            vtl: b[1],
+            features: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+}
+
 /// Lowest version each guest→host message needs (vmbus-core §5.2).
 fn min_version(t: MessageType) -> VmbusVersion {
     match t {
@@ -129,18 +151,18 @@ impl MockVmbusHost {
             return;
         };
         let version = VmbusVersion(c.version_requested);
+        let info = ContactTargetInfo::from_field(c.interrupt_page_or_target_info);
         let max = self.release.max_version();
         let vp = if version >= VmbusVersion::V3_0 && max >= VmbusVersion::V3_0 {
             c.target_vp
         } else {
             0
         };
-        let sint =
-            if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 && c.target_sint() < 16 {
-                c.target_sint()
-            } else {
-                VMBUS_MESSAGE_SINT
-            };
+        let sint = if version >= VmbusVersion::V5_0 && max >= VmbusVersion::V5_0 && info.sint < 16 {
+            info.sint
+        } else {
+            VMBUS_MESSAGE_SINT
+        };
         let multi_client = connection_id == MESSAGE_CONNECTION_ID_MULTI_CLIENT;
         if connection_id != MESSAGE_CONNECTION_ID && !multi_client {
             self.error(format!(
@@ -167,7 +189,7 @@ impl MockVmbusHost {
             self.error(r);
         }
         let features = if version >= VmbusVersion::V6_0 {
-            c.feature_flags()
+            info.features
         } else {
             0
         };
@@ -219,6 +241,7 @@ impl MockVmbusHost {
         } else {
             MESSAGE_CONNECTION_ID
         };
+        let host_pages = self.map_connection_pages(monitor_pages, interrupt_page);
         self.conn = Some(Connection {
             version,
             features: granted,
@@ -229,6 +252,7 @@ impl MockVmbusHost {
             interrupt_page,
             offers_requested: false,
             offers_delivered: false,
+            host_pages,
         });
         self.unloaded = false;
     }
@@ -257,11 +281,12 @@ impl MockVmbusHost {
                 ));
             }
         }
-        if version >= VmbusVersion::V5_1 && c.target_vtl() != 0 {
-            return Err(format!("INITIATE_CONTACT target VTL {}", c.target_vtl()));
+        let info = ContactTargetInfo::from_field(c.interrupt_page_or_target_info);
+        if version >= VmbusVersion::V5_1 && info.vtl != 0 {
+            return Err(format!("INITIATE_CONTACT target VTL {}", info.vtl));
         }
-        if version >= VmbusVersion::V5_0 && c.target_sint() >= 16 {
-            return Err(format!("INITIATE_CONTACT target SINT {}", c.target_sint()));
+        if version >= VmbusVersion::V5_0 && info.sint >= 16 {
+            return Err(format!("INITIATE_CONTACT target SINT {}", info.sint));
         }
         if version < VmbusVersion::V2_4 {
             let page = c.interrupt_page_or_target_info;
@@ -720,8 +745,12 @@ impl MockVmbusHost {
                 .iter()
                 .all(|&g| g == 0 || (g.is_multiple_of(4096) && self.ram.contains(g, 4096)));
         if ok {
+            let monitor_pages = (p2c != 0).then_some((p2c, c2p));
+            let interrupt_page = self.conn.as_ref().and_then(|c| c.interrupt_page);
+            let host_pages = self.map_connection_pages(monitor_pages, interrupt_page);
             if let Some(c) = self.conn.as_mut() {
-                c.monitor_pages = (p2c != 0).then_some((p2c, c2p));
+                c.monitor_pages = monitor_pages;
+                c.host_pages = host_pages;
             }
         } else {
             self.error(format!(
@@ -732,5 +761,36 @@ impl MockVmbusHost {
         m[0..4].copy_from_slice(&MessageType::MODIFY_CONNECTION_RESPONSE.0.to_le_bytes());
         m[8] = if ok { 0 } else { 1 };
         self.send(&m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContactTargetInfo;
+
+    /// vmbus-core §5.3 INITIATE_CONTACT: @16 target SINT (1 byte), @17 target VTL (1 byte),
+    /// @18 reserved (2 bytes), @20 feature flags (4 bytes); the message bytes 16..24 are the
+    /// little-endian u64 field.
+    #[test]
+    fn contact_target_info_follows_vmbus_core_5_3() {
+        let msg_bytes_16_to_24 = [2u8, 0, 0xAA, 0xBB, 0x09, 0x00, 0x00, 0x00];
+        let field = u64::from_le_bytes(msg_bytes_16_to_24);
+        assert_eq!(
+            ContactTargetInfo::from_field(field),
+            ContactTargetInfo {
+                sint: 2,
+                vtl: 0,
+                features: 0x9,
+            }
+        );
+        let field = u64::from_le_bytes([0x0F, 0x01, 0, 0, 0x78, 0x56, 0x34, 0x12]);
+        assert_eq!(
+            ContactTargetInfo::from_field(field),
+            ContactTargetInfo {
+                sint: 15,
+                vtl: 1,
+                features: 0x1234_5678,
+            }
+        );
     }
 }

@@ -2,8 +2,10 @@
 //! range list against guest RAM (vmbus-core §6) and addressing bytes of a live GPADL.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::mem::GuestRam;
+use crate::hv::{HostMapping, MockHypervisor, ViolationHook};
 
 /// One GPA range of a GPADL: byte count, byte offset into the first page, PFNs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub(crate) struct Gpadl {
     pub in_use_by: Option<u32>,
     /// GPADL_TEARDOWN arrived while in use: answer TORNDOWN when the channel closes.
     pub teardown_pending: bool,
+    /// The host's mapping of the pages (dropped, i.e. unmapped, with the GPADL, or earlier
+    /// when the channel is rescinded).
+    pub mapping: Option<Arc<HostMapping>>,
 }
 
 impl Gpadl {
@@ -108,6 +113,8 @@ pub(crate) enum GpadlProgress {
 pub(crate) struct GpadlTable {
     pending: BTreeMap<u32, Pending>,
     pub live: BTreeMap<u32, Gpadl>,
+    /// Where complete GPADLs are registered as host-mapped (none in bare unit tests).
+    mapper: Option<(MockHypervisor, ViolationHook)>,
 }
 
 fn le_u64(b: &[u8]) -> u64 {
@@ -117,6 +124,25 @@ fn le_u64(b: &[u8]) -> u64 {
 }
 
 impl GpadlTable {
+    /// An empty table whose complete GPADLs are registered with `hv` as host-mapped until
+    /// they are removed (vmbus-core §6.3: the guest keeps the memory until GPADL_TORNDOWN);
+    /// a guest free of their pages meanwhile goes to `hook`.
+    pub fn new(hv: MockHypervisor, hook: ViolationHook) -> Self {
+        Self {
+            mapper: Some((hv, hook)),
+            ..Self::default()
+        }
+    }
+
+    /// The host stops mapping the GPADLs of `relid` without forgetting them: after it
+    /// rescinded the channel it no longer touches them (vmbus-core §6.4 step 4, Linux treats
+    /// them as revoked), though it still answers their GPADL_TEARDOWN.
+    pub fn revoke_channel(&mut self, relid: u32) {
+        for g in self.live.values_mut().filter(|g| g.relid == relid) {
+            g.mapping = None;
+        }
+    }
+
     /// Forgets everything (UNLOAD).
     pub fn clear(&mut self) {
         self.pending.clear();
@@ -244,6 +270,13 @@ impl GpadlTable {
         };
         match parse_ranges(&p.qwords, p.range_count, ram) {
             Ok(ranges) => {
+                let mapping = self.mapper.as_ref().map(|(hv, hook)| {
+                    Arc::new(hv.map_for_host(
+                        format!("GPADL {handle:#x} of relid {} (not torn down)", p.relid),
+                        ranges.iter().flat_map(|r| r.pfns.iter().copied()),
+                        Some(hook.clone()),
+                    ))
+                });
                 self.live.insert(
                     handle,
                     Gpadl {
@@ -251,6 +284,7 @@ impl GpadlTable {
                         ranges,
                         in_use_by: None,
                         teardown_pending: false,
+                        mapping,
                     },
                 );
                 GpadlProgress::Created {

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vmbus_guest::protocol::{
     FeatureFlags, MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_MULTI_CLIENT, MessageHeader,
-    MessageType, MonitorPage, OfferChannel, RescindChannelOffer, SYNIC_MESSAGE_TYPE_CHANNEL,
-    VMBUS_MESSAGE_SINT, VmbusVersion,
+    MessageType, OfferChannel, RescindChannelOffer, SYNIC_MESSAGE_TYPE_CHANNEL, VMBUS_MESSAGE_SINT,
+    VmbusVersion,
 };
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::U64;
@@ -16,7 +16,7 @@ use super::gpadl::GpadlTable;
 use super::mem::GuestRam;
 use super::ring::{HostReader, HostWriter};
 use super::{DeviceModel, DeviceOffer, ErrorLog, HostRelease};
-use crate::hv::MockHypervisor;
+use crate::hv::{FreedWhileMapped, HostMapping, MockHypervisor, ViolationHook};
 
 /// The message connection id a ≥ 5.0 host returns in VERSION_RESPONSE @12 by default. It is
 /// deliberately neither 1 nor 4 so a guest that does not switch to the returned id is caught.
@@ -35,6 +35,28 @@ pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
 /// Capacity of each message port (messages not yet taken by a step).
 const PORT_CAPACITY: usize = 4096;
 
+/// Where the guest raises monitor id `monitor_id` on the child→parent monitor page: the byte
+/// offset of the `pending` word and the bit to test in it; `None` for ids beyond 127.
+///
+/// The host's own statement of vmbus-core §8.1/§8.2 (not the guest library's): the page has 4
+/// trigger groups of 32 monitor ids (ids 0..=127); group `g` = `monitor_id / 32` is the 8-byte
+/// pair {pending u32, armed u32} at 0x008 + 8·g, and the guest sets bit `monitor_id % 32` of
+/// its `pending` word.
+pub(super) fn monitor_pending_bit(monitor_id: u8) -> Option<(u64, u32)> {
+    const TRIGGER_GROUPS_OFFSET: u64 = 0x008;
+    const TRIGGER_GROUP_SIZE: u64 = 8;
+    const IDS_PER_GROUP: u8 = 32;
+    const GROUPS: u8 = 4;
+    let group = monitor_id / IDS_PER_GROUP;
+    if group >= GROUPS {
+        return None;
+    }
+    Some((
+        TRIGGER_GROUPS_OFFSET + u64::from(group) * TRIGGER_GROUP_SIZE,
+        1 << (monitor_id % IDS_PER_GROUP),
+    ))
+}
+
 /// The negotiated connection (after an accepted INITIATE_CONTACT).
 pub(super) struct Connection {
     pub version: VmbusVersion,
@@ -49,6 +71,9 @@ pub(super) struct Connection {
     pub interrupt_page: Option<u64>,
     pub offers_requested: bool,
     pub offers_delivered: bool,
+    /// The host's mappings of the monitor and legacy interrupt pages: it writes them until
+    /// UNLOAD_RESPONSE (vmbus-core §10.3), so they end with the connection.
+    pub host_pages: Vec<HostMapping>,
 }
 
 /// Where a channel is in its open/close cycle.
@@ -108,6 +133,8 @@ pub struct MockVmbusHost {
     pub(super) connection_state: u8,
     pub(super) fail_next_open: BTreeMap<u32, u32>,
     pub(super) fail_next_gpadl: Option<u32>,
+    /// Reports a guest free of host-mapped memory into `errors`.
+    pub(super) map_hook: ViolationHook,
 }
 
 impl MockVmbusHost {
@@ -121,16 +148,21 @@ impl MockVmbusHost {
             hv.connect_message_port(MESSAGE_CONNECTION_ID_MULTI_CLIENT, PORT_CAPACITY);
             hv.connect_message_port(DEFAULT_MESSAGE_CONNECTION_ID, PORT_CAPACITY);
         }
+        let errors = ErrorLog::default();
+        let map_hook: ViolationHook = {
+            let errors = errors.clone();
+            Arc::new(move |v: &FreedWhileMapped| errors.push(v.to_string()))
+        };
         Self {
             ram: GuestRam::new(hv.clone()),
+            gpadls: Arc::new(Mutex::new(GpadlTable::new(hv.clone(), map_hook.clone()))),
             hv,
             release,
-            errors: ErrorLog::default(),
+            errors,
             conn: None,
             unloaded: false,
             channels: BTreeMap::new(),
             released: BTreeSet::new(),
-            gpadls: Arc::new(Mutex::new(GpadlTable::default())),
             host_features: DEFAULT_HOST_FEATURES,
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
@@ -138,6 +170,7 @@ impl MockVmbusHost {
             connection_state: 0,
             fail_next_open: BTreeMap::new(),
             fail_next_gpadl: None,
+            map_hook,
         }
     }
 
@@ -224,6 +257,7 @@ impl MockVmbusHost {
             self.hv.clone(),
             self.gpadls.clone(),
             self.errors.clone(),
+            self.map_hook.clone(),
         );
         self.channels.insert(
             relid,
@@ -304,6 +338,7 @@ impl MockVmbusHost {
         if let Some(h) = gpadl {
             self.release_ring_gpadl(h);
         }
+        self.lock_gpadls().revoke_channel(relid);
         self.send(RescindChannelOffer::new(relid).as_bytes());
     }
 
@@ -367,10 +402,10 @@ impl MockVmbusHost {
         };
         let mut work = 0;
         for e in self.channels.values_mut() {
-            let Some((off, bit)) = e.monitor_id.and_then(MonitorPage::pending_bit) else {
+            let Some((off, bit)) = e.monitor_id.and_then(monitor_pending_bit) else {
                 continue;
             };
-            let old = self.ram.fetch_and_u32(c2p + off as u64, !bit).unwrap_or(0);
+            let old = self.ram.fetch_and_u32(c2p + off, !bit).unwrap_or(0);
             if old & bit != 0 {
                 e.signalled = true;
                 e.signal_count += 1;
@@ -408,6 +443,7 @@ impl MockVmbusHost {
                     }
                     for p in &d.packets {
                         work += 1;
+                        e.ch.begin_request(p);
                         e.model.on_packet(&mut e.ch, p);
                     }
                 }
@@ -454,6 +490,51 @@ impl MockVmbusHost {
     /// Every protocol violation the guest committed so far (tests assert this is empty).
     pub fn protocol_errors(&self) -> Vec<String> {
         self.errors.all()
+    }
+
+    /// Every time the guest freed (through [`MockHal`](crate::hv::MockHal)) a page the host
+    /// still mapped: a live GPADL (created, not yet answered with GPADL_TORNDOWN, including
+    /// those of a connection abandoned without UNLOAD), a GPA-direct request not yet
+    /// completed, or the connection's monitor / legacy interrupt pages before
+    /// UNLOAD_RESPONSE. Each one is also in [`Self::protocol_errors`]. (The list is the
+    /// partition's, [`MockHypervisor::freed_while_mapped`].)
+    pub fn freed_while_mapped(&self) -> Vec<FreedWhileMapped> {
+        self.hv.freed_while_mapped()
+    }
+
+    /// Transaction ids of the GPA-direct requests on `relid` the host has received and not
+    /// yet completed (e.g. withheld completions); their pages count as host-mapped.
+    pub fn requests_in_flight(&self, relid: u32) -> Vec<u64> {
+        self.channels
+            .get(&relid)
+            .map(|e| e.ch.requests_in_flight())
+            .unwrap_or_default()
+    }
+
+    /// Maps the connection's monitor pages and legacy interrupt page for the host.
+    pub(super) fn map_connection_pages(
+        &self,
+        monitor_pages: Option<(u64, u64)>,
+        interrupt_page: Option<u64>,
+    ) -> Vec<HostMapping> {
+        let mut pages = Vec::new();
+        if let Some((p2c, c2p)) = monitor_pages {
+            pages.push(("parent→child monitor page", p2c));
+            pages.push(("child→parent monitor page", c2p));
+        }
+        if let Some(page) = interrupt_page {
+            pages.push(("legacy interrupt page", page));
+        }
+        pages
+            .into_iter()
+            .map(|(what, gpa)| {
+                self.hv.map_for_host(
+                    format!("{what} {gpa:#x} of the VMBus connection (no UNLOAD_RESPONSE yet)"),
+                    [gpa / 4096],
+                    Some(self.map_hook.clone()),
+                )
+            })
+            .collect()
     }
 
     /// Returns and forgets the protocol errors so far (for hostile tests that expect some).
@@ -615,5 +696,27 @@ impl MockVmbusHost {
             Some(pfn) => self.ram.store_u32(pfn * 4096, write_index),
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monitor_pending_bit;
+
+    /// vmbus-core §8.2: trigger groups at 0x008, 8 bytes each, `pending` first; §8.1: bit
+    /// `id % 32` of group `id / 32`; ids 0..127.
+    #[test]
+    fn monitor_pending_bit_follows_vmbus_core_8() {
+        assert_eq!(monitor_pending_bit(0), Some((0x008, 1)));
+        assert_eq!(monitor_pending_bit(1), Some((0x008, 1 << 1)));
+        assert_eq!(monitor_pending_bit(31), Some((0x008, 1 << 31)));
+        assert_eq!(monitor_pending_bit(32), Some((0x010, 1)));
+        assert_eq!(monitor_pending_bit(33), Some((0x010, 1 << 1)));
+        assert_eq!(monitor_pending_bit(64), Some((0x018, 1)));
+        assert_eq!(monitor_pending_bit(100), Some((0x020, 1 << 4)));
+        assert_eq!(monitor_pending_bit(127), Some((0x020, 1 << 31)));
+        // The last trigger group ends before the reserved bytes at 0x028.
+        assert_eq!(monitor_pending_bit(128), None);
+        assert_eq!(monitor_pending_bit(255), None);
     }
 }

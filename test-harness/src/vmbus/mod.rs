@@ -37,6 +37,14 @@
 //! * ring packets with an index out of range or unaligned, offset8 < 2, length8 < offset8,
 //!   more bytes than published, a wrong trailer, a type other than 6/7/9/11 or flags other
 //!   than bit 0 (the channel then stops being serviced).
+//! * freeing (through [`MockHal`](crate::hv::MockHal)) a page the host still maps: a page of
+//!   a GPADL not yet answered with GPADL_TORNDOWN (§6.3, §6.4; including every GPADL of a
+//!   connection abandoned without UNLOAD), of a GPA-direct request not yet completed (e.g. a
+//!   withheld completion), or the connection's monitor / legacy interrupt pages before
+//!   UNLOAD_RESPONSE (§10.3). The free still happens (the pages are poisoned with
+//!   [`POISON_BYTE`](crate::hv::POISON_BYTE)); the record is in
+//!   [`MockVmbusHost::freed_while_mapped`] as well. A rescind ends the host's use of the
+//!   channel's GPADLs and requests (§6.4 step 4), UNLOAD_RESPONSE that of everything.
 //!
 //! Failures the host reports to the guest (GPADL_CREATED / OPENCHANNEL_RESULT status
 //! [`STATUS_UNSUCCESSFUL`]) are answered so a guest does not hang, in addition to the error.

@@ -90,3 +90,31 @@ impl HostRelease {
         self.max_version() >= VmbusVersion::V5_0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KNOWN_VERSIONS;
+
+    /// The version words the host accepts are the literal values of vmbus-core §5.5
+    /// (`(major << 16) | minor`), so a wrong constant in the shared wire types is caught here
+    /// rather than agreed with.
+    #[test]
+    fn known_versions_are_the_words_of_vmbus_core_5_5() {
+        let words: Vec<u32> = KNOWN_VERSIONS.iter().map(|v| v.0).collect();
+        assert_eq!(
+            words,
+            [
+                0x0001_0001,
+                0x0002_0004,
+                0x0003_0000,
+                0x0004_0000,
+                0x0004_0001,
+                0x0005_0000,
+                0x0005_0001,
+                0x0005_0002,
+                0x0005_0003,
+                0x0006_0000,
+            ]
+        );
+    }
+}
