@@ -548,6 +548,28 @@ fn reference_time_from_the_tsc_page_and_the_counter_agree() {
 }
 
 #[test]
+fn booting_another_vp_leaves_the_tsc_page_where_it_was() {
+    // REFERENCE_TSC is one register per partition: an AP that enables its own page moves the
+    // overlay away from the page VP 0's clock reads, which silently falls back to the counter.
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let vp0 = boot_vp(&m, 0).unwrap();
+    let _vp1 = boot_vp(&m, 1).unwrap();
+    let tsc_writes: u64 = (0..2)
+        .map(|vp| m.register_writes(vp, SyntheticRegister::ReferenceTsc))
+        .sum();
+    assert_eq!(tsc_writes, 1, "the TSC page is enabled once per partition");
+    m.advance_time(123_456);
+    let counter_reads = m.time_ref_count_reads();
+    let now = vp0.clock.now(&vp0.cpu);
+    assert!(now.abs_diff(m.reference_time()) <= 1);
+    assert_eq!(
+        m.time_ref_count_reads(),
+        counter_reads,
+        "VP 0 still reads the TSC page"
+    );
+}
+
+#[test]
 fn invalid_tsc_page_falls_back_to_the_counter() {
     let m = mock(HostPreset::Ws2016);
     let vp = boot_vp(&m, 0).unwrap();
