@@ -1,14 +1,16 @@
-//! What a kernel does at boot to bring up the hypervisor interface on one virtual processor,
-//! written once against the mock so tests and the demo share it. It uses only the public
-//! `winhv` API, exactly as a kernel would.
+//! What a kernel does at boot to bring up the hypervisor interface on one virtual processor, on
+//! the mock: a thin wrapper over [`winhv::bringup`] so tests and the demo share it and use the
+//! same public API a kernel does.
 
-use winhv::synic::VMBUS_MESSAGE_SINT;
+use winhv::bringup::{Partition, Vp};
 use winhv::{
-    Cpu, GuestOsId, HvPage, Hypercalls, HypervInfo, OpenSourceOsType, ReferenceClock,
-    ReferenceTscPage, SintConfig, Synic,
+    Cpu, GuestOsId, HvPage, Hypercalls, HypervInfo, OpenSourceOsType, Privileges, ReferenceClock,
+    Synic, SyntheticRegister,
 };
 
 use crate::hv::{MockHypervisor, MockVp};
+
+pub use winhv::bringup::BootError;
 
 /// The interrupt vector the guest routes the VMBus SINT to (Linux x86 uses 0xF3).
 pub const VMBUS_VECTOR: u8 = 0xF3;
@@ -32,38 +34,12 @@ pub struct BootedVp {
     pub hypercalls: Hypercalls<MockVp>,
     /// The SynIC, with the VMBus SINT routed to [`VMBUS_VECTOR`].
     pub synic: Synic,
-    /// Reference time via the TSC page (falls back to the counter register).
+    /// Reference time. The VP that brought the partition up holds the partition's clock, which
+    /// reads the one reference TSC page (falling back to the counter register); a VP booted
+    /// later gets a clock on the counter register alone, since the TSC page is partition-wide
+    /// and already owned.
     pub clock: ReferenceClock,
 }
-
-/// Why bring-up failed, with the step that failed.
-#[derive(Debug)]
-pub enum BootError {
-    /// Detection or a privilege check.
-    Detect(winhv::DetectError),
-    /// Enabling the hypercall page.
-    HypercallPage(winhv::hypercall::HypercallSetupError),
-    /// Creating the hypercall interface.
-    Hypercalls(winhv::HypercallError),
-    /// Enabling the SynIC.
-    Synic(winhv::SynicError),
-    /// Enabling the reference TSC page.
-    Time(winhv::time::TimeError),
-}
-
-impl std::fmt::Display for BootError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Detect(e) => write!(f, "detection: {e}"),
-            Self::HypercallPage(e) => write!(f, "hypercall page: {e}"),
-            Self::Hypercalls(e) => write!(f, "hypercalls: {e}"),
-            Self::Synic(e) => write!(f, "SynIC: {e}"),
-            Self::Time(e) => write!(f, "reference TSC page: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for BootError {}
 
 /// A fresh zeroed page of guest memory as an [`HvPage`].
 pub fn guest_page(mock: &MockHypervisor) -> HvPage {
@@ -73,30 +49,30 @@ pub fn guest_page(mock: &MockHypervisor) -> HvPage {
     unsafe { HvPage::new(virt, gpa) }
 }
 
-/// Brings up VP `index` the way a kernel does: detect, require the VMBus privileges, write the
-/// guest OS id and enable the hypercall page (partition-wide, harmless to repeat), then this
-/// VP's hypercall pages, SynIC and reference TSC page.
+/// Brings up VP `index` the way a kernel does with [`winhv::bringup`]: the partition-wide steps
+/// ([`Partition::bring_up`]) if GUEST_OS_ID is still 0, then this VP's ([`Vp::bring_up`]).
 pub fn boot_vp(mock: &MockHypervisor, index: u32) -> Result<BootedVp, BootError> {
     let cpu = mock.vp(index);
-    let info = winhv::detect(&cpu).map_err(BootError::Detect)?;
-    info.require(winhv::Privileges::REQUIRED_FOR_VMBUS)
-        .map_err(BootError::Detect)?;
-    if cpu.read_register(winhv::SyntheticRegister::GuestOsId) == 0 {
-        harness_guest_os_id().write(&cpu);
-        let hypercall_page = guest_page(mock);
-        // SAFETY: the page was just allocated for this purpose and is never used again (it is
-        // leaked to the hypervisor for the partition's lifetime, as on a real kernel).
-        unsafe { winhv::enable_hypercall_page(&cpu, hypercall_page.gpa()) }
-            .map_err(BootError::HypercallPage)?;
-    }
-    let hypercalls = Hypercalls::new(cpu.clone(), guest_page(mock), guest_page(mock))
-        .map_err(BootError::Hypercalls)?;
-    let sint = SintConfig::recommended(&info, VMBUS_MESSAGE_SINT, VMBUS_VECTOR);
-    let synic = Synic::enable(&cpu, &info, guest_page(mock), guest_page(mock), &[sint])
-        .map_err(BootError::Synic)?;
-    let tsc_page =
-        ReferenceTscPage::enable(&cpu, &info, guest_page(mock)).map_err(BootError::Time)?;
-    let clock = ReferenceClock::with_tsc_page(&info, tsc_page).map_err(BootError::Time)?;
+    let mut pages = || Some(guest_page(mock));
+    let (info, clock) = if cpu.read_register(SyntheticRegister::GuestOsId) == 0 {
+        // SAFETY: a `MockVp` issues hypercalls through whatever page the HYPERCALL register
+        // names (it models the page rather than jumping into it), so any page is "the page the
+        // Cpu calls into"; this one is fresh from the mock's allocator and otherwise unused.
+        let partition = unsafe {
+            Partition::bring_up(&cpu, harness_guest_os_id(), guest_page(mock), &mut pages)
+        }?;
+        // The rest of `partition` is the hypercall page: dropping it leaves the page with the
+        // hypervisor for the partition's lifetime, as on a real kernel.
+        (partition.info, partition.clock)
+    } else {
+        // The partition is up: this VP only needs what detection says and a clock of its own.
+        let info = winhv::detect(&cpu).map_err(BootError::Detect)?;
+        info.require(Privileges::REQUIRED_FOR_VMBUS)
+            .map_err(BootError::Detect)?;
+        let clock = ReferenceClock::from_counter(&info).map_err(BootError::Time)?;
+        (info, clock)
+    };
+    let Vp { hypercalls, synic } = Vp::bring_up(cpu.clone(), &info, &mut pages, VMBUS_VECTOR)?;
     Ok(BootedVp {
         cpu,
         info,

@@ -2,8 +2,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use test_harness::guest::{VMBUS_VECTOR, boot_vp, guest_page, harness_guest_os_id};
+use test_harness::guest::{BootError, VMBUS_VECTOR, boot_vp, guest_page, harness_guest_os_id};
 use test_harness::hv::{HostPreset, MockConfig, MockHypervisor, feature, privilege, status};
+use winhv::bringup::{Partition, Vp};
 use winhv::crash::{CrashError, report_crash, report_crash_message};
 use winhv::hypercall::{FlushFlags, GvaRange, HypercallSetupError, retry_transient};
 use winhv::synic::VMBUS_MESSAGE_SINT;
@@ -143,6 +144,161 @@ fn clearing_the_guest_os_id_disables_hypercalls() {
     assert_eq!(vp.cpu.read_register(SyntheticRegister::Hypercall) & 1, 1);
     winhv::guest_id::clear_guest_os_id(&vp.cpu);
     assert_eq!(vp.cpu.read_register(SyntheticRegister::Hypercall) & 1, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bring-up through winhv::bringup, as a kernel does it
+
+/// Brings the partition up on VP 0 with fresh mock pages.
+fn bring_up_partition(m: &MockHypervisor) -> Result<Partition, BootError> {
+    let mut pages = || Some(guest_page(m));
+    // SAFETY: a MockVp models the hypercall page instead of jumping into it, so any fresh page
+    // is the page it "calls into".
+    unsafe { Partition::bring_up(&m.vp(0), harness_guest_os_id(), guest_page(m), &mut pages) }
+}
+
+#[test]
+fn two_vps_come_up_through_winhv_bringup() {
+    use SyntheticRegister::{GuestOsId, Hypercall, ReferenceTsc, Scontrol, Siefp, Simp, Sint};
+    for (preset, auto_eoi) in [(HostPreset::Ws2016, true), (HostPreset::Ws2022, false)] {
+        let m = MockHypervisor::new(MockConfig::new(preset).with_vp_count(2));
+        let mut pages = || Some(guest_page(&m));
+        let (cpu0, cpu1) = (m.vp(0), m.vp(1));
+        let partition = bring_up_partition(&m).unwrap();
+        let vp0 = Vp::bring_up(cpu0.clone(), &partition.info, &mut pages, VMBUS_VECTOR).unwrap();
+        let vp1 = Vp::bring_up(cpu1.clone(), &partition.info, &mut pages, VMBUS_VECTOR).unwrap();
+
+        // Partition-wide registers: written once, by the bootstrap VP, seen by both.
+        let writes = |register| {
+            [
+                m.register_writes(0, register),
+                m.register_writes(1, register),
+            ]
+        };
+        assert_eq!(
+            writes(GuestOsId),
+            [1, 0],
+            "{preset:?}: guest OS id written once"
+        );
+        assert_eq!(writes(Hypercall), [1, 0]);
+        assert_eq!(writes(ReferenceTsc), [1, 0]);
+        for cpu in [&cpu0, &cpu1] {
+            assert_eq!(cpu.read_register(GuestOsId), harness_guest_os_id().raw());
+            assert_eq!(
+                cpu.read_register(Hypercall),
+                partition.hypercall_page_gpa() | 1,
+                "hypercall page enabled"
+            );
+            assert_eq!(cpu.read_register(ReferenceTsc) & 1, 1, "TSC page enabled");
+        }
+
+        // Per-VP registers: each VP programs its own SynIC once.
+        let mut synic_pages = Vec::new();
+        for (index, cpu) in [(0, &cpu0), (1, &cpu1)] {
+            let sint = Sint(VMBUS_MESSAGE_SINT);
+            for register in [Simp, Siefp, sint, Scontrol] {
+                assert_eq!(
+                    m.register_writes(index, register),
+                    1,
+                    "VP {index} {register:?}"
+                );
+            }
+            let (simp, siefp) = (cpu.read_register(Simp), cpu.read_register(Siefp));
+            assert_eq!(
+                (simp & 1, siefp & 1),
+                (1, 1),
+                "VP {index}: SIMP and SIEFP enabled"
+            );
+            assert_eq!(
+                cpu.read_register(Scontrol) & 1,
+                1,
+                "VP {index}: SynIC enabled"
+            );
+            let sint = cpu.read_register(sint);
+            assert_eq!(sint & 0xFF, u64::from(VMBUS_VECTOR));
+            assert_eq!(sint & (1 << 16), 0, "unmasked");
+            assert_eq!(sint & (1 << 17) != 0, auto_eoi, "{preset:?} AutoEOI");
+            synic_pages.extend([simp >> 12, siefp >> 12]);
+        }
+        synic_pages.sort_unstable();
+        synic_pages.dedup();
+        assert_eq!(synic_pages.len(), 4, "every VP has its own SIMP and SIEFP");
+
+        // What came up works: a message for VP 1 lands in VP 1's SynIC, either VP can call
+        // the hypervisor, and the one clock reads the TSC page from both.
+        m.deliver_message(1, VMBUS_MESSAGE_SINT, 1, b"to VP 1")
+            .unwrap();
+        assert_eq!(m.take_interrupts(1), [VMBUS_VECTOR]);
+        assert!(
+            vp0.synic
+                .take_message(&cpu0, VMBUS_MESSAGE_SINT)
+                .unwrap()
+                .is_none()
+        );
+        let message = vp1.synic.take_message(&cpu1, VMBUS_MESSAGE_SINT).unwrap();
+        assert_eq!(message.expect("delivered").payload(), b"to VP 1");
+        m.connect_event_port(5);
+        vp0.hypercalls.signal_event(5, 1).unwrap();
+        vp1.hypercalls.signal_event(5, 2).unwrap();
+        assert_eq!(m.take_signaled_events(), [(5, 1), (5, 2)]);
+        m.advance_time(10_000);
+        let counter_reads = m.time_ref_count_reads();
+        for cpu in [&cpu0, &cpu1] {
+            assert!(partition.clock.now(cpu).abs_diff(m.reference_time()) <= 1);
+        }
+        assert_eq!(
+            m.time_ref_count_reads(),
+            counter_reads,
+            "read via the TSC page"
+        );
+        assert_eq!(m.protocol_errors(), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn failed_bring_up_writes_no_register() {
+    let m = MockHypervisor::new(
+        MockConfig::new(HostPreset::Ws2022).without_privileges(privilege::SIGNAL_EVENTS),
+    );
+    let err = bring_up_partition(&m).err();
+    assert_eq!(
+        err,
+        Some(BootError::Detect(DetectError::MissingPrivileges(
+            Privileges::SIGNAL_EVENTS
+        )))
+    );
+    assert_eq!(m.register_writes(0, SyntheticRegister::GuestOsId), 0);
+    assert!(err.is_some_and(|e| e.to_string().starts_with("Hyper-V detection: ")));
+    assert!(matches!(
+        boot_vp(&m, 0),
+        Err(BootError::Detect(DetectError::MissingPrivileges(_)))
+    ));
+}
+
+#[test]
+fn a_vp_cannot_come_up_before_its_partition() {
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let cpu = m.vp(1);
+    let info = winhv::detect(&cpu).unwrap();
+    let mut pages = || Some(guest_page(&m));
+    assert!(matches!(
+        Vp::bring_up(cpu.clone(), &info, &mut pages, VMBUS_VECTOR),
+        Err(BootError::HypercallPageDisabled)
+    ));
+    assert_eq!(m.register_writes(1, SyntheticRegister::Simp), 0);
+}
+
+#[test]
+fn without_the_tsc_privilege_the_partition_clock_reads_the_counter() {
+    let m = MockHypervisor::new(
+        MockConfig::new(HostPreset::Ws2016).without_privileges(privilege::PARTITION_REFERENCE_TSC),
+    );
+    let partition = bring_up_partition(&m).unwrap();
+    assert_eq!(m.register_writes(0, SyntheticRegister::ReferenceTsc), 0);
+    m.advance_time(777);
+    let counter_reads = m.time_ref_count_reads();
+    assert_eq!(partition.clock.now(&m.vp(0)), m.reference_time());
+    assert_eq!(m.time_ref_count_reads(), counter_reads + 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +701,28 @@ fn reference_time_from_the_tsc_page_and_the_counter_agree() {
         );
         assert!(now.abs_diff(expected) <= 1, "{now} vs {expected}");
     }
+}
+
+#[test]
+fn booting_another_vp_leaves_the_tsc_page_where_it_was() {
+    // REFERENCE_TSC is one register per partition: an AP that enables its own page moves the
+    // overlay away from the page VP 0's clock reads, which silently falls back to the counter.
+    let m = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
+    let vp0 = boot_vp(&m, 0).unwrap();
+    let _vp1 = boot_vp(&m, 1).unwrap();
+    let tsc_writes: u64 = (0..2)
+        .map(|vp| m.register_writes(vp, SyntheticRegister::ReferenceTsc))
+        .sum();
+    assert_eq!(tsc_writes, 1, "the TSC page is enabled once per partition");
+    m.advance_time(123_456);
+    let counter_reads = m.time_ref_count_reads();
+    let now = vp0.clock.now(&vp0.cpu);
+    assert!(now.abs_diff(m.reference_time()) <= 1);
+    assert_eq!(
+        m.time_ref_count_reads(),
+        counter_reads,
+        "VP 0 still reads the TSC page"
+    );
 }
 
 #[test]

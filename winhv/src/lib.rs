@@ -6,15 +6,15 @@
 //! trait, so the same code runs on Hyper-V, on Azure and against the mock hypervisor in the
 //! project's test harness.
 //!
-//! Bring-up order on each boot (the first three once per partition, the rest per virtual
-//! processor):
-//! 1. [`detect()`] Hyper-V and check privileges with [`HypervInfo::require`];
-//! 2. write a [`GuestOsId`];
-//! 3. [`enable_hypercall_page`];
-//! 4. [`Hypercalls::new`] with two parameter pages, [`Synic::enable`] with the message and
-//!    event-flags pages and the SINT routing, [`ReferenceTscPage::enable`].
+//! Bring-up on each boot is [`bringup`]: [`bringup::Partition::bring_up`] once per partition
+//! ([`detect()`] and [`HypervInfo::require`], a [`GuestOsId`], [`enable_hypercall_page`],
+//! [`ReferenceTscPage::enable`]), then [`bringup::Vp::bring_up`] on each virtual processor
+//! ([`Hypercalls::new`] with two parameter pages, [`Synic::enable`] with the message and
+//! event-flags pages and the VMBus SINT routing). The steps stay public for kernels that need
+//! a different sequence.
 #![no_std]
 
+pub mod bringup;
 pub mod cpu;
 pub mod crash;
 pub mod detect;

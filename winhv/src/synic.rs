@@ -161,7 +161,7 @@ impl SintConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), SynicError> {
+    pub(crate) fn validate(&self) -> Result<(), SynicError> {
         if self.sint >= SINT_COUNT {
             return Err(SynicError::InvalidSint(self.sint));
         }

@@ -104,6 +104,11 @@ pub struct ReferenceTscPage {
     page: HvPage,
 }
 
+// SAFETY: through a shared reference the page is only read, and only with atomic loads
+// (`read`); the hypervisor is its only writer and `disable` needs ownership. So every VP may
+// read one partition-wide page (or a `ReferenceClock` built on it) at the same time.
+unsafe impl Sync for ReferenceTscPage {}
+
 impl ReferenceTscPage {
     /// Points REFERENCE_TSC at `page` and enables it (an overlay: the hypervisor fills it).
     pub fn enable(cpu: &impl Cpu, info: &HypervInfo, page: HvPage) -> Result<Self, TimeError> {
@@ -171,6 +176,9 @@ impl ReferenceTscPage {
 
 /// Partition reference time from the best source available: the reference TSC page when it is
 /// enabled and valid, the TIME_REF_COUNT register otherwise.
+///
+/// Partition-wide like the page it reads: one clock serves every VP (it is `Sync`; pass each
+/// VP's own [`Cpu`] to [`ReferenceClock::now`]).
 pub struct ReferenceClock {
     tsc_page: Option<ReferenceTscPage>,
 }

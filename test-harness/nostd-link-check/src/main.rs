@@ -7,9 +7,12 @@
 #![no_std]
 #![no_main]
 
+use core::fmt::{self, Write};
 use core::panic::PanicInfo;
 use core::ptr::NonNull;
 
+use winhv::HvPage;
+use winhv::bringup::{BootError, Partition, Vp};
 use winhv::x86_64::NativeCpu;
 
 // Link every library crate even where it has no code yet.
@@ -37,27 +40,48 @@ fn exit(code: i32) -> ! {
     }
 }
 
-/// The bring-up a kernel performs, linked so every winhv entry point must build without std.
-fn bring_up(cpu: NativeCpu, pages: [NonNull<u8>; 5]) -> Result<u64, &'static str> {
-    let info = winhv::detect(&cpu).map_err(|_| "detect")?;
-    info.require(winhv::Privileges::REQUIRED_FOR_VMBUS)
-        .map_err(|_| "privileges")?;
+/// Formats into nothing: proves error messages need no allocator or std.
+struct Discard;
+
+impl fmt::Write for Discard {
+    fn write_str(&mut self, _: &str) -> fmt::Result {
+        Ok(())
+    }
+}
+
+/// Renders a bring-up error the way a kernel log would, then names the step.
+fn describe(error: BootError, step: &'static str) -> &'static str {
+    let _ = write!(Discard, "{error}");
+    step
+}
+
+/// The bring-up a kernel performs through `winhv::bringup`, linked so every winhv entry point
+/// must build without std.
+fn bring_up(
+    cpu: NativeCpu,
+    hypercall_page: NonNull<u8>,
+    pages: [NonNull<u8>; 5],
+) -> Result<u64, &'static str> {
     let id = winhv::GuestOsId::open_source(winhv::OpenSourceOsType(0x7F), 0, 1, 0)
         .map_err(|_| "guest id")?;
-    id.write(&cpu);
-    // SAFETY: never executed (see `_start`); a kernel reserves this page for the hypervisor.
-    unsafe { winhv::enable_hypercall_page(&cpu, 0x1000) }.map_err(|_| "hypercall page")?;
-    // SAFETY: never executed (see `_start`); the pages stand for kernel-owned pages.
-    let [a, b, c, d, e] = pages.map(|p| unsafe { winhv::HvPage::new(p, p.as_ptr() as u64) });
-    let mut calls = winhv::Hypercalls::new(cpu, a, b).map_err(|_| "pages")?;
-    calls.post_message(4, 1, &[0; 8]).map_err(|_| "post")?;
-    calls.signal_event(5, 0).map_err(|_| "signal")?;
-    let sint = winhv::SintConfig::recommended(&info, 2, 0xF3);
-    let synic = winhv::Synic::enable(&cpu, &info, c, d, &[sint]).map_err(|_| "synic")?;
-    let message = synic.take_message(&cpu, 2).map_err(|_| "message")?;
-    let tsc = winhv::ReferenceTscPage::enable(&cpu, &info, e).map_err(|_| "tsc")?;
-    let clock = winhv::ReferenceClock::with_tsc_page(&info, tsc).map_err(|_| "clock")?;
-    Ok(clock.now(&cpu) + message.map_or(0, |m| m.payload().len() as u64))
+    let as_page = |p: NonNull<u8>| {
+        // SAFETY: never executed (see `_start`); the pointers stand for kernel-owned pages.
+        unsafe { HvPage::new(p, p.as_ptr() as u64) }
+    };
+    let mut pages = pages.into_iter().map(as_page);
+    let mut source = || pages.next();
+    // SAFETY: never executed (see `_start`); `hypercall_page` is the address `cpu` was created
+    // with, as a kernel's would be.
+    let partition = unsafe { Partition::bring_up(&cpu, id, as_page(hypercall_page), &mut source) }
+        .map_err(|e| describe(e, "partition"))?;
+    let mut vp =
+        Vp::bring_up(cpu, &partition.info, &mut source, 0xF3).map_err(|e| describe(e, "vp"))?;
+    vp.hypercalls
+        .post_message(4, 1, &[0; 8])
+        .map_err(|_| "post")?;
+    vp.hypercalls.signal_event(5, 0).map_err(|_| "signal")?;
+    let message = vp.synic.take_message(&cpu, 2).map_err(|_| "message")?;
+    Ok(partition.clock.now(&cpu) + message.map_or(0, |m| m.payload().len() as u64))
 }
 
 /// Entry point of the freestanding binary.
@@ -67,7 +91,7 @@ pub extern "C" fn _start() -> ! {
     // SAFETY: no hypercall is issued unless the never-true condition below holds.
     let cpu = unsafe { NativeCpu::new(page) };
     if core::hint::black_box(false) {
-        let _ = core::hint::black_box(bring_up(cpu, [page; 5]));
+        let _ = core::hint::black_box(bring_up(cpu, page, [page; 5]));
     }
     exit(if winhv::detect(&cpu).is_ok() { 0 } else { 1 })
 }

@@ -347,4 +347,14 @@ impl MockHypervisor {
     pub fn protocol_errors(&self) -> Vec<String> {
         self.state().protocol_errors.clone()
     }
+
+    /// How many writes of `register` by VP `vp` the mock accepted (a write that faults is not
+    /// counted). Partition-wide registers such as GUEST_OS_ID count on the VP that wrote them.
+    pub fn register_writes(&self, vp: u32, register: winhv::SyntheticRegister) -> u64 {
+        self.state()
+            .register_writes
+            .get(&(vp as usize, register))
+            .copied()
+            .unwrap_or(0)
+    }
 }

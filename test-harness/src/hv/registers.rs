@@ -168,6 +168,7 @@ impl State {
             R::CrashParameter(n) => self.crash_parameters[usize::from(n)] = value,
             R::CrashControl => self.write_crash_control(mem, value)?,
         }
+        *self.register_writes.entry((vp, reg)).or_default() += 1;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! The mock's mutable state (everything behind the one mutex) and the operations shared by
 //! the register, hypercall and host-control paths.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use winhv::SyntheticRegister;
 
 use super::clock::Clock;
 use super::config::MockConfig;
@@ -78,6 +80,9 @@ pub(crate) struct State {
     pub ipis: Vec<(u8, u64)>,
     pub hypercall_log: Vec<(u16, u16)>,
     pub protocol_errors: Vec<String>,
+    /// Accepted register writes per (VP, register): a count, not a log, so a long run of EOM
+    /// writes costs nothing.
+    pub register_writes: HashMap<(usize, SyntheticRegister), u64>,
     pub allocator: PageAllocator,
     /// Guest pages the host side maps (GPADLs, in-flight requests, connection pages).
     pub host_map: HostMap,
@@ -110,6 +115,7 @@ impl State {
             ipis: Vec::new(),
             hypercall_log: Vec::new(),
             protocol_errors: Vec::new(),
+            register_writes: HashMap::new(),
             allocator: PageAllocator::new(mem.ram_pages()),
             host_map: HostMap::default(),
         }
