@@ -135,8 +135,7 @@ impl AtomicChannelBitmap {
             return false;
         }
         let bit = 1 << (relid % 64);
-        self.words[relid as usize / 64].fetch_and(!bit, core::sync::atomic::Ordering::AcqRel)
-            & bit
+        self.words[relid as usize / 64].fetch_and(!bit, core::sync::atomic::Ordering::AcqRel) & bit
             != 0
     }
 

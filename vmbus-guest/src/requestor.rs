@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(t.insert(4, false).unwrap_err().1, 4);
         t.fail_all(ChannelError::Rescinded);
         assert_eq!(t.in_flight(), 0);
-        assert!(t.complete(a.transaction_id()).is_none(), "failed ids match nothing");
+        assert!(
+            t.complete(a.transaction_id()).is_none(),
+            "failed ids match nothing"
+        );
         let mut got = [0u32; 4];
         let mut n = 0;
         while let Some((_, ctx, err)) = t.take_failed() {

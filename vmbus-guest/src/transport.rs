@@ -106,10 +106,7 @@ impl<C: Cpu + Clone> Transport for SynicTransport<C> {
         // Bounded: each iteration frees one slot; a stream of foreign messages stops after a
         // slot's worth of attempts and the caller polls again.
         for _ in 0..16 {
-            match self
-                .synic
-                .take_message(&self.cpu, VMBUS_MESSAGE_SINT)?
-            {
+            match self.synic.take_message(&self.cpu, VMBUS_MESSAGE_SINT)? {
                 None => return Ok(None),
                 Some(m) if m.message_type() == SYNIC_MESSAGE_TYPE_CHANNEL => {
                     return Ok(Some(RawMessage::new(m.payload())));

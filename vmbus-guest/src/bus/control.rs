@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Control, ConnectionState, Event, Negotiated, POST_ATTEMPTS, Vmbus};
+use super::{ConnectionState, Control, Event, Negotiated, POST_ATTEMPTS, Vmbus};
 use crate::error::{ProtocolViolation, VmbusError};
 use crate::hal::Hal;
 use crate::offers::{OfferInfo, OpenState};

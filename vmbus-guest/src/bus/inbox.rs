@@ -13,6 +13,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 /// Messages the inbox holds.
 pub const INBOX: usize = 8;
 
+/// The inbox had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
+
 pub(crate) struct Inbox {
     slots: [spin::Mutex<RawMessage>; INBOX],
     /// Next slot to read (consumer).
@@ -43,15 +47,15 @@ impl Inbox {
 
     /// Adds a message (producer side). Fails only when full, which a producer that checked
     /// [`Inbox::has_room`] never sees.
-    pub(crate) fn push(&self, m: RawMessage) -> Result<(), RawMessage> {
+    pub(crate) fn push(&self, m: &RawMessage) -> Result<(), Full> {
         let tail = self.tail.load(Ordering::Relaxed);
         if tail.wrapping_sub(self.head.load(Ordering::Acquire)) as usize >= INBOX {
-            return Err(m);
+            return Err(Full);
         }
         let Some(mut slot) = self.slots[tail as usize % INBOX].try_lock() else {
-            return Err(m);
+            return Err(Full);
         };
-        *slot = m;
+        *slot = *m;
         drop(slot);
         self.tail.store(tail.wrapping_add(1), Ordering::Release);
         Ok(())
@@ -78,16 +82,16 @@ mod tests {
         let q = Inbox::new();
         for i in 0..INBOX as u8 {
             assert!(q.has_room());
-            q.push(RawMessage::new(&[i])).unwrap();
+            q.push(&RawMessage::new(&[i])).unwrap();
         }
         assert!(!q.has_room());
-        assert!(q.push(RawMessage::new(&[99])).is_err());
+        assert!(q.push(&RawMessage::new(&[99])).is_err());
         for i in 0..INBOX as u8 {
             assert_eq!(q.pop().unwrap().payload(), &[i]);
         }
         assert!(q.pop().is_none());
         for round in 0..3 * INBOX as u8 {
-            q.push(RawMessage::new(&[round])).unwrap();
+            q.push(&RawMessage::new(&[round])).unwrap();
             assert_eq!(q.pop().unwrap().payload(), &[round]);
         }
     }

@@ -413,7 +413,7 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
                             work.set(relid);
                             self.work.set(relid);
                         }
-                        if let Err(m) = self.inbox.push(m) {
+                        if self.inbox.push(&m).is_err() {
                             // Cannot happen: room was checked and one context produces at a
                             // time. Said loudly rather than hidden.
                             log::error!(
@@ -489,7 +489,7 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
         self.work.drain_into(&mut channels);
         Work {
             channels,
-            control: !self.inbox_is_empty(),
+            control: n == MAX_MESSAGES_PER_POLL || !self.inbox_is_empty(),
         }
     }
 

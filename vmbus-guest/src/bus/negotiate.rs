@@ -3,9 +3,9 @@
 #![forbid(unsafe_code)]
 
 use super::{ConnectionState, Ctl, Event, Negotiated, SHARED_PAGES, Vmbus};
-use crate::shared::SharedPages;
 use crate::error::VmbusError;
 use crate::hal::Hal;
+use crate::shared::SharedPages;
 
 use crate::protocol::{
     FeatureFlags, InitiateContact, MESSAGE_CONNECTION_ID, MessageHeader, MessageType,
@@ -56,7 +56,11 @@ impl<T: Transport, H: Hal> Ctl<'_, T, H> {
     fn shared_gpas(&self) -> Result<(u64, u64, u64), VmbusError> {
         let p = self.monitor_pages.as_ref().ok_or(VmbusError::WrongState)?;
         let hal = self.bus.hal();
-        Ok((p.page_gpa(hal, 0)?, p.page_gpa(hal, 1)?, p.page_gpa(hal, 2)?))
+        Ok((
+            p.page_gpa(hal, 0)?,
+            p.page_gpa(hal, 1)?,
+            p.page_gpa(hal, 2)?,
+        ))
     }
 
     /// Posts INITIATE_CONTACT for `versions[index]`, moving down the list while the host
@@ -151,7 +155,9 @@ impl<T: Transport, H: Hal> Ctl<'_, T, H> {
             MESSAGE_CONNECTION_ID
         };
         let features = if requested >= VmbusVersion::V6_0 {
-            self.bus.config().features & SUPPORTED_FEATURES & r.supported_features.unwrap_or_default()
+            self.bus.config().features
+                & SUPPORTED_FEATURES
+                & r.supported_features.unwrap_or_default()
         } else {
             FeatureFlags::empty()
         };

@@ -84,9 +84,13 @@ impl Slots {
             let generation = ((cur >> 3) + 1) & (u32::MAX >> 3);
             s.relid.store(relid, Ordering::Relaxed);
             s.dma_in_flight.store(0, Ordering::Relaxed);
-            if s
-                .state
-                .compare_exchange(cur, pack(generation, LIVE), Ordering::AcqRel, Ordering::Relaxed)
+            if s.state
+                .compare_exchange(
+                    cur,
+                    pack(generation, LIVE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 return Some(SlotRef {
@@ -193,8 +197,9 @@ impl Slots {
         if st & 7 == POISONED {
             return false;
         }
-        if st >> 3 != r.generation {
-            // Reused or freed after a confirmed close (a leaked close poisons the slot).
+        if st >> 3 != r.generation || st & 7 == FREE {
+            // Closed with the host's confirmation (or with nothing outstanding), possibly
+            // reused since: an unconfirmed close with requests out poisons the slot instead.
             return true;
         }
         s.dma_in_flight.load(Ordering::Acquire) == 0

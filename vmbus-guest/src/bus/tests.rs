@@ -5,9 +5,10 @@ use crate::protocol::{
     GpadlCreated, MessageHeader, MessageType, OfferChannel, OpenResult, VersionResponse,
     VersionResponseWithFeatures,
 };
+use crate::shared::SharedPages;
 use crate::test_util::{Scripted, StdHal};
 use crate::wait::BoundedWait;
-use zerocopy::FromZeros;
+use zerocopy::{FromZeros, IntoBytes};
 extern crate std;
 use std::vec::Vec;
 
@@ -42,10 +43,10 @@ fn offer(relid: u32, inst: u32, sub: u16) -> Vec<u8> {
     o.as_bytes().to_vec()
 }
 
-fn new_conn() -> (Connection<Scripted, StdHal>, Scripted) {
+fn new_conn() -> (Vmbus<Scripted, StdHal>, Scripted) {
     let t = Scripted::default();
     (
-        Connection::new(t.clone(), StdHal, ConnectionConfig::default()),
+        Vmbus::new(t.clone(), StdHal, ConnectionConfig::default()),
         t,
     )
 }
@@ -57,7 +58,7 @@ fn contact_version(p: &[u8]) -> u32 {
 
 #[test]
 fn pre_5_0_host_falls_back_on_invalid_connection_id() {
-    let (mut c, t) = new_conn();
+    let (c, t) = new_conn();
     t.0.borrow_mut().reject_connection = Some(4);
     c.start_connect().unwrap();
     {
@@ -85,14 +86,29 @@ fn pre_5_0_host_falls_back_on_invalid_connection_id() {
     let s = t.0.borrow();
     let last = &s.posted.last().unwrap().1;
     assert_eq!(last[0], MessageType::REQUESTOFFERS.0 as u8);
-    assert_eq!(c.offers().len(), 0);
+    assert_eq!(c.with_offers(|o| o.len()), 0);
 }
 
 use std::vec;
 
 #[test]
 fn v6_switches_connection_id_and_keeps_granted_features() {
-    let (mut c, t) = new_conn();
+    // By default no 6.0 feature is requested (as Linux).
+    let (c, t) = new_conn();
+    c.start_connect().unwrap();
+    assert_eq!(
+        u32::from_le_bytes(t.0.borrow().posted[0].1[20..24].try_into().unwrap()),
+        0
+    );
+    let t = Scripted::default();
+    let c = Vmbus::new(
+        t.clone(),
+        StdHal,
+        ConnectionConfig {
+            features: FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS,
+            ..ConnectionConfig::default()
+        },
+    );
     c.start_connect().unwrap();
     {
         let s = t.0.borrow();
@@ -124,7 +140,7 @@ fn v6_switches_connection_id_and_keeps_granted_features() {
 
 #[test]
 fn refusals_walk_down_to_1_1_then_fail() {
-    let (mut c, t) = new_conn();
+    let (c, t) = new_conn();
     c.start_connect().unwrap();
     for v in crate::protocol::CANDIDATE_VERSIONS {
         let s = t.0.borrow().posted.last().unwrap().clone();
@@ -148,23 +164,23 @@ use crate::protocol::message_connection_id_for;
 
 #[test]
 fn insufficient_buffers_is_retried() {
-    let (mut c, t) = new_conn();
+    let (c, t) = new_conn();
     t.0.borrow_mut().fail_posts.extend([0x13, 0x13, 0x13]);
     c.start_connect().unwrap();
     assert_eq!(c.stats().post_retries, 3);
     assert_eq!(t.0.borrow().posted.len(), 1);
-    let (mut c, t) = new_conn();
+    let (c, t) = new_conn();
     t.0.borrow_mut()
         .fail_posts
         .extend([0x13; POST_ATTEMPTS as usize]);
     assert!(matches!(c.start_connect(), Err(VmbusError::Post(_))));
-    let (mut c, t) = new_conn();
+    let (c, t) = new_conn();
     t.0.borrow_mut().fail_posts.push_back(0x05);
     assert!(matches!(c.start_connect(), Err(VmbusError::Post(_))));
 }
 
-fn connected() -> (Connection<Scripted, StdHal>, Scripted) {
-    let (mut c, t) = new_conn();
+fn connected() -> (Vmbus<Scripted, StdHal>, Scripted) {
+    let (c, t) = new_conn();
     c.start_connect().unwrap();
     t.0.borrow_mut()
         .inbox
@@ -177,7 +193,7 @@ fn connected() -> (Connection<Scripted, StdHal>, Scripted) {
 
 #[test]
 fn offers_rescind_and_hostile_messages() {
-    let (mut c, t) = connected();
+    let (c, t) = connected();
     {
         let mut s = t.0.borrow_mut();
         s.inbox.push_back(offer(5, 1, 0));
@@ -192,8 +208,8 @@ fn offers_rescind_and_hostile_messages() {
     }
     c.poll();
     assert!(c.all_offers_delivered());
-    assert_eq!(c.offers().len(), 2);
-    assert_eq!(c.offers().offer(6).unwrap().primary_relid, Some(5));
+    assert_eq!(c.with_offers(|o| o.len()), 2);
+    assert_eq!(c.offer(6).unwrap().primary_relid, Some(5));
     assert_eq!(c.stats().violations, 6);
     // Rescind of an unopened channel releases the relid at once.
     let mut rescind = header(MessageType::RESCIND_CHANNELOFFER);
@@ -201,7 +217,7 @@ fn offers_rescind_and_hostile_messages() {
     t.0.borrow_mut().inbox.push_back(rescind.clone());
     t.0.borrow_mut().inbox.push_back(rescind);
     c.poll();
-    assert!(c.offers().offer(6).is_none());
+    assert!(c.offer(6).is_none());
     {
         let s = t.0.borrow();
         assert_eq!(s.posted.len(), 1);
@@ -228,21 +244,26 @@ fn offers_rescind_and_hostile_messages() {
         }
         t.0.borrow_mut().inbox.push_back(m);
     }
-    assert_eq!(c.poll(), MAX_MESSAGES_PER_POLL);
-    while c.poll() > 0 {}
+    let before = c.stats().messages;
+    assert!(c.poll().control, "a full poll says more is waiting");
+    assert_eq!(c.stats().messages - before, MAX_MESSAGES_PER_POLL as u64);
+    let mut polls = 0;
+    while c.poll().control {
+        polls += 1;
+        assert!(polls < 100);
+    }
     assert_eq!(c.state(), ConnectionState::Connected);
-    assert!(c.offers().offer(5).is_some());
+    assert!(c.offer(5).is_some());
     let _ = VersionResponse::new_zeroed();
 }
 
 #[test]
 fn gpadl_round_trip_and_rescind_revokes() {
-    let (mut c, t) = connected();
+    let (c, t) = connected();
     t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
     c.poll();
-    let pages = StdHal.alloc_pages(100).unwrap();
-    // SAFETY: test pages from the std HAL, leaked for the test.
-    let h = unsafe { c.start_gpadl(5, pages, 100) }.unwrap();
+    let pages = SharedPages::alloc(&StdHal, 100).unwrap();
+    let h = c.lock().start_gpadl(5, &pages).unwrap();
     assert_eq!(t.0.borrow().posted.len(), 1 + 3);
     let mut g = GpadlCreated::new_zeroed();
     g.header = MessageHeader::new(MessageType::GPADL_CREATED);
@@ -250,33 +271,116 @@ fn gpadl_round_trip_and_rescind_revokes() {
     g.gpadl_handle = h;
     t.0.borrow_mut().inbox.push_back(g.as_bytes().to_vec());
     let mut w = BoundedWait::new(3, || {});
-    c.wait_gpadl_created(h, &mut w).unwrap();
-    // SAFETY: as above.
-    let h2 = unsafe { c.start_gpadl(5, pages, 1) }.unwrap();
+    assert!(matches!(c.wait_gpadl_created(h, &mut w), Created::Yes(x) if x == h));
+    let h2 = c.lock().start_gpadl(5, &pages).unwrap();
     assert_ne!(h, h2);
     let mut rescind = header(MessageType::RESCIND_CHANNELOFFER);
     rescind.extend_from_slice(&5u32.to_le_bytes());
     t.0.borrow_mut().inbox.push_back(rescind);
     let mut w = BoundedWait::new(3, || {});
-    assert_eq!(
+    assert!(matches!(
         c.wait_gpadl_created(h2, &mut w),
-        Err(VmbusError::Rescinded(5))
-    );
-    // Never answered: timeout, not a hang.
-    let (mut c, _t) = connected();
-    _t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
+        Created::Unknown(VmbusError::Rescinded(5))
+    ));
+    // Never answered: timeout, not a hang; the outcome is unknown, so the pages must leak.
+    let (c, t) = connected();
+    t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
     c.poll();
-    // SAFETY: as above.
-    let h = unsafe { c.start_gpadl(5, pages, 1) }.unwrap();
+    let h = c.lock().start_gpadl(5, &pages).unwrap();
     let mut w = BoundedWait::new(10, || {});
-    assert_eq!(c.wait_gpadl_created(h, &mut w), Err(VmbusError::Timeout));
-    // SAFETY: test allocation; the scripted host maps nothing.
-    unsafe { StdHal.free_pages(pages, 100) };
+    assert!(matches!(
+        c.wait_gpadl_created(h, &mut w),
+        Created::Unknown(VmbusError::Timeout)
+    ));
+    // The scripted host maps nothing.
+    pages.free(&StdHal);
+}
+
+#[test]
+fn teardown_without_torndown_leaks_and_stale_epochs_leak() {
+    let (c, t) = connected();
+    t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
+    c.poll();
+    let pages = SharedPages::alloc(&StdHal, 1).unwrap();
+    let h = c.lock().start_gpadl(5, &pages).unwrap();
+    let mut g = GpadlCreated::new_zeroed();
+    g.header = MessageHeader::new(MessageType::GPADL_CREATED);
+    g.relid = 5;
+    g.gpadl_handle = h;
+    t.0.borrow_mut().inbox.push_back(g.as_bytes().to_vec());
+    assert!(matches!(
+        c.wait_gpadl_created(h, &mut BoundedWait::new(3, || {})),
+        Created::Yes(_)
+    ));
+    // GPADL_TORNDOWN never comes: leaked, and the handle forgotten.
+    let epoch = c.epoch();
+    assert_eq!(
+        c.teardown_gpadl(h, epoch, &mut BoundedWait::new(5, || {})),
+        Released::Leaked
+    );
+    assert_eq!(c.gpadl_count(), 0);
+    // After abandon, objects of the old epoch leak without posting anything.
+    c.abandon();
+    assert_ne!(c.epoch(), epoch);
+    let posted = t.0.borrow().posted.len();
+    assert_eq!(c.ended_epoch_release(epoch), Released::Leaked);
+    assert_eq!(
+        c.teardown_gpadl(h, epoch, &mut BoundedWait::new(5, || {})),
+        Released::Leaked
+    );
+    assert_eq!(t.0.borrow().posted.len(), posted);
+    // After a clean UNLOAD_RESPONSE the host released everything of that epoch.
+    let (c, t) = connected();
+    let epoch = c.epoch();
+    c.start_unload().unwrap();
+    t.0.borrow_mut()
+        .inbox
+        .push_back(header(MessageType::UNLOAD_RESPONSE));
+    c.poll();
+    assert_eq!(c.ended_epoch_release(epoch), Released::Freed);
+    pages.leak();
+}
+
+#[test]
+fn rescind_is_seen_by_the_interrupt_path_without_the_lock() {
+    let (c, t) = connected();
+    t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
+    c.poll();
+    let slot = c.slots.claim(5).unwrap();
+    let mut rescind = header(MessageType::RESCIND_CHANNELOFFER);
+    rescind.extend_from_slice(&5u32.to_le_bytes());
+    t.0.borrow_mut().inbox.push_back(rescind);
+    // Hold the control lock: the interrupt path must not need it.
+    let guard = c.lock();
+    let work = c.handle_interrupt();
+    drop(guard);
+    assert!(work.channels.contains(5));
+    assert!(work.control, "the RESCIND waits for the control path");
+    assert_eq!(c.slots.liveness(slot), Liveness::Rescinded);
+    c.poll();
+    assert!(c.offer(5).is_none());
+}
+
+#[test]
+fn version_lists_are_validated() {
+    static UNSORTED: [VmbusVersion; 2] = [VmbusVersion::V4_0, VmbusVersion::V5_0];
+    static EMPTY: [VmbusVersion; 0] = [];
+    for versions in [&UNSORTED[..], &EMPTY[..]] {
+        let c = Vmbus::new(
+            Scripted::default(),
+            StdHal,
+            ConnectionConfig {
+                versions,
+                ..ConnectionConfig::default()
+            },
+        );
+        assert_eq!(c.start_connect(), Err(VmbusError::NoCompatibleVersion));
+    }
 }
 
 #[test]
 fn unload_then_reconnect() {
-    let (mut c, t) = connected();
+    let (c, t) = connected();
     t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
     c.poll();
     c.start_unload().unwrap();
@@ -286,7 +390,7 @@ fn unload_then_reconnect() {
         .push_back(header(MessageType::UNLOAD_RESPONSE));
     c.poll();
     assert_eq!(c.state(), ConnectionState::Disconnected);
-    assert!(c.offers().is_empty());
+    assert!(c.with_offers(|o| o.is_empty()));
     c.start_connect().unwrap();
     t.0.borrow_mut()
         .inbox
@@ -296,7 +400,7 @@ fn unload_then_reconnect() {
         .inbox
         .push_back(header(MessageType::ALLOFFERS_DELIVERED));
     c.poll();
-    assert!(c.all_offers_delivered() && c.offers().offer(5).is_some());
+    assert!(c.all_offers_delivered() && c.offer(5).is_some());
     let requests =
         t.0.borrow()
             .posted

@@ -247,7 +247,11 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// Sends an in-band packet (type 6) without completion request, carrying the host's
     /// `transaction_id`: the reply form of protocols where the host starts every transaction
     /// and the guest answers in kind (integration services).
-    pub fn send_reply(&mut self, transaction_id: u64, payload: &[&[u8]]) -> Result<(), ChannelError> {
+    pub fn send_reply(
+        &mut self,
+        transaction_id: u64,
+        payload: &[&[u8]],
+    ) -> Result<(), ChannelError> {
         self.check()?;
         self.write_and_signal(&OutgoingPacket::in_band(transaction_id, false, payload))
     }
@@ -312,8 +316,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             byte_offset: 0,
             pfns: &[],
         }; MAX_GPA_DIRECT_RANGES];
-        for (r, &(byte_count, byte_offset, start, count)) in ranges.iter_mut().zip(spans.iter())
-        {
+        for (r, &(byte_count, byte_offset, start, count)) in ranges.iter_mut().zip(spans.iter()) {
             *r = GpaRange {
                 byte_count,
                 byte_offset,
@@ -333,8 +336,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         if host_buffer {
             self.bus.slots.dma_started(self.slot);
         }
-        let packet =
-            OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
+        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
         if let Err(e) = self.write_and_signal(&packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
@@ -419,7 +421,11 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             let packet = match buf.get(..len).map(IncomingPacket::reparse) {
                 Some(Ok(p)) => p,
                 // Cannot happen: `read` validated this very copy.
-                _ => return Err(ChannelError::Corrupt(Corrupt::TruncatedPacket { available: 0 })),
+                _ => {
+                    return Err(ChannelError::Corrupt(Corrupt::TruncatedPacket {
+                        available: 0,
+                    }));
+                }
             };
             return Ok(Some(match completion {
                 Some((request, context)) => Received::Completion {
@@ -618,6 +624,3 @@ impl<T: Transport, H: Hal, C, const N: usize> Drop for Channel<'_, T, H, C, N> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

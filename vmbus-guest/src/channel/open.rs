@@ -82,7 +82,11 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         let total_pages = config
             .outbound_pages
             .checked_add(config.inbound_pages)
-            .filter(|t| (t - 2).checked_mul(HV_PAGE_SIZE).is_some_and(|b| b <= u32::MAX as usize))
+            .filter(|t| {
+                (t - 2)
+                    .checked_mul(HV_PAGE_SIZE)
+                    .is_some_and(|b| b <= u32::MAX as usize)
+            })
             .ok_or(ChannelError::InvalidArgument("ring too large"))?;
         let epoch = bus.epoch();
         let (claimed, signaller, target_vp) = {

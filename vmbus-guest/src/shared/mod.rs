@@ -68,7 +68,11 @@ unsafe fn copy_out(dst: *mut u8, data: &[u8]) {
         let mut w = [0u8; 8];
         w.copy_from_slice(&data[i..i + 8]);
         // SAFETY: dst + i is 8-aligned (past the head) and the 8 bytes are in range.
-        unsafe { dst.add(i).cast::<u64>().write_volatile(u64::from_ne_bytes(w)) };
+        unsafe {
+            dst.add(i)
+                .cast::<u64>()
+                .write_volatile(u64::from_ne_bytes(w))
+        };
         i += 8;
     }
     while i < len {

@@ -1,9 +1,9 @@
 //! Ring memory over raw pages ([`RawRingMemory`]) and over a caller's buffer
 //! ([`FlatRingMemory`], tests and benchmarks). Data copies are volatile; the control page is
 //! atomics.
-use crate::ring::{LayoutError, MAX_DATA_SIZE, MIN_DATA_SIZE, RingMemory};
 use crate::ring::control::ControlPage;
 use crate::ring::protocol::CONTROL_PAGE_SIZE;
+use crate::ring::{LayoutError, MAX_DATA_SIZE, MIN_DATA_SIZE, RingMemory};
 use crate::ring::{RingReader, RingWriter};
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -44,8 +44,7 @@ impl RawRingMemory {
         data_size: u32,
         double_mapped: bool,
     ) -> Result<Self, LayoutError> {
-        if !data_size.is_multiple_of(8) || !(MIN_DATA_SIZE..=MAX_DATA_SIZE).contains(&data_size)
-        {
+        if !data_size.is_multiple_of(8) || !(MIN_DATA_SIZE..=MAX_DATA_SIZE).contains(&data_size) {
             return Err(LayoutError::BadDataSize);
         }
         if !control.as_ptr().is_aligned() || !data.cast::<u64>().as_ptr().is_aligned() {
