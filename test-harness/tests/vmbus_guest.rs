@@ -1,5 +1,5 @@
-//! The guest VMBus connection and channels against the mock VMBus host (deterministic: the
-//! host steps only when the guest waits), plus one bounded threaded test.
+//! The guest VMBus bus and channels against the mock VMBus host (deterministic: the host steps
+//! only when the guest waits), plus bounded threaded tests.
 
 mod common;
 
@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use test_harness::vmbus::{ChannelState, DeviceOffer, EchoDevice, HostRelease};
 use vmbus_guest::protocol::{DeviceClass, FeatureFlags, VmbusVersion};
 use vmbus_guest::{
-    BoundedWait, Channel, ChannelConfig, ChannelError, ConnectionState, Event, GpadlBuffer,
-    Received, RequestMode, VmbusError,
+    BoundedWait, Channel, ChannelConfig, ChannelError, ConnectionConfig, ConnectionState, Event,
+    HostBuffer, Released, VmbusError,
 };
 
 const RX: usize = 64 * 1024;
+const IN_BAND: u16 = 6;
 
 fn expected_version(r: HostRelease) -> VmbusVersion {
     match r {
@@ -26,94 +27,99 @@ fn expected_version(r: HostRelease) -> VmbusVersion {
     }
 }
 
-/// Sends one awaited request and one plain packet and checks both echoes.
-fn echo_round_trip(
-    guest: &mut Guest,
-    host: &mut test_harness::vmbus::MockVmbusHost,
-    ch: &mut Channel,
-) {
+/// One request/response exchange and one plain packet, checking both echoes.
+fn echo_round_trip(host: &mut test_harness::vmbus::MockVmbusHost, ch: &mut GuestChannel<'_>) {
     let msg = b"round trip through the host ring";
-    let id = ch
-        .send_request(guest, &[msg], 42, RequestMode::Await)
-        .expect("send request");
     let mut comp = [0u8; 128];
     let mut rx = vec![0u8; RX];
     let len = ch
-        .wait_completion(guest, id, &mut comp, &mut rx, |_| {}, &mut step(host))
+        .transact(&[msg], 42, &mut comp, &mut rx, |_| {}, &mut step(host))
         .expect("completion");
     assert!(len >= msg.len());
     assert_eq!(&comp[..msg.len()], msg);
-    ch.send(guest, &[b"in-band ", b"echo"]).expect("send");
+    ch.send(&[b"in-band ", b"echo"]).expect("send");
     let mut got = Vec::new();
-    let mut w = step(host);
-    while got.is_empty() {
-        guest.poll();
-        ch.poll(guest, &mut rx, |r| {
-            if let Received::Packet(p) = r {
-                got.extend_from_slice(&p.payload()[..12]);
-            }
-        })
-        .expect("poll");
-        if got.is_empty() {
-            vmbus_guest::Wait::wait(&mut w).expect("echo in time");
+    for _ in 0..20 {
+        host.step();
+        let (packets, r) = drain(ch, &mut rx);
+        r.expect("receive");
+        got.extend(packets);
+        if !got.is_empty() {
+            break;
         }
     }
-    assert_eq!(&got, b"in-band echo");
+    match got.as_slice() {
+        [Got::Packet(IN_BAND, p)] => assert_eq!(&p[..12], b"in-band echo"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
 }
 
 #[test]
 fn every_release_negotiates_its_version_and_echoes() {
     for &release in HostRelease::all() {
-        let (_hv, mut host, mut guest) = rig(release);
+        let (_hv, mut host, guest) = rig(release);
         let relid = add_echo(&mut host, NET, 1);
         let v = guest.connect(&mut step(&mut host)).expect("connect");
         assert_eq!(v, expected_version(release), "{}", release.name());
         assert_eq!(host.negotiated_version(), Some(v));
         let n = guest.negotiated().unwrap();
         assert_eq!(Some(n.message_connection_id), host.message_connection_id());
-        if v >= VmbusVersion::V6_0 {
-            assert_eq!(n.features, FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS);
-        }
-        let offer = *guest.offers().offer(relid).expect("offer");
+        // As Linux: no 6.0 feature requested unless configured.
+        assert_eq!(n.features, FeatureFlags::empty());
+        let offer = guest.offer(relid).expect("offer");
         assert_eq!(offer.class, DeviceClass::Network);
         assert_eq!(offer.interface_instance, instance(1));
-        let mut ch = Channel::open(
-            &mut guest,
-            relid,
-            &ChannelConfig::default(),
-            &mut step(&mut host),
-        )
-        .expect("open");
+        let mut ch = open_echo_channel(&guest, &mut host, relid);
         assert_eq!(host.channel_state(relid), Some(ChannelState::Open));
-        echo_round_trip(&mut guest, &mut host, &mut ch);
-        ch.close(&mut guest, &mut step(&mut host)).expect("close");
+        echo_round_trip(&mut host, &mut ch);
+        assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
         host.step();
         assert_eq!(host.gpadls(), 0);
         // UNLOAD and a clean reconnect (the kexec case) on every release.
         guest.unload(&mut step(&mut host)).expect("unload");
         assert!(host.unloaded());
         assert_eq!(guest.connect(&mut step(&mut host)).expect("reconnect"), v);
-        assert!(guest.offers().offer(relid).is_some());
+        assert!(guest.offer(relid).is_some());
         assert_clean(&host);
     }
 }
 
 #[test]
+fn guest_specified_signal_parameters_when_configured() {
+    let (hv, mut host, _) = rig(HostRelease::Copper);
+    let relid = add_echo(&mut host, NET, 1);
+    let vp = test_harness::guest::boot_vp(&hv, 0).unwrap();
+    let guest = vmbus_guest::Vmbus::new(
+        vmbus_guest::SynicTransport::for_current_vp(vp.hypercalls, vp.synic),
+        hv.hal(),
+        ConnectionConfig {
+            features: FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS,
+            ..ConnectionConfig::default()
+        },
+    );
+    guest.connect(&mut step(&mut host)).unwrap();
+    assert_eq!(
+        guest.negotiated().unwrap().features,
+        FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS
+    );
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_clean(&host);
+}
+
+#[test]
 fn offers_rescind_and_hot_add() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let (_hv, mut host, guest) = rig(HostRelease::Ws2022);
     let a = add_echo(&mut host, NET, 1);
     let b = add_echo(&mut host, SCSI, 2);
     guest.connect(&mut step(&mut host)).unwrap();
-    assert_eq!(guest.offers().iter().count(), 2);
+    assert_eq!(guest.with_offers(|t| t.iter().count()), 2);
     assert!(guest.all_offers_delivered());
     while guest.next_event().is_some() {}
     // Rescind of an unopened channel: released at once.
     host.rescind(b);
-    let mut w = step(&mut host);
-    guest
-        .wait_until(&mut w, |g| g.offers().offer(b).is_none().then_some(Ok(())))
-        .unwrap();
-    drop(w);
+    settle(&guest, &mut host, |g| g.offer(b).is_none());
     assert_eq!(guest.next_event(), Some(Event::Rescind(b)));
     host.step();
     assert_eq!(host.channel_state(b), Some(ChannelState::Released));
@@ -122,65 +128,78 @@ fn offers_rescind_and_hot_add() {
     let mut sub = DeviceOffer::new(NET, instance(1));
     sub.sub_channel_index = 1;
     let s = host.add_device(sub, Box::new(EchoDevice));
-    let mut w = step(&mut host);
-    guest
-        .wait_until(&mut w, |g| {
-            (g.offers().offer(c).is_some() && g.offers().offer(s).is_some()).then_some(Ok(()))
-        })
-        .unwrap();
-    drop(w);
-    assert_eq!(
-        guest.offers().offer(c).unwrap().class,
-        DeviceClass::Heartbeat
-    );
-    assert_eq!(guest.offers().offer(s).unwrap().primary_relid, Some(a));
-    assert_eq!(guest.offers().subchannels(a).count(), 1);
-    let mut ch = Channel::open(
-        &mut guest,
-        s,
+    settle(&guest, &mut host, |g| {
+        g.offer(c).is_some() && g.offer(s).is_some()
+    });
+    assert_eq!(guest.next_event(), Some(Event::Offer(c)));
+    assert_eq!(guest.next_event(), Some(Event::Offer(s)));
+    assert_eq!(guest.offer(c).unwrap().class, DeviceClass::Heartbeat);
+    assert_eq!(guest.offer(s).unwrap().primary_relid, Some(a));
+    assert_eq!(guest.with_offers(|t| t.subchannels(a).count()), 1);
+    // Open by class is one call; the sub-channel through the primary.
+    let primary: GuestChannel<'_> = Channel::open_class(
+        &guest,
+        DeviceClass::Network,
+        None,
         &ChannelConfig::default(),
         &mut step(&mut host),
     )
     .unwrap();
-    echo_round_trip(&mut guest, &mut host, &mut ch);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_eq!(primary.relid(), a);
+    let mut subs: [Option<GuestChannel<'_>>; 2] = [None, None];
+    let opened = primary.open_subchannels(
+        1,
+        &ChannelConfig::default(),
+        &mut step(&mut host),
+        &mut subs,
+    );
+    assert_eq!(opened, 1);
+    let mut ch = subs[0].take().unwrap();
+    assert_eq!(ch.relid(), s);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_eq!(primary.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
-fn gpadl_of_many_pages() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Copper);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
+fn host_buffers_behind_gpadls_of_many_pages() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Copper);
     // 300 pages: 1 header + 10 bodies.
-    let buf = GpadlBuffer::create(&mut guest, relid, 300, &mut step(&mut host)).unwrap();
-    let buf2 = GpadlBuffer::create(&mut guest, relid, 27, &mut step(&mut host)).unwrap();
-    assert_ne!(buf.handle(), buf2.handle());
+    let buf = HostBuffer::with_gpadl(&guest, relid, 300, &mut step(&mut host)).unwrap();
+    let buf2 = HostBuffer::with_gpadl(&guest, relid, 27, &mut step(&mut host)).unwrap();
+    assert_ne!(buf.gpadl_handle(), buf2.gpadl_handle());
     assert_eq!(host.gpadls(), 2);
-    buf.teardown(&mut guest, &mut step(&mut host)).unwrap();
-    buf2.teardown(&mut guest, &mut step(&mut host)).unwrap();
+    // Bounds-checked copies at any offset; nothing outside.
+    buf.write_at(300 * 4096 - 3, b"end").unwrap();
+    let mut end = [0u8; 3];
+    buf.read_at(300 * 4096 - 3, &mut end).unwrap();
+    assert_eq!(&end, b"end");
+    assert!(buf.write_at(300 * 4096 - 2, b"end").is_err());
+    assert!(buf.read_at(usize::MAX, &mut end).is_err());
+    assert!(buf.dma(0, 0).is_err() && buf.dma(300 * 4096, 1).is_err());
+    assert_eq!(buf.release(&mut step(&mut host)), Released::Freed);
+    assert_eq!(buf2.release(&mut step(&mut host)), Released::Freed);
     assert_eq!(host.gpadls(), 0);
-    assert!(guest.gpadls().is_empty());
+    assert_eq!(guest.gpadl_count(), 0);
     assert_clean(&host);
 }
 
 #[test]
 fn open_close_loop() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2019);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2019);
     for i in 0..50 {
         let mut ch = Channel::open(
-            &mut guest,
+            &guest,
             relid,
             &ChannelConfig::default(),
             &mut step(&mut host),
         )
         .unwrap_or_else(|e| panic!("open {i}: {e}"));
         if i % 10 == 0 {
-            echo_round_trip(&mut guest, &mut host, &mut ch);
+            echo_round_trip(&mut host, &mut ch);
         }
-        ch.close(&mut guest, &mut step(&mut host)).unwrap();
+        assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     }
     host.step();
     assert_eq!(host.gpadls(), 0);
@@ -188,192 +207,151 @@ fn open_close_loop() {
 }
 
 #[test]
-fn callback_completions_and_interrupt_bitmap() {
-    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
+fn completions_carry_their_context_and_the_interrupt_reports_work() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
     for i in 0..20u64 {
-        ch.send_request(&guest, &[&i.to_le_bytes()], i, RequestMode::Callback)
-            .unwrap();
+        ch.request(&[&i.to_le_bytes()], i).unwrap();
     }
     host.step();
     // The host signalled the channel: the interrupt entry point reports it.
     let work = guest.handle_interrupt();
-    assert!(work.contains(relid), "{work:?}");
+    assert!(work.channels.contains(relid), "{work:?}");
     let mut rx = vec![0u8; RX];
-    let mut seen = Vec::new();
-    ch.poll(&guest, &mut rx, |r| {
-        if let Received::Completion { cookie, packet, .. } = r {
-            assert_eq!(&packet.payload()[..8], &cookie.to_le_bytes());
-            seen.push(cookie);
-        }
-    })
-    .unwrap();
-    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    let (got, r) = drain(&mut ch, &mut rx);
+    r.unwrap();
+    let contexts: Vec<u64> = got
+        .iter()
+        .map(|g| match g {
+            Got::Completion(ctx, payload) => {
+                assert_eq!(&payload[..8], &ctx.to_le_bytes());
+                *ctx
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(contexts, (0..20).collect::<Vec<_>>());
     assert_eq!(ch.requests_in_flight(), 0);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
-fn gpa_direct_and_monitored_notification() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+fn gpa_direct_from_a_host_buffer_and_monitored_notification() {
+    let (hv, mut host, guest) = rig(HostRelease::Ws2022);
     let mut offer = DeviceOffer::new(SCSI, instance(7));
     offer.monitor = true;
     let relid = host.add_device(offer, Box::new(EchoDevice));
     guest.connect(&mut step(&mut host)).unwrap();
-    assert!(guest.offers().offer(relid).unwrap().monitor_id.is_some());
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    let data = GpadlBuffer::create(&mut guest, relid, 2, &mut step(&mut host)).unwrap();
-    // SAFETY: the buffer's two pages are ours until teardown.
-    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().as_ptr().add(100), 5000) };
-    // SAFETY: the GPADL buffer stays allocated until teardown at the end of the test, and the
-    // completion is awaited below before the bytes are looked at again.
-    let id = unsafe {
-        ch.send_gpa_direct(
-            &guest,
-            &[bytes],
-            &[b"gpa-direct request"],
-            9,
-            RequestMode::Await,
-        )
-    }
-    .unwrap();
-    let mut comp = [0u8; 128];
+    assert!(guest.offer(relid).unwrap().monitor_id.is_some());
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    let data = HostBuffer::new(&guest, 2).unwrap();
+    data.write_at(100, &[0x5A; 5000]).unwrap();
+    let dma = data.dma(100, 5000).unwrap();
+    assert_eq!((dma.page_offset(), dma.page_count()), (100, 2));
     let mut rx = vec![0u8; RX];
-    let len = ch
-        .wait_completion(
-            &mut guest,
-            id,
-            &mut comp,
-            &mut rx,
-            |_| {},
-            &mut step(&mut host),
-        )
-        .unwrap();
-    assert!(len >= 18);
-    assert_eq!(&comp[..18], b"gpa-direct request");
+    ch.request_dma(&[dma], &[b"gpa-direct request"], 9).unwrap();
+    let mut found = None;
+    for _ in 0..20 {
+        host.step();
+        let (got, r) = drain(&mut ch, &mut rx);
+        r.unwrap();
+        if let Some(Got::Completion(9, p)) = got.into_iter().next() {
+            found = Some(p);
+            break;
+        }
+    }
+    let p = found.expect("completion");
+    assert_eq!(&p[..18], b"gpa-direct request");
     // MNF: the guest set the monitor bit instead of calling HvSignalEvent.
     assert!(host.signal_count(relid) > 0);
     assert!(
         guest
             .transport()
             .synic()
-            .take_message(&_hv.vp(0), 2)
+            .take_message(&hv.vp(0), 2)
             .unwrap()
             .is_none()
     );
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
-    data.teardown(&mut guest, &mut step(&mut host)).unwrap();
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_eq!(data.release(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
-fn rescind_with_io_in_flight() {
-    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
-    let ids: Vec<_> = (0..10)
-        .map(|i| {
-            ch.send_request(&guest, &[b"io"], i, RequestMode::Await)
-                .unwrap()
+fn rescind_fails_every_request_in_flight_once() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    for ctx in 100..110 {
+        ch.request(&[b"io"], ctx).unwrap();
+    }
+    host.rescind(relid);
+    // The interrupt path alone (no control-path poll) makes the channel see it.
+    let work = guest.handle_interrupt();
+    assert!(work.channels.contains(relid), "the rescind is reported as work");
+    let mut rx = vec![0u8; RX];
+    let (got, r) = drain(&mut ch, &mut rx);
+    assert_eq!(r, Err(ChannelError::Rescinded));
+    let mut failed: Vec<u64> = got
+        .iter()
+        .map(|g| match g {
+            Got::Failed(ctx, ChannelError::Rescinded) => *ctx,
+            other => panic!("{other:?}"),
         })
         .collect();
-    host.rescind(relid);
-    guest.poll();
-    let mut rx = vec![0u8; RX];
-    assert_eq!(
-        ch.poll(&guest, &mut rx, |_| {}),
-        Err(ChannelError::Rescinded)
-    );
-    for id in ids {
-        assert_eq!(
-            ch.take_completion(id, &mut []),
-            Err(ChannelError::Rescinded)
-        );
-    }
-    assert_eq!(ch.send(&guest, &[b"x"]), Err(ChannelError::Rescinded));
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    failed.sort();
+    assert_eq!(failed, (100..110).collect::<Vec<_>>());
+    let (again, r) = drain(&mut ch, &mut rx);
+    assert!(again.is_empty(), "reported once");
+    assert_eq!(r, Err(ChannelError::Rescinded));
+    assert_eq!(ch.send(&[b"x"]), Err(ChannelError::Rescinded));
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     host.step();
     assert_eq!(host.channel_state(relid), Some(ChannelState::Released));
-    assert!(guest.offers().is_empty());
+    assert!(guest.with_offers(|t| t.is_empty()));
     assert_clean(&host);
 }
 
 #[test]
-fn callback_requests_in_flight_are_reported_failed_when_the_channel_dies() {
-    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
-    for cookie in 100..105 {
-        ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
-            .unwrap();
-    }
-    host.rescind(relid);
-    guest.poll();
-    let mut rx = vec![0u8; RX];
-    let mut failed = Vec::new();
-    let r = ch.poll(&guest, &mut rx, |p| {
-        if let Received::Failed { cookie, error, .. } = p {
-            failed.push((cookie, error));
-        }
-    });
-    assert_eq!(r, Err(ChannelError::Rescinded));
-    failed.sort_by_key(|(cookie, _)| *cookie);
-    let expected: Vec<_> = (100..105).map(|c| (c, ChannelError::Rescinded)).collect();
-    assert_eq!(
-        failed, expected,
-        "every callback request learns it failed, once"
-    );
-    let mut again = 0;
-    let _ = ch.poll(&guest, &mut rx, |_| again += 1);
-    assert_eq!(again, 0);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
-}
-
-#[test]
-fn a_poll_that_stops_early_says_more_is_waiting() {
-    // The host signals only on empty -> non-empty, so packets left behind by a bounded poll
-    // are announced by has_more(), not by an interrupt.
-    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
-    for cookie in 0..3 {
-        ch.send_request(&guest, &[b"io"], cookie, RequestMode::Callback)
-            .unwrap();
+fn a_bounded_receive_says_more_is_waiting() {
+    // The host signals only on empty -> non-empty, so packets left behind by a bounded batch
+    // are announced by end_batch()/has_more(), not by an interrupt.
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    for ctx in 0..3 {
+        ch.request(&[b"io"], ctx).unwrap();
     }
     for _ in 0..5 {
         host.step();
     }
-    assert!(
-        guest.handle_interrupt().contains(relid),
-        "the first packet interrupts"
-    );
+    assert!(guest.handle_interrupt().channels.contains(relid));
     let mut rx = vec![0u8; RX];
-    let mut seen = 0;
-    assert_eq!(ch.poll_at_most(&guest, &mut rx, 1, |_| seen += 1), Ok(1));
-    assert!(ch.has_more());
+    assert!(ch.recv(&mut rx).unwrap().is_some());
+    ch.yield_batch().unwrap();
     for _ in 0..5 {
         host.step();
     }
     assert!(
-        !guest.handle_interrupt().contains(relid),
-        "no interrupt announces what was left"
+        !guest.handle_interrupt().channels.contains(relid),
+        "the host does not interrupt a masked reader"
     );
-    while ch.has_more() {
-        ch.poll_at_most(&guest, &mut rx, 1, |_| seen += 1).unwrap();
+    let mut seen = 1;
+    while ch.recv(&mut rx).unwrap().is_some() {
+        seen += 1;
     }
+    assert!(!ch.end_batch().unwrap());
     assert_eq!(seen, 3);
     assert_eq!(ch.requests_in_flight(), 0);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
-fn rescind_cancels_a_pending_open_and_withheld_open_times_out() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
+fn withheld_open_times_out_and_the_offer_stays_usable() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
     host.set_withhold_open_result(relid, true);
-    let r = Channel::open(
-        &mut guest,
+    let r = Channel::<_, _>::open(
+        &guest,
         relid,
         &ChannelConfig::default(),
         &mut BoundedWait::new(10, || {
@@ -381,17 +359,27 @@ fn rescind_cancels_a_pending_open_and_withheld_open_times_out() {
         }),
     );
     assert_eq!(r.err(), Some(ChannelError::Timeout));
-    let mut p =
-        vmbus_guest::PendingOpen::start(&mut guest, relid, &ChannelConfig::default()).unwrap();
-    for _ in 0..5 {
-        host.step();
-        guest.poll();
-        assert!(p.poll(&mut guest).unwrap().is_none());
-    }
-    host.rescind(relid);
-    guest.poll();
-    assert_eq!(p.poll(&mut guest).err(), Some(ChannelError::Rescinded));
-    p.abort(&mut guest, &mut step(&mut host));
+    host.set_withhold_open_result(relid, false);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    // A rescind while OPENCHANNEL waits cancels the open.
+    host.set_withhold_open_result(relid, true);
+    let mut rescinded = false;
+    let r = Channel::<_, _>::open(
+        &guest,
+        relid,
+        &ChannelConfig::default(),
+        &mut BoundedWait::new(50, || {
+            if !rescinded && host.channel_state(relid) == Some(ChannelState::Opening) {
+                host.rescind(relid);
+                rescinded = true;
+            }
+            host.step();
+        }),
+    );
+    assert!(rescinded);
+    assert_eq!(r.err(), Some(ChannelError::Rescinded));
     host.step();
     assert_eq!(host.channel_state(relid), Some(ChannelState::Released));
     assert_clean(&host);
@@ -399,66 +387,41 @@ fn rescind_cancels_a_pending_open_and_withheld_open_times_out() {
 
 #[test]
 fn unload_and_reconnect() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2019);
-    let relid = add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
-    let ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2019);
+    let ch = open_echo_channel(&guest, &mut host, relid);
     guest.unload(&mut step(&mut host)).unwrap();
     assert!(host.unloaded());
     assert_eq!(guest.state(), ConnectionState::Disconnected);
-    // The channel outlived the connection: close frees its memory without messages.
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    // The channel outlived the connection; the host released everything with
+    // UNLOAD_RESPONSE, so close frees its memory without messages.
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     let v = guest.connect(&mut step(&mut host)).unwrap();
     assert_eq!(v, VmbusVersion::V5_2);
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    echo_round_trip(&mut guest, &mut host, &mut ch);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
 fn corrupt_ring_fails_requests_not_the_guest() {
-    let (_hv, mut host, mut guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
-    let id = ch
-        .send_request(&guest, &[b"x"], 0, RequestMode::Await)
-        .unwrap();
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    ch.request(&[b"x"], 5).unwrap();
     assert!(host.corrupt_inbound_write_index(relid, 13));
     let mut rx = vec![0u8; RX];
-    assert!(matches!(
-        ch.poll(&guest, &mut rx, |_| {}),
-        Err(ChannelError::Corrupt(_))
-    ));
-    assert!(matches!(
-        ch.take_completion(id, &mut []),
-        Err(ChannelError::Corrupt(_))
-    ));
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    echo_round_trip(&mut guest, &mut host, &mut ch);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    let (got, r) = drain(&mut ch, &mut rx);
+    assert!(matches!(r, Err(ChannelError::Corrupt(_))), "{r:?}");
+    assert!(matches!(got.as_slice(), [Got::Failed(5, ChannelError::Corrupt(_))]));
+    let _ = ch.close(&mut step(&mut host));
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
 }
 
 #[test]
 fn threaded_host_round_trip() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Copper);
+    let (_hv, mut host, guest) = rig(HostRelease::Copper);
     let relid = add_echo(&mut host, NET, 1);
     let host = host.spawn();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -467,25 +430,24 @@ fn threaded_host_round_trip() {
         std::thread::sleep(Duration::from_micros(100));
     });
     assert_eq!(guest.connect(&mut wait).unwrap(), VmbusVersion::V6_0);
-    let mut ch = Channel::open(&mut guest, relid, &ChannelConfig::default(), &mut wait).unwrap();
+    let mut ch: GuestChannel<'_> =
+        Channel::open(&guest, relid, &ChannelConfig::default(), &mut wait).unwrap();
     let mut comp = [0u8; 128];
     let mut rx = vec![0u8; RX];
     for i in 0..100u64 {
-        let id = ch
-            .send_request(&guest, &[&i.to_le_bytes()], i, RequestMode::Await)
-            .unwrap();
-        ch.wait_completion(&mut guest, id, &mut comp, &mut rx, |_| {}, &mut wait)
+        vmbus_guest::Wait::restart(&mut wait);
+        ch.transact(&[&i.to_le_bytes()], i, &mut comp, &mut rx, |_| {}, &mut wait)
             .unwrap();
         assert_eq!(&comp[..8], &i.to_le_bytes());
     }
-    ch.close(&mut guest, &mut wait).unwrap();
+    assert_eq!(ch.close(&mut wait), Released::Freed);
     let host = host.stop();
     assert_clean(&host);
 }
 
 #[test]
 fn connect_times_out_without_a_host() {
-    let (_hv, _host, mut guest) = rig(HostRelease::Ws2022);
+    let (_hv, _host, guest) = rig(HostRelease::Ws2022);
     assert_eq!(
         guest.connect(&mut BoundedWait::new(5, || {})),
         Err(VmbusError::Timeout)
@@ -493,11 +455,11 @@ fn connect_times_out_without_a_host() {
 }
 
 #[test]
-fn guest_objects_can_move_between_threads() {
+fn the_bus_is_shared_and_channels_move_between_threads() {
     fn send<T: Send>() {}
-    send::<Channel>();
-    send::<GpadlBuffer>();
-    send::<vmbus_guest::PendingOpen>();
+    fn sync<T: Sync>() {}
+    send::<GuestChannel<'static>>();
+    sync::<Guest>();
     send::<Guest>();
 }
 
@@ -511,21 +473,11 @@ fn control_messages_follow_the_target_vp() {
     let relid = add_echo(&mut host, NET, 1);
     let transport = vmbus_guest::SynicTransport::for_current_vp(vp1.hypercalls, vp1.synic);
     assert_eq!(vmbus_guest::Transport::vp_index(&transport), 1);
-    let mut guest = vmbus_guest::Connection::new(
-        transport,
-        hv.hal(),
-        vmbus_guest::ConnectionConfig::default(),
-    );
+    let guest = vmbus_guest::Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest.connect(&mut step(&mut host)).unwrap();
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    echo_round_trip(&mut guest, &mut host, &mut ch);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
@@ -533,12 +485,12 @@ fn control_messages_follow_the_target_vp() {
 fn the_guest_signals_only_when_the_ring_goes_from_empty_to_non_empty() {
     // Hyper-V throttles guests that signal needlessly (§7.8): a burst of packets the host has
     // not drained yet costs one signal, not one per packet.
-    let (_hv, mut host, guest, mut ch, relid) = open_echo(HostRelease::Ws2022);
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
     let mut rx = vec![0u8; RX];
     for round in 1..=3u64 {
         for i in 0..10u64 {
-            ch.send_request(&guest, &[b"burst"], i, RequestMode::Callback)
-                .unwrap();
+            ch.request(&[b"burst"], i).unwrap();
         }
         host.step();
         assert_eq!(
@@ -549,19 +501,22 @@ fn the_guest_signals_only_when_the_ring_goes_from_empty_to_non_empty() {
         let mut completions = 0;
         for _ in 0..10 {
             host.step();
-            ch.poll(&guest, &mut rx, |_| completions += 1).unwrap();
+            let (got, r) = drain(&mut ch, &mut rx);
+            r.unwrap();
+            completions += got.len();
             if completions == 10 {
                 break;
             }
         }
         assert_eq!(completions, 10);
     }
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
-fn channel_interrupts_on_another_vp_are_found_without_the_connection() {
-    // The connection lives on VP 0; the channel's interrupts are targeted at VP 1 (≥ 2.4).
+fn channel_interrupts_on_another_vp_are_found_without_the_bus() {
+    // The bus lives on VP 0; the channel's interrupts are targeted at VP 1 (≥ 2.4).
     use test_harness::hv::{HostPreset, MockConfig, MockHypervisor};
     let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_vp_count(2));
     let vp0 = test_harness::guest::boot_vp(&hv, 0).unwrap();
@@ -569,27 +524,23 @@ fn channel_interrupts_on_another_vp_are_found_without_the_connection() {
     let mut host = test_harness::vmbus::MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
     let relid = add_echo(&mut host, NET, 1);
     let transport = vmbus_guest::SynicTransport::for_current_vp(vp0.hypercalls, vp0.synic);
-    let mut guest = vmbus_guest::Connection::new(
-        transport,
-        hv.hal(),
-        vmbus_guest::ConnectionConfig::default(),
-    );
+    let guest = vmbus_guest::Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest.connect(&mut step(&mut host)).unwrap();
     let config = ChannelConfig {
         target_vp: Some(1),
         ..ChannelConfig::default()
     };
-    let mut ch = Channel::open(&mut guest, relid, &config, &mut step(&mut host)).unwrap();
-    ch.send_request(&guest, &[b"ping"], 1, RequestMode::Callback)
-        .unwrap();
+    let mut ch: GuestChannel<'_> =
+        Channel::open(&guest, relid, &config, &mut step(&mut host)).unwrap();
+    ch.request(&[b"ping"], 1).unwrap();
     for _ in 0..3 {
         host.step();
     }
     assert!(
-        !guest.handle_interrupt().contains(relid),
+        !guest.handle_interrupt().channels.contains(relid),
         "VP 0's SynIC has no flag for a channel targeted at VP 1"
     );
-    let limit = guest.offers().relid_limit();
+    let limit = guest.with_offers(|t| t.relid_limit());
     let work = vmbus_guest::take_channel_events(&vp1.synic, limit);
     assert!(work.contains(relid), "VP 1's SynIC has the channel's flag");
     assert!(
@@ -597,23 +548,16 @@ fn channel_interrupts_on_another_vp_are_found_without_the_connection() {
         "taken once"
     );
     let mut rx = vec![0u8; RX];
-    let mut completions = 0;
-    ch.poll(&guest, &mut rx, |p| {
-        if matches!(p, Received::Completion { .. }) {
-            completions += 1;
-        }
-    })
-    .unwrap();
-    assert_eq!(completions, 1);
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    let (got, r) = drain(&mut ch, &mut rx);
+    r.unwrap();
+    assert!(matches!(got.as_slice(), [Got::Completion(1, _)]));
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
 fn a_lost_unload_response_is_abandoned_and_the_guest_reconnects() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
-    add_echo(&mut host, NET, 1);
-    guest.connect(&mut step(&mut host)).unwrap();
+    let (_hv, mut host, guest, _relid) = connected_echo(HostRelease::Ws2022);
     // The host never gets to answer: the wait runs out while unloading.
     let mut silent = BoundedWait::new(5, || {});
     assert!(guest.unload(&mut silent).is_err());
@@ -626,6 +570,85 @@ fn a_lost_unload_response_is_abandoned_and_the_guest_reconnects() {
     assert_eq!(guest.state(), ConnectionState::Disconnected);
     // The late UNLOAD_RESPONSE is discarded as stale; the new connection works.
     guest.connect(&mut step(&mut host)).unwrap();
-    assert_eq!(guest.offers().iter().count(), 1);
+    assert_eq!(guest.with_offers(|t| t.iter().count()), 1);
     assert_clean(&host);
+}
+
+// ---- Teardown never frees what the host still holds (the three routes) ----
+
+#[test]
+fn close_after_abandon_leaks_the_ring_and_frees_nothing_the_host_maps() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let ch = open_echo_channel(&guest, &mut host, relid);
+    let buf = HostBuffer::with_gpadl(&guest, relid, 4, &mut step(&mut host)).unwrap();
+    let epoch = guest.epoch();
+    guest.abandon();
+    assert_ne!(guest.epoch(), epoch);
+    // The host still maps the ring and the buffer: both must leak, without messages.
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Leaked);
+    assert_eq!(buf.release(&mut step(&mut host)), Released::Leaked);
+    assert!(
+        host.freed_while_mapped().is_empty(),
+        "{:?}",
+        host.freed_while_mapped()
+    );
+    assert!(guest.stats().pages_leaked > 0, "the monitor pages were left to the host");
+}
+
+#[test]
+fn a_close_whose_torndown_never_arrives_leaks() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let ch = open_echo_channel(&guest, &mut host, relid);
+    let buf = HostBuffer::with_gpadl(&guest, relid, 4, &mut step(&mut host)).unwrap();
+    // The host never runs while the guest waits: no GPADL_TORNDOWN.
+    assert_eq!(
+        buf.release(&mut BoundedWait::new(5, || {})),
+        Released::Leaked
+    );
+    assert_eq!(ch.close(&mut BoundedWait::new(5, || {})), Released::Leaked);
+    host.step();
+    host.step();
+    assert!(
+        host.freed_while_mapped().is_empty(),
+        "{:?}",
+        host.freed_while_mapped()
+    );
+}
+
+#[test]
+fn a_host_buffer_named_by_a_request_in_flight_is_not_freed() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    let data = HostBuffer::new(&guest, 1).unwrap();
+    ch.request_dma(&[data.dma(0, 512).unwrap()], &[b"dma"], 1)
+        .unwrap();
+    host.step();
+    // The host took the request; the channel dies before it answers.
+    host.rescind(relid);
+    guest.handle_interrupt();
+    let mut rx = vec![0u8; RX];
+    let (_, r) = drain(&mut ch, &mut rx);
+    assert_eq!(r, Err(ChannelError::Rescinded));
+    // The completion may never come: the buffer stays the host's until the close is
+    // confirmed; after it, it is free.
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_eq!(data.release(&mut step(&mut host)), Released::Freed);
+    assert!(host.freed_while_mapped().is_empty());
+}
+
+#[test]
+fn a_buffer_released_while_its_channel_has_dma_out_leaks() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    let data = HostBuffer::new(&guest, 1).unwrap();
+    ch.request_dma(&[data.dma(0, 512).unwrap()], &[b"dma"], 1)
+        .unwrap();
+    assert_eq!(data.release(&mut step(&mut host)), Released::Leaked);
+    let mut rx = vec![0u8; RX];
+    for _ in 0..5 {
+        host.step();
+        let _ = drain(&mut ch, &mut rx);
+    }
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert!(host.freed_while_mapped().is_empty());
 }

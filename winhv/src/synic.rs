@@ -188,6 +188,12 @@ pub struct Synic {
     configured_sints: u16,
 }
 
+// SAFETY: every `&self` method reaches the message and event-flag pages only through atomics
+// (64-bit loads and compare-exchange on message slots, atomic bit operations on flags), which
+// are sound from any thread; the single-consumer rule of `take_message` is a protocol rule the
+// caller keeps (documented there), not a memory-safety one.
+unsafe impl Sync for Synic {}
+
 impl Synic {
     /// Enables the SynIC on the calling virtual processor in the documented order: SIMP, SIEFP,
     /// each SINT in `sints` (vector, unmasked, AutoEOI as configured), then SCONTROL.

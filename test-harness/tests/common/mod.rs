@@ -78,3 +78,56 @@ pub fn open_echo_channel<'b>(
     )
     .unwrap()
 }
+
+/// A received packet, copied out of the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    /// A host packet: its type and payload.
+    Packet(u16, Vec<u8>),
+    /// The completion of the request with this context.
+    Completion(u64, Vec<u8>),
+    /// The request with this context failed.
+    Failed(u64, vmbus_guest::ChannelError),
+}
+
+/// Receives everything in `ch`'s ring, batch after batch, until the ring is empty or the
+/// channel reports an error (after handing back every failed request).
+pub fn drain(
+    ch: &mut GuestChannel<'_>,
+    rx: &mut [u8],
+) -> (Vec<Got>, Result<(), vmbus_guest::ChannelError>) {
+    use vmbus_guest::Received;
+    let mut out = Vec::new();
+    loop {
+        loop {
+            match ch.recv(rx) {
+                Ok(Some(r)) => out.push(match r {
+                    Received::Packet(p) => Got::Packet(p.packet_type().0, p.payload().to_vec()),
+                    Received::Completion {
+                        context, packet, ..
+                    } => Got::Completion(context, packet.payload().to_vec()),
+                    Received::Failed { context, error, .. } => Got::Failed(context, error),
+                }),
+                Ok(None) => break,
+                Err(e) => return (out, Err(e)),
+            }
+        }
+        match ch.end_batch() {
+            Ok(true) => {}
+            Ok(false) => return (out, Ok(())),
+            Err(e) => return (out, Err(e)),
+        }
+    }
+}
+
+/// Polls the guest bus and steps the host until `done` holds (at most 200 rounds).
+pub fn settle(guest: &Guest, host: &mut MockVmbusHost, mut done: impl FnMut(&Guest) -> bool) {
+    for _ in 0..200 {
+        guest.poll();
+        if done(guest) {
+            return;
+        }
+        host.step();
+    }
+    panic!("the condition did not hold within 200 host steps");
+}
