@@ -10,7 +10,7 @@ use vmbus_guest::protocol::{
     GpadlCreated, GpadlTorndown, MessageHeader, MessageType, OfferChannel, OpenResult,
     VersionResponse,
 };
-use vmbus_guest::{Channel, ChannelConfig, Event, ProtocolViolation, RequestMode};
+use vmbus_guest::{Event, ProtocolViolation, Released};
 use zerocopy::{FromZeros, IntoBytes};
 
 fn offer(relid: u32, inst: u32) -> OfferChannel {
@@ -24,11 +24,15 @@ fn offer(relid: u32, inst: u32) -> OfferChannel {
     o
 }
 
-fn drain(guest: &mut Guest) {
-    while guest.poll() > 0 {}
+fn drain_control(guest: &Guest) {
+    let mut polls = 0;
+    while guest.poll().control {
+        polls += 1;
+        assert!(polls < 1000, "control messages never drained");
+    }
 }
 
-fn violations(guest: &mut Guest) -> Vec<ProtocolViolation> {
+fn violations(guest: &Guest) -> Vec<ProtocolViolation> {
     let mut v = Vec::new();
     while let Some(e) = guest.next_event() {
         if let Event::Violation(x) = e {
@@ -40,7 +44,7 @@ fn violations(guest: &mut Guest) -> Vec<ProtocolViolation> {
 
 #[test]
 fn malformed_and_bogus_control_messages() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let (_hv, mut host, guest) = rig(HostRelease::Ws2022);
     let relid = add_echo(&mut host, NET, 1);
     guest.connect(&mut step(&mut host)).unwrap();
     while guest.next_event().is_some() {}
@@ -78,8 +82,8 @@ fn malformed_and_bogus_control_messages() {
     v.version_supported = 1;
     host.inject_raw_message(v.as_bytes());
     host.inject_raw_message(&[3, 0, 0]);
-    drain(&mut guest);
-    let seen = violations(&mut guest);
+    drain_control(&guest);
+    let seen = violations(&guest);
     assert_eq!(seen.len(), 12, "{seen:#?}");
     assert!(seen.contains(&ProtocolViolation::BadRelid(0)));
     assert!(seen.contains(&ProtocolViolation::BadRelid(2048)));
@@ -88,21 +92,12 @@ fn malformed_and_bogus_control_messages() {
     assert!(seen.contains(&ProtocolViolation::UnknownGpadl(0xdead)));
     assert!(seen.contains(&ProtocolViolation::UnexpectedOpenResult(999)));
     // Nothing changed: one offer, and the channel still works end to end.
-    assert_eq!(guest.offers().iter().count(), 1);
-    let mut ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    let id = ch
-        .send_request(&guest, &[b"still alive"], 1, RequestMode::Await)
-        .unwrap();
+    assert_eq!(guest.with_offers(|t| t.iter().count()), 1);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
     let (mut comp, mut rx) = ([0u8; 64], vec![0u8; 65536]);
-    ch.wait_completion(
-        &mut guest,
-        id,
+    ch.transact(
+        &[b"still alive"],
+        1,
         &mut comp,
         &mut rx,
         |_| {},
@@ -110,13 +105,13 @@ fn malformed_and_bogus_control_messages() {
     )
     .unwrap();
     assert_eq!(&comp[..11], b"still alive");
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
 fn flood_of_junk_messages() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Copper);
+    let (_hv, mut host, guest) = rig(HostRelease::Copper);
     let relid = add_echo(&mut host, NET, 1);
     guest.connect(&mut step(&mut host)).unwrap();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -133,45 +128,29 @@ fn flood_of_junk_messages() {
         m[1..4].fill(0);
         host.inject_raw_message(&m);
     }
-    let mut polls = 0;
-    while guest.poll() > 0 {
-        polls += 1;
-        assert!(polls < 1000, "flood never drained");
-    }
+    drain_control(&guest);
     assert!(guest.stats().messages >= 1000);
     // The connection survives (junk offers may have added channels; the real one is intact).
-    assert!(guest.offers().offer(relid).is_some());
-    let ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    assert!(guest.offer(relid).is_some());
+    let ch = open_echo_channel(&guest, &mut host, relid);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
 }
 
 #[test]
 fn insufficient_buffers_is_retried_transparently() {
-    let (hv, mut host, mut guest) = rig(HostRelease::Ws2019);
+    let (hv, mut host, guest) = rig(HostRelease::Ws2019);
     let relid = add_echo(&mut host, NET, 1);
     hv.fail_next_post_messages(3, 0x13);
     guest.connect(&mut step(&mut host)).unwrap();
     assert_eq!(guest.stats().post_retries, 3);
-    let ch = Channel::open(
-        &mut guest,
-        relid,
-        &ChannelConfig::default(),
-        &mut step(&mut host),
-    )
-    .unwrap();
-    ch.close(&mut guest, &mut step(&mut host)).unwrap();
+    let ch = open_echo_channel(&guest, &mut host, relid);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert_clean(&host);
 }
 
 #[test]
 fn stale_messages_before_version_response_are_discarded() {
-    let (_hv, mut host, mut guest) = rig(HostRelease::Ws2022);
+    let (_hv, mut host, guest) = rig(HostRelease::Ws2022);
     let relid = add_echo(&mut host, NET, 1);
     // Leftovers of a previous instance, queued before the guest makes contact.
     host.inject_raw_message(offer(77, 9).as_bytes());
@@ -179,8 +158,8 @@ fn stale_messages_before_version_response_are_discarded() {
     host.inject_raw_message(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
     guest.connect(&mut step(&mut host)).unwrap();
     assert!(guest.stats().stale_discarded >= 3);
-    assert!(guest.offers().offer(77).is_none());
-    assert!(guest.offers().offer(relid).is_some());
+    assert!(guest.offer(77).is_none());
+    assert!(guest.offer(relid).is_some());
     assert_eq!(guest.stats().violations, 0);
     assert_clean(&host);
 }
