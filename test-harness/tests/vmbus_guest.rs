@@ -288,7 +288,10 @@ fn rescind_fails_every_request_in_flight_once() {
     host.rescind(relid);
     // The interrupt path alone (no control-path poll) makes the channel see it.
     let work = guest.handle_interrupt();
-    assert!(work.channels.contains(relid), "the rescind is reported as work");
+    assert!(
+        work.channels.contains(relid),
+        "the rescind is reported as work"
+    );
     let mut rx = vec![0u8; RX];
     let (got, r) = drain(&mut ch, &mut rx);
     assert_eq!(r, Err(ChannelError::Rescinded));
@@ -412,7 +415,10 @@ fn corrupt_ring_fails_requests_not_the_guest() {
     let mut rx = vec![0u8; RX];
     let (got, r) = drain(&mut ch, &mut rx);
     assert!(matches!(r, Err(ChannelError::Corrupt(_))), "{r:?}");
-    assert!(matches!(got.as_slice(), [Got::Failed(5, ChannelError::Corrupt(_))]));
+    assert!(matches!(
+        got.as_slice(),
+        [Got::Failed(5, ChannelError::Corrupt(_))]
+    ));
     let _ = ch.close(&mut step(&mut host));
     let mut ch = open_echo_channel(&guest, &mut host, relid);
     echo_round_trip(&mut host, &mut ch);
@@ -436,8 +442,15 @@ fn threaded_host_round_trip() {
     let mut rx = vec![0u8; RX];
     for i in 0..100u64 {
         vmbus_guest::Wait::restart(&mut wait);
-        ch.transact(&[&i.to_le_bytes()], i, &mut comp, &mut rx, |_| {}, &mut wait)
-            .unwrap();
+        ch.transact(
+            &[&i.to_le_bytes()],
+            i,
+            &mut comp,
+            &mut rx,
+            |_| {},
+            &mut wait,
+        )
+        .unwrap();
         assert_eq!(&comp[..8], &i.to_le_bytes());
     }
     assert_eq!(ch.close(&mut wait), Released::Freed);
@@ -592,7 +605,10 @@ fn close_after_abandon_leaks_the_ring_and_frees_nothing_the_host_maps() {
         "{:?}",
         host.freed_while_mapped()
     );
-    assert!(guest.stats().pages_leaked > 0, "the monitor pages were left to the host");
+    assert!(
+        guest.stats().pages_leaked > 0,
+        "the monitor pages were left to the host"
+    );
 }
 
 #[test]
@@ -651,4 +667,30 @@ fn a_buffer_released_while_its_channel_has_dma_out_leaks() {
     }
     assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     assert!(host.freed_while_mapped().is_empty());
+}
+
+#[test]
+fn sizes_fit_a_kernel_stack() {
+    let sizes = [
+        ("Vmbus", std::mem::size_of::<Guest>()),
+        (
+            "Channel (64 requests, u64 context)",
+            std::mem::size_of::<GuestChannel<'static>>(),
+        ),
+        (
+            "HostBuffer",
+            std::mem::size_of::<
+                HostBuffer<
+                    'static,
+                    vmbus_guest::SynicTransport<test_harness::hv::MockVp>,
+                    test_harness::hv::MockHal,
+                >,
+            >(),
+        ),
+        ("OfferTable", std::mem::size_of::<vmbus_guest::OfferTable>()),
+    ];
+    for (name, size) in sizes {
+        println!("{name}: {size} bytes");
+        assert!(size <= 16 * 1024, "{name} is {size} bytes");
+    }
 }

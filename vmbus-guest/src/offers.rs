@@ -5,15 +5,16 @@
 
 use crate::error::ProtocolViolation;
 use crate::protocol::{
-    DeviceClass, Guid, MAX_CHANNELS, MonitorPage, OfferChannel, OfferFlags, USER_DEFINED_SIZE,
-    VmbusVersion,
+    DeviceClass, Guid, MAX_CHANNELS, MonitorPage, OfferChannel, OfferFlags, VmbusVersion,
 };
 use heapless::Vec;
 
 /// Most offers (channels, sub-channels included) one connection tracks at a time.
 pub const MAX_OFFERS: usize = 64;
 
-/// A validated channel offer.
+/// A validated channel offer. The offer's 120-byte user-defined area (pipe and hvsock
+/// parameters) is not kept: no driver here uses it, and 64 copies of it would not fit the bus
+/// on a kernel stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OfferInfo {
     /// Child relid (1..2048): the channel id in every later message and its event flag.
@@ -28,8 +29,6 @@ pub struct OfferInfo {
     pub flags: OfferFlags,
     /// MMIO space the device needs, in MiB.
     pub mmio_megabytes: u16,
-    /// Device-specific user-defined area (@60).
-    pub user_defined: [u8; USER_DEFINED_SIZE],
     /// Sub-channel index (0 = primary).
     pub subchannel_index: u16,
     /// Relid of the primary channel, for a sub-channel whose primary is known.
@@ -63,7 +62,6 @@ impl OfferInfo {
             class,
             flags,
             mmio_megabytes: o.mmio_megabytes,
-            user_defined: o.user_defined,
             subchannel_index: o.subchannel_index,
             primary_relid: None,
             monitor_id,
