@@ -147,7 +147,9 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
         if epoch != self.epoch() {
             return self.ended_epoch_release(epoch);
         }
-        if let Err(e) = self.lock().start_gpadl_teardown(handle) {
+        // Bound first: the lock guard of the call must be gone before the error path locks.
+        let sent = self.lock().start_gpadl_teardown(handle);
+        if let Err(e) = sent {
             log::warn!("GPADL {handle:#x} teardown not sent: {e}");
             self.lock().gpadls.remove(handle);
             return Released::Leaked;

@@ -312,6 +312,12 @@ fn teardown_without_torndown_leaks_and_stale_epochs_leak() {
         c.wait_gpadl_created(h, &mut BoundedWait::new(3, || {})),
         Created::Yes(_)
     ));
+    // A handle that is not a created GPADL: nothing is sent, nothing freed (and no
+    // self-deadlock on the control lock in that error path).
+    assert_eq!(
+        c.teardown_gpadl(0x999, c.epoch(), &mut BoundedWait::new(5, || {})),
+        Released::Leaked
+    );
     // GPADL_TORNDOWN never comes: leaked, and the handle forgotten.
     let epoch = c.epoch();
     assert_eq!(
