@@ -467,20 +467,36 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
     /// SynIC) under the control lock and returns what it found: channels with work (rescinds)
     /// and whether messages are left. Thread context only; purely polled drivers call it in
     /// their loop.
+    ///
+    /// It takes messages from the SynIC itself, which (EOM being a per-VP register) must
+    /// happen on the VP the transport belongs to. A kernel whose control path may run on any
+    /// VP lets the VMBus interrupt on that VP take them ([`Vmbus::handle_interrupt`]) and
+    /// calls [`Vmbus::process`] elsewhere.
     pub fn poll(&self) -> Work {
+        self.drain(true)
+    }
+
+    /// Like [`Vmbus::poll`], but only processes what [`Vmbus::handle_interrupt`] already
+    /// copied into the inbox: callable from any VP (thread context).
+    pub fn process(&self) -> Work {
+        self.drain(false)
+    }
+
+    fn drain(&self, take_from_synic: bool) -> Work {
         let mut channels = ChannelBitmap::new();
         let mut ctl = self.lock();
         let mut n = 0;
         while n < MAX_MESSAGES_PER_POLL {
             let m = match self.dequeue() {
                 Some(m) => m,
-                None => {
+                None if take_from_synic => {
                     self.take_messages(&mut channels);
                     match self.dequeue() {
                         Some(m) => m,
                         None => break,
                     }
                 }
+                None => break,
             };
             ctl.handle_message(m.payload());
             n += 1;
