@@ -222,6 +222,22 @@ impl OfferTable {
             .map(|e| &e.info)
     }
 
+    /// Live offers newer than `after` (their offer sequence numbers are above it), oldest
+    /// first, with their sequence numbers: a driver that remembers the last number it saw
+    /// learns of every hot-added offer without sharing the connection's event queue.
+    pub fn offered_after(&self, after: u32) -> impl Iterator<Item = (u32, &OfferInfo)> {
+        let mut newer: heapless::Vec<(u32, &OfferInfo), MAX_OFFERS> = heapless::Vec::new();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| !e.rescinded && e.generation > after)
+        {
+            let _ = newer.push((e.generation, &e.info));
+        }
+        newer.sort_unstable_by_key(|(g, _)| *g);
+        newer.into_iter()
+    }
+
     /// Number of offers tracked (rescinded ones awaiting release included).
     pub fn len(&self) -> usize {
         self.entries.len()

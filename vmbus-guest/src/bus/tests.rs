@@ -208,6 +208,12 @@ fn offers_rescind_and_hostile_messages() {
     }
     c.poll();
     assert!(c.all_offers_delivered());
+    // A driver that watches for offers sees each once, by sequence number.
+    let seen: Vec<(u32, u32)> =
+        c.with_offers(|t| t.offered_after(0).map(|(g, o)| (g, o.relid)).collect());
+    assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), [5, 6]);
+    let last = seen[1].0;
+    assert_eq!(c.with_offers(|t| t.offered_after(last).count()), 0);
     assert_eq!(c.with_offers(|o| o.len()), 2);
     assert_eq!(c.offer(6).unwrap().primary_relid, Some(5));
     assert_eq!(c.stats().violations, 6);
