@@ -3,14 +3,15 @@
 //! The host reads and writes string (or integer) values in five pools. Pool AUTO (2) holds the
 //! guest's intrinsic data, which this crate answers from the [`GuestInfo`] the OS fills, in the
 //! enumeration order Linux uses ([`AUTO_POOL_KEYS`]). Pools EXTERNAL (0), GUEST (1) and
-//! AUTO_EXTERNAL (3) are fixed-capacity tables the host may SET, DELETE, GET and ENUMERATE;
+//! AUTO_EXTERNAL (3) are tables the host may SET, DELETE, GET and ENUMERATE, kept packed in
+//! one store of a fixed number of bytes (a const generic, [`DEFAULT_STORE_BYTES`] by default);
 //! the OS publishes its own values with [`Kvp::set_local`]. AUTO_INTERNAL (4) is local only.
 //! GET_IP_INFO is answered from [`GuestInfo::adapters`]; SET_IP_INFO is refused with
 //! ERROR_NOT_SUPPORTED (the OS configures its own network).
 //!
 //! Status codes follow Linux: a missing key (GET, DELETE), an enumeration index past the end,
 //! and a failed SET answer `NO_MORE_ITEMS` (Linux `HV_S_CONT`); malformed requests E_FAIL; a full
-//! table `DISK_FULL`. Only the string IP-info form (service ≤ 4.0) is offered, so the binary
+//! store `DISK_FULL`. Only the string IP-info form (service ≤ 4.0) is offered, so the binary
 //! KVP 5.0 form never arrives.
 
 use crate::protocol::{
@@ -20,7 +21,8 @@ use crate::protocol::{
 use crate::utf16::{self, Utf16Str};
 use crate::{IcError, IcEvent, IcHandler, IcMsgType, IcStatus, Outcome};
 use vmbus_guest::protocol::DeviceClass;
-use zerocopy::FromBytes;
+use zerocopy::byteorder::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// KVP service versions in preference order (Linux `kvp_versions`: 4.0, 3.0, 1.0).
 pub const KVP_VERSIONS: &[IcVersion] = &[
@@ -29,8 +31,14 @@ pub const KVP_VERSIONS: &[IcVersion] = &[
     IcVersion::new(1, 0),
 ];
 
-/// Default entries per table pool.
-pub const DEFAULT_POOL_CAPACITY: usize = 16;
+/// Default size in bytes of the store that holds the entries of every table pool: room for
+/// the couple of dozen host values Hyper-V pushes (host and VM names, host OS version …) while
+/// keeping an [`crate::channel::IcChannel`] of KVP within 16 KiB.
+pub const DEFAULT_STORE_BYTES: usize = 6144;
+
+/// Largest packet the KVP channel receives (the 7428-byte IP-info message): the buffer size an
+/// [`crate::channel::IcChannel`] needs.
+pub const MAX_PACKET: usize = crate::channel::max_packet(core::mem::size_of::<KvpIpInfoMsg>());
 
 /// Keys of the AUTO pool, in the index order Linux's KVP daemon enumerates them.
 pub const AUTO_POOL_KEYS: [&str; 10] = [
@@ -134,35 +142,20 @@ pub enum KvpValue<'a> {
     U64(u64),
 }
 
-/// One stored key/value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvpEntry {
+/// One stored key/value, borrowed from the service's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvpEntry<'s> {
     value_type: KvpValueType,
     /// Key code units (LE bytes) without the NUL: at most 255 units.
-    key: heapless::Vec<u8, { KVP_MAX_KEY_SIZE - 2 }>,
+    key: &'s [u8],
     /// String code units without the NUL, or the integer's LE bytes.
-    value: heapless::Vec<u8, KVP_MAX_VALUE_SIZE>,
+    value: &'s [u8],
 }
 
-impl KvpEntry {
-    fn new(key: Utf16Str<'_>, value_type: KvpValueType, value: &[u8]) -> Result<Self, IcError> {
-        let mut e = Self {
-            value_type,
-            key: heapless::Vec::new(),
-            value: heapless::Vec::new(),
-        };
-        e.key
-            .extend_from_slice(key.as_bytes())
-            .map_err(|_| IcError::StringTooLong)?;
-        e.value
-            .extend_from_slice(value)
-            .map_err(|_| IcError::StringTooLong)?;
-        Ok(e)
-    }
-
+impl<'s> KvpEntry<'s> {
     /// The key.
-    pub fn key(&self) -> Utf16Str<'_> {
-        Utf16Str::from_units_le(&self.key).unwrap_or_default()
+    pub fn key(&self) -> Utf16Str<'s> {
+        Utf16Str::from_units_le(self.key).unwrap_or_default()
     }
 
     /// The value type as the host sent it.
@@ -171,20 +164,15 @@ impl KvpEntry {
     }
 
     /// The value.
-    pub fn value(&self) -> KvpValue<'_> {
-        match self.value.len() {
-            4 if self.value_type == KvpValueType::REG_DWORD => KvpValue::U32(u32::from_le_bytes([
-                self.value[0],
-                self.value[1],
-                self.value[2],
-                self.value[3],
-            ])),
-            8 if !self.value_type.is_string() => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.value);
-                KvpValue::U64(u64::from_le_bytes(b))
+    pub fn value(&self) -> KvpValue<'s> {
+        match *self.value {
+            [a, b, c, d] if self.value_type == KvpValueType::REG_DWORD => {
+                KvpValue::U32(u32::from_le_bytes([a, b, c, d]))
             }
-            _ => KvpValue::String(Utf16Str::from_units_le(&self.value).unwrap_or_default()),
+            [a, b, c, d, e, f, g, h] if !self.value_type.is_string() => {
+                KvpValue::U64(u64::from_le_bytes([a, b, c, d, e, f, g, h]))
+            }
+            _ => KvpValue::String(Utf16Str::from_units_le(self.value).unwrap_or_default()),
         }
     }
 
@@ -192,38 +180,188 @@ impl KvpEntry {
     fn write_value(&self, rec: &mut KvpRecord) {
         rec.value_type.set(self.value_type.0);
         rec.value.fill(0);
-        rec.value[..self.value.len()].copy_from_slice(&self.value);
+        let n = self.value.len().min(rec.value.len());
+        rec.value[..n].copy_from_slice(&self.value[..n]);
         let size = if self.value_type.is_string() {
-            self.value.len() + 2
+            n + 2
         } else {
-            self.value.len()
+            n
         };
         rec.value_size.set(size as u32);
     }
 }
 
-/// The KVP service: guest-provided data plus fixed-capacity tables of `N` entries per pool.
-#[derive(Debug)]
-pub struct Kvp<'a, const N: usize = DEFAULT_POOL_CAPACITY> {
-    guest: GuestInfo<'a>,
-    pools: [heapless::Vec<KvpEntry, N>; KvpPool::COUNT],
+/// How each entry is kept in the store: this header, then the key bytes, then the value bytes.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+struct StoredHeader {
+    pool: u8,
+    reserved: u8,
+    key_len: U16,
+    value_len: U16,
+    value_type: U32,
 }
 
-fn check_pool(pool: KvpPool) -> Result<usize, IcError> {
-    let i = usize::from(pool.0);
-    if i < KvpPool::COUNT {
-        Ok(i)
+/// Store bytes each entry takes besides its key and value.
+pub const ENTRY_OVERHEAD: usize = core::mem::size_of::<StoredHeader>();
+
+/// Store bytes an entry with this key and value takes (both as UTF-16LE bytes without NUL).
+pub const fn entry_size(key_bytes: usize, value_bytes: usize) -> usize {
+    ENTRY_OVERHEAD + key_bytes + value_bytes
+}
+
+/// Where one entry lies in the store.
+#[derive(Clone, Copy, Debug)]
+struct Located<'s> {
+    pool: u8,
+    /// Byte position of its header.
+    pos: usize,
+    /// Bytes it takes (header included).
+    len: usize,
+    entry: KvpEntry<'s>,
+}
+
+/// The entries of every table pool packed into `B` bytes, in insertion order (which is the
+/// enumeration order within each pool). Only this module writes it, but it is still parsed
+/// without trusting it: a record that does not parse ends the walk.
+#[derive(Debug)]
+struct Store<const B: usize> {
+    bytes: [u8; B],
+    used: usize,
+}
+
+impl<const B: usize> Store<B> {
+    const fn new() -> Self {
+        Self {
+            bytes: [0; B],
+            used: 0,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Located<'_>> + '_ {
+        let data = self.bytes.get(..self.used).unwrap_or(&[]);
+        let mut pos = 0usize;
+        core::iter::from_fn(move || {
+            let rest = data.get(pos..)?;
+            let (h, rest) = StoredHeader::ref_from_prefix(rest).ok()?;
+            let (klen, vlen) = (usize::from(h.key_len.get()), usize::from(h.value_len.get()));
+            let (key, rest) = rest.split_at_checked(klen)?;
+            let value = rest.get(..vlen)?;
+            let located = Located {
+                pool: h.pool,
+                pos,
+                len: entry_size(klen, vlen),
+                entry: KvpEntry {
+                    value_type: KvpValueType(h.value_type.get()),
+                    key,
+                    value,
+                },
+            };
+            pos += located.len;
+            Some(located)
+        })
+    }
+
+    fn in_pool(&self, pool: u8) -> impl Iterator<Item = Located<'_>> + '_ {
+        self.iter().filter(move |l| l.pool == pool)
+    }
+
+    /// Slot (index in the pool), position and length of `key` in `pool`.
+    fn find(&self, pool: u8, key: Utf16Str<'_>) -> Option<(usize, usize, usize)> {
+        self.in_pool(pool)
+            .enumerate()
+            .find(|(_, l)| l.entry.key() == key)
+            .map(|(slot, l)| (slot, l.pos, l.len))
+    }
+
+    /// Writes one entry at `pos` (room already made).
+    fn write(&mut self, pos: usize, pool: u8, key: &[u8], value_type: KvpValueType, value: &[u8]) {
+        let header = StoredHeader {
+            pool,
+            reserved: 0,
+            key_len: U16::new(key.len() as u16),
+            value_len: U16::new(value.len() as u16),
+            value_type: U32::new(value_type.0),
+        };
+        let parts: [&[u8]; 3] = [header.as_bytes(), key, value];
+        let mut at = pos;
+        for part in parts {
+            if let Some(dst) = self.bytes.get_mut(at..at + part.len()) {
+                dst.copy_from_slice(part);
+            }
+            at += part.len();
+        }
+    }
+
+    /// Replaces or appends `key` in `pool` and returns its slot; an existing key keeps its
+    /// place. `Err(())` when the store has no room (the old entry is then unchanged).
+    fn upsert(
+        &mut self,
+        pool: u8,
+        key: Utf16Str<'_>,
+        value_type: KvpValueType,
+        value: &[u8],
+    ) -> Result<usize, ()> {
+        let key = key.as_bytes();
+        if key.len() > KVP_MAX_KEY_SIZE - 2 || value.len() > KVP_MAX_VALUE_SIZE {
+            return Err(());
+        }
+        let new_len = entry_size(key.len(), value.len());
+        let k = Utf16Str::from_units_le(key).ok_or(())?;
+        match self.find(pool, k) {
+            Some((slot, pos, old_len)) => {
+                let used = self.used - old_len + new_len;
+                if used > B {
+                    return Err(());
+                }
+                self.bytes
+                    .copy_within(pos + old_len..self.used, pos + new_len);
+                self.used = used;
+                self.write(pos, pool, key, value_type, value);
+                Ok(slot)
+            }
+            None => {
+                let pos = self.used;
+                if pos + new_len > B {
+                    return Err(());
+                }
+                let slot = self.in_pool(pool).count();
+                self.used += new_len;
+                self.write(pos, pool, key, value_type, value);
+                Ok(slot)
+            }
+        }
+    }
+
+    fn remove_at(&mut self, pos: usize, len: usize) {
+        self.bytes.copy_within(pos + len..self.used, pos);
+        self.used -= len;
+    }
+}
+
+/// The KVP service: guest-provided data plus the table pools' entries, kept in a store of
+/// `B` bytes shared by every pool (each entry takes [`entry_size`] bytes: typical keys and
+/// values of a few dozen characters cost ~100 bytes, a maximal one 2566).
+#[derive(Debug)]
+pub struct Kvp<'a, const B: usize = DEFAULT_STORE_BYTES> {
+    guest: GuestInfo<'a>,
+    store: Store<B>,
+}
+
+fn check_pool(pool: KvpPool) -> Result<u8, IcError> {
+    if usize::from(pool.0) < KvpPool::COUNT {
+        Ok(pool.0)
     } else {
         Err(IcError::InvalidPool(pool))
     }
 }
 
-impl<'a, const N: usize> Kvp<'a, N> {
+impl<'a, const B: usize> Kvp<'a, B> {
     /// A KVP service answering from `guest`, with empty tables.
     pub const fn new(guest: GuestInfo<'a>) -> Self {
         Self {
             guest,
-            pools: [const { heapless::Vec::new() }; KvpPool::COUNT],
+            store: Store::new(),
         }
     }
 
@@ -237,43 +375,43 @@ impl<'a, const N: usize> Kvp<'a, N> {
         self.guest = guest;
     }
 
-    /// Entries of a table pool in enumeration order (empty for AUTO and invalid pools).
-    pub fn entries(&self, pool: KvpPool) -> &[KvpEntry] {
-        match check_pool(pool) {
-            Ok(i) => &self.pools[i],
-            Err(_) => &[],
-        }
+    /// Entries of a table pool in enumeration order (none for AUTO and invalid pools).
+    pub fn entries(&self, pool: KvpPool) -> impl Iterator<Item = KvpEntry<'_>> + '_ {
+        let p = check_pool(pool).unwrap_or(u8::MAX);
+        self.store.in_pool(p).map(|l| l.entry)
     }
 
     /// Entry number `slot` of a table pool.
-    pub fn entry(&self, pool: KvpPool, slot: usize) -> Option<&KvpEntry> {
-        self.entries(pool).get(slot)
+    pub fn entry(&self, pool: KvpPool, slot: usize) -> Option<KvpEntry<'_>> {
+        self.entries(pool).nth(slot)
     }
 
     /// Looks a key up in a table pool.
-    pub fn get(&self, pool: KvpPool, key: &str) -> Option<&KvpEntry> {
-        self.entries(pool).iter().find(|e| e.key().eq_str(key))
+    pub fn get(&self, pool: KvpPool, key: &str) -> Option<KvpEntry<'_>> {
+        self.entries(pool).find(|e| e.key().eq_str(key))
     }
 
-    fn find(&self, pool: usize, key: Utf16Str<'_>) -> Option<usize> {
-        self.pools[pool].iter().position(|e| e.key() == key)
+    /// Store bytes in use and the capacity `B`.
+    pub fn store_usage(&self) -> (usize, usize) {
+        (self.store.used, B)
     }
 
-    fn upsert(&mut self, pool: KvpPool, entry: KvpEntry) -> Result<usize, IcError> {
+    fn upsert(
+        &mut self,
+        pool: KvpPool,
+        key: Utf16Str<'_>,
+        value_type: KvpValueType,
+        value: &[u8],
+    ) -> Result<usize, IcError> {
         let p = check_pool(pool)?;
-        if let Some(i) = self.find(p, entry.key()) {
-            self.pools[p][i] = entry;
-            return Ok(i);
-        }
-        self.pools[p]
-            .push(entry)
-            .map_err(|_| IcError::PoolFull(pool))?;
-        Ok(self.pools[p].len() - 1)
+        self.store
+            .upsert(p, key, value_type, value)
+            .map_err(|()| IcError::PoolFull(pool))
     }
 
     /// Publishes a string value from the OS (typically into GUEST or AUTO_INTERNAL). Keys must be
     /// non-empty and ≤ 255 UTF-16 units, values ≤ 1023 units. AUTO is answered from
-    /// [`GuestInfo`] and cannot be written.
+    /// [`GuestInfo`] and cannot be written. Returns the entry's slot in its pool.
     pub fn set_local(&mut self, pool: KvpPool, key: &str, value: &str) -> Result<usize, IcError> {
         check_pool(pool)?;
         if pool == KvpPool::AUTO {
@@ -290,8 +428,7 @@ impl<'a, const N: usize> Kvp<'a, N> {
                 max: KVP_MAX_KEY_SIZE,
             });
         }
-        let entry = KvpEntry::new(k, KvpValueType::REG_SZ, &vbuf[..vsize - 2])?;
-        self.upsert(pool, entry)
+        self.upsert(pool, k, KvpValueType::REG_SZ, &vbuf[..vsize - 2])
     }
 
     /// Removes a key from a table pool; whether it was there.
@@ -299,16 +436,21 @@ impl<'a, const N: usize> Kvp<'a, N> {
         let Ok(p) = check_pool(pool) else {
             return false;
         };
-        match self.pools[p].iter().position(|e| e.key().eq_str(key)) {
-            Some(i) => {
-                self.pools[p].remove(i);
+        let found = self
+            .store
+            .in_pool(p)
+            .find(|l| l.entry.key().eq_str(key))
+            .map(|l| (l.pos, l.len));
+        match found {
+            Some((pos, len)) => {
+                self.store.remove_at(pos, len);
                 true
             }
             None => false,
         }
     }
 
-    fn wire_pool(pool: u8) -> Result<(KvpPool, usize), IcError> {
+    fn wire_pool(pool: u8) -> Result<(KvpPool, u8), IcError> {
         let p = KvpPool(pool);
         if p == KvpPool::AUTO_INTERNAL {
             return Err(IcError::InvalidPool(p));
@@ -353,10 +495,10 @@ impl<'a, const N: usize> Kvp<'a, N> {
             m.record.value_size.set(size as u32);
             return Ok(Outcome::ok(IcEvent::None));
         }
-        let Some(i) = self.find(p, key) else {
+        let Some(found) = self.store.in_pool(p).find(|l| l.entry.key() == key) else {
             return Ok(Outcome::fail(IcStatus::NO_MORE_ITEMS, IcError::KeyNotFound));
         };
-        self.pools[p][i].write_value(&mut m.record);
+        found.entry.write_value(&mut m.record);
         Ok(Outcome::ok(IcEvent::None))
     }
 
@@ -385,8 +527,7 @@ impl<'a, const N: usize> Kvp<'a, N> {
         } else {
             return Err(bad);
         };
-        let entry = KvpEntry::new(key, value_type, value)?;
-        match self.upsert(pool, entry) {
+        match self.upsert(pool, key, value_type, value) {
             Ok(slot) => Ok(Outcome::ok(IcEvent::KvpSetByHost { pool, slot })),
             Err(e @ IcError::PoolFull(_)) => Ok(Outcome::fail(IcStatus::DISK_FULL, e)),
             Err(e) => Err(e),
@@ -400,9 +541,9 @@ impl<'a, const N: usize> Kvp<'a, N> {
         let (pool, p) = Self::wire_pool(m.header.pool)?;
         Self::host_writable(pool)?;
         let key = Self::decode_key(&m.key, m.key_size.get())?;
-        match self.find(p, key) {
-            Some(i) => {
-                self.pools[p].remove(i);
+        match self.store.find(p, key) {
+            Some((_, pos, len)) => {
+                self.store.remove_at(pos, len);
                 Ok(Outcome::ok(IcEvent::KvpDeletedByHost { pool }))
             }
             None => Ok(Outcome::fail(IcStatus::NO_MORE_ITEMS, IcError::KeyNotFound)),
@@ -427,7 +568,7 @@ impl<'a, const N: usize> Kvp<'a, N> {
             rec.value_size.set(vsize as u32);
             rec.value_type.set(KvpValueType::REG_SZ.0);
         } else {
-            let Some(e) = self.pools[p].get(index) else {
+            let Some(e) = self.store.in_pool(p).nth(index).map(|l| l.entry) else {
                 return Ok(no_more);
             };
             let ksize = utf16::encode_utf16(e.key(), &mut rec.key)?;

@@ -83,7 +83,7 @@ fn negotiate_shutdown_timesync_kvp() {
     let (_, r) = negotiate(&mut ts, &[(3, 0)], &[(4, 0)]);
     assert_eq!(&r[36..44], &[3, 0, 0, 0, 4, 0, 0, 0]);
 
-    let mut kvp = IcService::new(Box::new(Kvp::<2>::new(GuestInfo::default())));
+    let mut kvp = IcService::new(Box::new(<Kvp<'static>>::new(GuestInfo::default())));
     // OpenVMM offers 3.0, 4.0, 5.0: this guest (like Linux) stops at 4.0.
     let (_, r) = negotiate(&mut kvp, &[(3, 0)], &[(3, 0), (4, 0), (5, 0)]);
     assert_eq!(&r[36..44], &[3, 0, 0, 0, 4, 0, 0, 0]);
@@ -406,7 +406,7 @@ fn timesync_v3_uses_time_of_receipt() {
 
 // ---------------------------------------------------------------- KVP
 
-type KvpSvc = IcService<Box<Kvp<'static, 4>>>;
+type KvpSvc = IcService<Box<Kvp<'static>>>;
 
 /// Test-only: drive boxed services (the KVP tables are too big for comfort on a test stack).
 impl<T: IcHandler> IcHandler for Box<T> {
@@ -457,7 +457,12 @@ fn guest() -> GuestInfo<'static> {
 }
 
 fn kvp() -> KvpSvc {
-    let mut svc = IcService::new(Box::new(Kvp::<4>::new(guest())));
+    kvp_with_store()
+}
+
+/// A negotiated KVP service whose store holds `B` bytes.
+fn kvp_with_store<const B: usize>() -> IcService<Box<Kvp<'static, B>>> {
+    let mut svc = IcService::new(Box::new(Kvp::<B>::new(guest())));
     negotiate(&mut svc, &[(3, 0)], &[(4, 0)]);
     svc
 }
@@ -754,7 +759,9 @@ fn kvp_rejects_bad_strings_and_pools() {
 
 #[test]
 fn kvp_pool_capacity_is_enforced() {
-    let mut svc = kvp();
+    // Room for exactly four entries of a 2-unit key and a 1-unit value.
+    const FOUR: usize = 4 * crate::kvp::entry_size(4, 2);
+    let mut svc = kvp_with_store::<FOUR>();
     for i in 0..4 {
         let (reply, _) = run(&mut svc, &kv_str(1, 0, &std::format!("K{i}"), "v"));
         assert_eq!(reply.status, IcStatus::S_OK);
@@ -768,6 +775,37 @@ fn kvp_pool_capacity_is_enforced() {
     // Overwriting an existing key still works when full.
     let (reply, _) = run(&mut svc, &kv_str(1, 0, "K3", "w"));
     assert_eq!(reply.status, IcStatus::S_OK);
+    // The store is shared by the pools: another pool is full too.
+    let (reply, _) = run(&mut svc, &kv_str(1, 3, "K5", "v"));
+    assert_eq!(
+        reply.event,
+        IcEvent::Rejected(IcError::PoolFull(KvpPool::AUTO_EXTERNAL))
+    );
+    // A longer value for an existing key does not fit either, and leaves the old one.
+    let (reply, _) = run(&mut svc, &kv_str(1, 0, "K1", "longer"));
+    assert_eq!(reply.status, IcStatus::DISK_FULL);
+    assert!(matches!(
+        svc.handler().get(KvpPool::EXTERNAL, "K1").unwrap().value(),
+        KvpValue::String(s) if s.eq_str("v")
+    ));
+    // Deleting makes room again, and the order of the others is kept.
+    let (reply, _) = run(&mut svc, &kv_delete(0, "K0"));
+    assert_eq!(reply.status, IcStatus::S_OK);
+    let (reply, _) = run(&mut svc, &kv_str(1, 0, "K4", "v"));
+    assert_eq!(
+        reply.event,
+        IcEvent::KvpSetByHost {
+            pool: KvpPool::EXTERNAL,
+            slot: 3
+        }
+    );
+    let keys: Vec<std::string::String> = svc
+        .handler()
+        .entries(KvpPool::EXTERNAL)
+        .map(|e| e.key().chars().collect())
+        .collect();
+    assert_eq!(keys, ["K1", "K2", "K3", "K4"]);
+    assert_eq!(svc.handler().store_usage(), (FOUR, FOUR));
 }
 
 fn ip_msg(op: u8, adapter: &str) -> Vec<u8> {
@@ -813,7 +851,7 @@ fn kvp_ip_info() {
 
 #[test]
 fn kvp_local_api_validates() {
-    let mut k = Box::new(Kvp::<2>::new(guest()));
+    let mut k = Box::new(<Kvp<'static>>::new(guest()));
     assert_eq!(
         k.set_local(KvpPool::AUTO, "a", "b"),
         Err(IcError::PoolNotWritable(KvpPool::AUTO))
@@ -946,4 +984,47 @@ fn fuzz_kvp() {
         ip_msg(5, "00:15:5D:00:01:02"),
     ];
     fuzz_service(&mut svc, &bases, 0x5eed);
+}
+
+/// The KVP store never panics and never corrupts itself under random host SET / DELETE
+/// traffic: every entry stays readable, keys stay unique per pool, usage stays in bounds.
+#[test]
+fn kvp_store_survives_random_traffic() {
+    let mut svc = kvp_with_store::<600>();
+    let mut rng = XorShift(0xfeed);
+    for _ in 0..4000 {
+        let pool = (rng.next() % 4) as u8;
+        let key = std::format!("k{}", rng.next() % 12);
+        let value = "v".repeat((rng.next() % 40) as usize);
+        let req = if rng.next().is_multiple_of(3) {
+            kv_delete(pool, &key)
+        } else {
+            kv_str(1, pool, &key, &value)
+        };
+        run(&mut svc, &req);
+        let k = svc.handler();
+        let (used, cap) = k.store_usage();
+        assert!(used <= cap);
+        let mut total = 0;
+        for p in 0..4 {
+            let keys: Vec<std::string::String> = k
+                .entries(KvpPool(p))
+                .map(|e| {
+                    total += crate::kvp::entry_size(
+                        2 * e.key().len_units(),
+                        match e.value() {
+                            KvpValue::String(s) => 2 * s.len_units(),
+                            _ => unreachable!("only strings were set"),
+                        },
+                    );
+                    e.key().chars().collect()
+                })
+                .collect();
+            let mut unique = keys.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), keys.len(), "pool {p}: {keys:?}");
+        }
+        assert_eq!(total, used, "every stored byte belongs to a readable entry");
+    }
 }
