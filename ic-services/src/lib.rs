@@ -40,6 +40,7 @@
 //! Host input is untrusted: every length, count, pool number and string is validated; nothing
 //! panics on any byte input; failures are typed ([`IcError`]).
 #![no_std]
+#![forbid(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
@@ -69,6 +70,21 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Framework versions this guest accepts, in preference order (Linux `fw_versions`: 3.0, 1.0).
 pub const FRAMEWORK_VERSIONS: &[IcVersion] = &[IcVersion::new(3, 0), IcVersion::new(1, 0)];
+
+/// Bytes of the response to `request`: its own length, and at least 44 for NEGOTIATE.
+fn response_size(request: &[u8]) -> Result<usize, IcError> {
+    let len = request.len();
+    let Ok((prefix, _)) = IcMessagePrefix::read_from_prefix(request) else {
+        return Err(IcError::TruncatedHeader { len });
+    };
+    Ok(
+        if IcMsgType(prefix.ic.icmsgtype.get()) == IcMsgType::NEGOTIATE {
+            len.max(protocol::NEGOTIATE_RESPONSE_SIZE)
+        } else {
+            len
+        },
+    )
+}
 
 /// Something the OS should know about after the response has been sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,24 +256,38 @@ impl<H: IcHandler> IcService<H> {
     /// (it needs `request.len()` bytes, and at least 44 for NEGOTIATE).
     pub fn handle(&mut self, request: &[u8], response: &mut [u8]) -> Result<Reply, IcError> {
         let len = request.len();
-        let Ok((prefix, _)) = IcMessagePrefix::read_from_prefix(request) else {
-            return Err(IcError::TruncatedHeader { len });
-        };
-        let msg_type = IcMsgType(prefix.ic.icmsgtype.get());
-        let needed = if msg_type == IcMsgType::NEGOTIATE {
-            len.max(protocol::NEGOTIATE_RESPONSE_SIZE)
-        } else {
-            len
-        };
-        if response.len() < needed {
+        let needed = response_size(request)?;
+        let Some(out) = response.get_mut(..needed) else {
             return Err(IcError::ResponseBufferTooSmall {
                 needed,
                 got: response.len(),
             });
-        }
-        let response = &mut response[..needed];
-        response[..len].copy_from_slice(request);
+        };
+        out[..len].copy_from_slice(request);
+        self.handle_in_place(out, len)
+    }
+
+    /// Like [`IcService::handle`], but the request is `buf[..len]` and the response replaces it
+    /// in `buf[..reply.len]` (no second buffer: how [`channel::IcChannel`] answers in the buffer
+    /// it received into). `buf` needs room for the response: `len` bytes, and at least 44 for
+    /// NEGOTIATE; otherwise nothing is changed and the error says how much.
+    pub fn handle_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<Reply, IcError> {
+        let Some(request) = buf.get(..len) else {
+            return Err(IcError::ResponseBufferTooSmall {
+                needed: len,
+                got: buf.len(),
+            });
+        };
+        let needed = response_size(request)?;
+        let Ok((prefix, _)) = IcMessagePrefix::read_from_prefix(request) else {
+            return Err(IcError::TruncatedHeader { len });
+        };
+        let got = buf.len();
+        let Some(response) = buf.get_mut(..needed) else {
+            return Err(IcError::ResponseBufferTooSmall { needed, got });
+        };
         response[len..].fill(0);
+        let msg_type = IcMsgType(prefix.ic.icmsgtype.get());
 
         let (status, event) = if msg_type == IcMsgType::NEGOTIATE {
             let service_versions = self.handler.service_versions();

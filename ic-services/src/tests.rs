@@ -986,6 +986,65 @@ fn fuzz_kvp() {
     fuzz_service(&mut svc, &bases, 0x5eed);
 }
 
+/// `handle_in_place` answers exactly like `handle`, byte for byte and error for error, for
+/// every fuzzed input (two services fed the same inputs stay in step).
+#[test]
+fn in_place_answers_like_handle() {
+    fn twins<H: IcHandler>(a: &mut IcService<H>, b: &mut IcService<H>, bases: &[Vec<u8>]) {
+        let mut resp = vec![0u8; 8192];
+        let mut buf = vec![0u8; 8192];
+        for (i, base) in bases.iter().enumerate() {
+            fuzz(base, 0x7777 ^ i as u64, 500, |input| {
+                let copied = a.handle(input, &mut resp);
+                buf[..input.len()].copy_from_slice(input);
+                let in_place = b.handle_in_place(&mut buf, input.len());
+                assert_eq!(copied, in_place);
+                if let Ok(r) = copied {
+                    assert_eq!(&resp[..r.len], &buf[..r.len]);
+                }
+            });
+        }
+    }
+    let (mut a, mut b) = (
+        IcService::new(Heartbeat::new()),
+        IcService::new(Heartbeat::new()),
+    );
+    twins(
+        &mut a,
+        &mut b,
+        &[negotiate_base(&[(3, 0)]), request(1, (3, 0), &[7u8; 40])],
+    );
+    let (mut a, mut b) = (kvp(), kvp());
+    twins(
+        &mut a,
+        &mut b,
+        &[
+            kv_str(1, 0, "Key", "Value"),
+            kv_enum(0, 0),
+            kv_delete(0, "Key"),
+            ip_msg(4, "00:15:5D:00:01:02"),
+        ],
+    );
+    // A buffer too small for the request, or for the NEGOTIATE answer, changes nothing.
+    let req = request(0, (0, 0), &negotiate_payload(&[(3, 0)], &[]));
+    let mut small = req.clone();
+    assert_eq!(
+        a.handle_in_place(&mut small, 41),
+        Err(IcError::ResponseBufferTooSmall {
+            needed: 41,
+            got: 40
+        })
+    );
+    assert_eq!(
+        a.handle_in_place(&mut small, 40),
+        Err(IcError::ResponseBufferTooSmall {
+            needed: 44,
+            got: 40
+        })
+    );
+    assert_eq!(small, req);
+}
+
 /// The KVP store never panics and never corrupts itself under random host SET / DELETE
 /// traffic: every entry stays readable, keys stay unique per pool, usage stays in bounds.
 #[test]
