@@ -1,7 +1,7 @@
 //! Heartbeat (icmsgtype 1, devices §6.3): the host sends a sequence number every few seconds;
 //! the guest answers with the number plus one. Missing answers mean "no heartbeat".
 
-use crate::protocol::{HEARTBEAT_MIN_PAYLOAD, IcVersion};
+use crate::protocol::{HEARTBEAT_MIN_PAYLOAD, HeartbeatMsg, IcVersion};
 use crate::{IcError, IcEvent, IcHandler, IcMsgType, Outcome};
 use vmbus_guest::protocol::DeviceClass;
 use zerocopy::byteorder::little_endian::U64;
@@ -9,6 +9,10 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Heartbeat service versions in preference order (Linux `hb_versions`: 3.0, 1.0).
 pub const HEARTBEAT_VERSIONS: &[IcVersion] = &[IcVersion::new(3, 0), IcVersion::new(1, 0)];
+
+/// Largest packet the heartbeat channel receives (NEGOTIATE with 200 versions; the heartbeat
+/// itself is 40 payload bytes): the buffer size an [`crate::channel::IcChannel`] needs.
+pub const MAX_PACKET: usize = crate::channel::max_packet(core::mem::size_of::<HeartbeatMsg>());
 
 /// The heartbeat service. Stateless apart from the last sequence number answered.
 #[derive(Clone, Copy, Debug, Default)]

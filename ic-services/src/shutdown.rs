@@ -21,6 +21,10 @@ pub const SHUTDOWN_VERSIONS: &[IcVersion] = &[
 /// dropped without an answer.
 pub const SHUTDOWN_MIN_PAYLOAD: usize = core::mem::size_of::<ShutdownMsg>();
 
+/// Largest packet the shutdown channel receives (the 2060-byte request): the buffer size an
+/// [`crate::channel::IcChannel`] needs.
+pub const MAX_PACKET: usize = crate::channel::max_packet(SHUTDOWN_MIN_PAYLOAD);
+
 /// Reason code bit meaning "planned".
 pub const REASON_PLANNED: u32 = 0x8000_0000;
 

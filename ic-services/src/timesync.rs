@@ -28,6 +28,11 @@ pub const TIMESYNC_VERSIONS: &[IcVersion] = &[
 /// 600 s, Linux's `HOST_TIMESYNC_DELAY_THRESH`.
 pub const STALE_AFTER: u64 = 600 * 10_000_000;
 
+/// Largest packet the time-sync channel receives (NEGOTIATE with 200 versions; samples are at
+/// most 28 payload bytes, OpenVMM's padded form): the buffer size an
+/// [`crate::channel::IcChannel`] needs.
+pub const MAX_PACKET: usize = crate::channel::max_packet(28);
+
 /// A source of partition reference time (100 ns units since partition start), e.g.
 /// [`winhv::time::ReferenceClock::now`]. Implemented for closures.
 pub trait ReferenceTime {
