@@ -1,14 +1,14 @@
 //! The guest's integration services as a kernel would run them: the `ic-services` handlers on
-//! their VMBus channels, opened from the offer table and polled together.
+//! their VMBus channels, each opened by class on the shared bus and polled together.
 
 use ic_services::IcEvent;
-use ic_services::channel::{IcChannel, IcChannelError};
-use ic_services::heartbeat::Heartbeat;
+use ic_services::channel::{IcChannel, IcChannelError, Polled};
+use ic_services::heartbeat::{self, Heartbeat};
 use ic_services::kvp::{GuestInfo, Kvp};
-use ic_services::shutdown::{Shutdown, ShutdownRequest};
-use ic_services::timesync::TimeSync;
+use ic_services::shutdown::{self, Shutdown, ShutdownRequest};
+use ic_services::timesync::{self, TimeSync};
 use vmbus_guest::protocol::DeviceClass;
-use vmbus_guest::{Connection, Hal, Transport, Wait};
+use vmbus_guest::{ChannelError, Hal, Released, Transport, Vmbus, VmbusError, Wait};
 
 use crate::vmbus::MockVmbusHost;
 
@@ -32,27 +32,34 @@ pub const HARNESS_GUEST_INFO: GuestInfo<'static> = GuestInfo {
     adapters: &[],
 };
 
-/// Host-pushed KVP values kept per pool (each entry holds a 512-byte key and a 2048-byte
-/// value; a small table keeps the service off the stack limits of test threads).
-pub const KVP_ENTRIES_PER_POOL: usize = 4;
+/// The heartbeat on its channel, with a buffer sized for the heartbeat's messages.
+pub type HeartbeatChannel<'b, T, H> = IcChannel<'b, T, H, Heartbeat, { heartbeat::MAX_PACKET }>;
+/// The shutdown service on its channel, with the OS's policy.
+pub type ShutdownChannel<'b, T, H> =
+    IcChannel<'b, T, H, Shutdown<ShutdownPolicyFn>, { shutdown::MAX_PACKET }>;
+/// Time sync on its channel, reading the guest's reference clock.
+pub type TimeSyncChannel<'b, T, H> =
+    IcChannel<'b, T, H, TimeSync<ReferenceNowFn>, { timesync::MAX_PACKET }>;
+/// KVP on its channel, with the default store and the full-size buffer.
+pub type KvpChannel<'b, T, H> = IcChannel<'b, T, H, Kvp<'static>>;
 
-/// The four integration services, each on its open channel.
-pub struct GuestIcs {
+/// The four integration services, each on its open channel on the bus `'b`.
+pub struct GuestIcs<'b, T: Transport, H: Hal> {
     /// Heartbeat.
-    pub heartbeat: Box<IcChannel<Heartbeat>>,
+    pub heartbeat: HeartbeatChannel<'b, T, H>,
     /// Shutdown, with the OS's policy.
-    pub shutdown: Box<IcChannel<Shutdown<ShutdownPolicyFn>>>,
+    pub shutdown: ShutdownChannel<'b, T, H>,
     /// Time sync, reading the guest's reference clock.
-    pub timesync: Box<IcChannel<TimeSync<ReferenceNowFn>>>,
-    /// KVP, with what the guest reports about itself; [`KVP_ENTRIES_PER_POOL`] host values
-    /// per pool.
-    pub kvp: Box<IcChannel<Kvp<'static, KVP_ENTRIES_PER_POOL>>>,
+    pub timesync: TimeSyncChannel<'b, T, H>,
+    /// KVP, with what the guest reports about itself. Boxed: with its 8 KiB buffer and 6 KiB
+    /// store it is most of the four services' size.
+    pub kvp: Box<KvpChannel<'b, T, H>>,
 }
 
 /// Why the services could not be brought up.
 #[derive(Debug)]
 pub enum GuestIcsError {
-    /// The host offered no channel of this class.
+    /// The host offered no (free) channel of this class.
     NotOffered(DeviceClass),
     /// Opening a channel failed.
     Open(DeviceClass, IcChannelError),
@@ -69,83 +76,108 @@ impl std::fmt::Display for GuestIcsError {
 
 impl std::error::Error for GuestIcsError {}
 
-fn relid_of<T: Transport, H: Hal>(
-    conn: &Connection<T, H>,
-    class: DeviceClass,
-) -> Result<u32, GuestIcsError> {
-    conn.offers()
-        .by_class(class)
-        .find(|o| o.subchannel_index == 0)
-        .map(|o| o.relid)
-        .ok_or(GuestIcsError::NotOffered(class))
+fn open_error(class: DeviceClass) -> impl Fn(IcChannelError) -> GuestIcsError {
+    move |e| match e {
+        IcChannelError::Channel(ChannelError::Vmbus(VmbusError::NoSuchDevice)) => {
+            GuestIcsError::NotOffered(class)
+        }
+        e => GuestIcsError::Open(class, e),
+    }
 }
 
-impl GuestIcs {
-    /// Opens the four IC channels found in the offer table.
-    pub fn open<T: Transport, H: Hal>(
-        conn: &mut Connection<T, H>,
+/// Adds `b` to `a`.
+fn add(a: &mut Polled, b: Polled) {
+    a.answered += b.answered;
+    a.read += b.read;
+    a.more |= b.more;
+    a.reply_pending |= b.reply_pending;
+}
+
+impl<'b, T: Transport, H: Hal> GuestIcs<'b, T, H> {
+    /// Opens the four IC channels, each the first free offer of its class on `bus`.
+    pub fn open(
+        bus: &'b Vmbus<T, H>,
         waiter: &mut impl Wait,
         shutdown_policy: ShutdownPolicyFn,
         reference_now: ReferenceNowFn,
     ) -> Result<Self, GuestIcsError> {
-        let open_err = |class| move |e| GuestIcsError::Open(class, e);
-        let relid = relid_of(conn, DeviceClass::Heartbeat)?;
-        let heartbeat = IcChannel::open(conn, relid, Heartbeat::new(), waiter)
-            .map_err(open_err(DeviceClass::Heartbeat))?;
-        let relid = relid_of(conn, DeviceClass::Shutdown)?;
-        let shutdown = IcChannel::open(conn, relid, Shutdown::new(shutdown_policy), waiter)
-            .map_err(open_err(DeviceClass::Shutdown))?;
-        let relid = relid_of(conn, DeviceClass::TimeSync)?;
-        let timesync = IcChannel::open(conn, relid, TimeSync::new(reference_now), waiter)
-            .map_err(open_err(DeviceClass::TimeSync))?;
-        let relid = relid_of(conn, DeviceClass::Kvp)?;
-        let kvp = IcChannel::open(conn, relid, Kvp::new(HARNESS_GUEST_INFO), waiter)
-            .map_err(open_err(DeviceClass::Kvp))?;
+        let heartbeat = IcChannel::open(bus, Heartbeat::new(), waiter)
+            .map_err(open_error(DeviceClass::Heartbeat))?;
+        waiter.restart();
+        let shutdown = IcChannel::open(bus, Shutdown::new(shutdown_policy), waiter)
+            .map_err(open_error(DeviceClass::Shutdown))?;
+        waiter.restart();
+        let timesync = IcChannel::open(bus, TimeSync::new(reference_now), waiter)
+            .map_err(open_error(DeviceClass::TimeSync))?;
+        waiter.restart();
+        let kvp = IcChannel::open(bus, Kvp::new(HARNESS_GUEST_INFO), waiter)
+            .map_err(open_error(DeviceClass::Kvp))?;
         Ok(Self {
-            heartbeat: Box::new(heartbeat),
-            shutdown: Box::new(shutdown),
-            timesync: Box::new(timesync),
+            heartbeat,
+            shutdown,
+            timesync,
             kvp: Box::new(kvp),
         })
     }
 
-    /// Answers every waiting host request on all four channels; `on_event` sees each event
-    /// with the class of the service it came from. Returns the number of requests answered.
-    pub fn poll<T: Transport, H: Hal>(
+    /// Answers the waiting host requests on all four channels (each within its poll budget);
+    /// `on_event` sees each event with the class of the service it came from.
+    pub fn poll(
         &mut self,
-        conn: &Connection<T, H>,
         mut on_event: impl FnMut(DeviceClass, IcEvent),
-    ) -> Result<usize, IcChannelError> {
-        let mut n = self
+    ) -> Result<Polled, IcChannelError> {
+        let mut total = self
             .heartbeat
-            .poll(conn, |e| on_event(DeviceClass::Heartbeat, e))?;
-        n += self
-            .shutdown
-            .poll(conn, |e| on_event(DeviceClass::Shutdown, e))?;
-        n += self
-            .timesync
-            .poll(conn, |e| on_event(DeviceClass::TimeSync, e))?;
-        n += self.kvp.poll(conn, |e| on_event(DeviceClass::Kvp, e))?;
-        Ok(n)
+            .poll(|e| on_event(DeviceClass::Heartbeat, e))?;
+        add(
+            &mut total,
+            self.shutdown.poll(|e| on_event(DeviceClass::Shutdown, e))?,
+        );
+        add(
+            &mut total,
+            self.timesync.poll(|e| on_event(DeviceClass::TimeSync, e))?,
+        );
+        add(
+            &mut total,
+            self.kvp.poll(|e| on_event(DeviceClass::Kvp, e))?,
+        );
+        Ok(total)
+    }
+
+    /// Closes the four channels; `Freed` only if every ring was freed.
+    pub fn close(self, waiter: &mut impl Wait) -> Released {
+        let (_, a) = self.heartbeat.close(waiter);
+        waiter.restart();
+        let (_, b) = self.shutdown.close(waiter);
+        waiter.restart();
+        let (_, c) = self.timesync.close(waiter);
+        waiter.restart();
+        let (_, d) = self.kvp.close(waiter);
+        a.and(b).and(c).and(d)
     }
 }
 
-/// Runs the deterministic host and the guest (connection messages, then the services) until
-/// neither has anything left to do; events go to `on_event`. Gives up after 100 rounds, which
-/// only a host and guest that keep each other busy forever would reach.
+/// Runs the deterministic host and the guest (the bus's interrupt and control paths, then the
+/// services) until neither has anything left to do; events go to `on_event`. Gives up after
+/// 100 rounds, which only a host and guest that keep each other busy forever would reach.
 pub fn settle<T: Transport, H: Hal>(
     host: &mut MockVmbusHost,
-    guest: &mut Connection<T, H>,
-    services: &mut GuestIcs,
+    bus: &Vmbus<T, H>,
+    services: &mut GuestIcs<'_, T, H>,
     mut on_event: impl FnMut(DeviceClass, IcEvent),
 ) -> Result<(), String> {
     for _ in 0..100 {
         let host_work = host.step();
-        let messages = guest.poll();
-        let answered = services
-            .poll(guest, &mut on_event)
-            .map_err(|e| e.to_string())?;
-        if host_work == 0 && messages == 0 && answered == 0 {
+        let interrupt = bus.handle_interrupt();
+        let control = bus.poll();
+        let polled = services.poll(&mut on_event).map_err(|e| e.to_string())?;
+        let busy = host_work != 0
+            || interrupt.control
+            || control.control
+            || polled.read != 0
+            || polled.answered != 0
+            || polled.more;
+        if !busy {
             return Ok(());
         }
     }

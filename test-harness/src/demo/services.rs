@@ -9,7 +9,7 @@ use ic_services::protocol::KvpPool;
 use ic_services::shutdown::ShutdownRequest;
 use ic_services::timesync::UnixTime;
 use vmbus_guest::protocol::DeviceClass;
-use vmbus_guest::{Connection, Hal, Transport};
+use vmbus_guest::{Hal, Transport, Vmbus};
 
 use super::narrator::Narrator;
 use crate::guest_ics::{GuestIcs, ReferenceNowFn, settle};
@@ -20,15 +20,15 @@ use crate::vmbus::MockVmbusHost;
 
 /// The guest side of the demo's services, and what the OS saw.
 struct Guest<'a, T: Transport, H: Hal> {
-    conn: &'a mut Connection<T, H>,
-    services: GuestIcs,
+    bus: &'a Vmbus<T, H>,
+    services: GuestIcs<'a, T, H>,
     events: Vec<(DeviceClass, IcEvent)>,
 }
 
 impl<T: Transport, H: Hal> Guest<'_, T, H> {
     fn settle(&mut self, host: &mut MockVmbusHost) -> Result<(), String> {
         let events = &mut self.events;
-        settle(host, self.conn, &mut self.services, |c, e| {
+        settle(host, self.bus, &mut self.services, |c, e| {
             events.push((c, e))
         })
     }
@@ -57,21 +57,20 @@ pub fn format_utc(t: UnixTime) -> String {
     )
 }
 
-/// What runs between time sync and the closing shutdown request (the disk part).
-pub type BeforeShutdown<'a, T, H> = &'a mut dyn FnMut(
-    &mut Narrator<'_>,
-    &mut MockVmbusHost,
-    &mut Connection<T, H>,
-) -> io::Result<()>;
+/// What runs between time sync and the closing shutdown request (the disk part), with the
+/// shared bus the services are open on.
+pub type BeforeShutdown<'a, T, H> =
+    &'a mut dyn FnMut(&mut Narrator<'_>, &mut MockVmbusHost, &Vmbus<T, H>) -> io::Result<()>;
 
-/// Runs the services part of the demo; `before_shutdown` runs while the services are up,
-/// just before the host asks the guest to shut down.
+/// Runs the services part of the demo on the connected `bus`; `before_shutdown` runs while the
+/// services are up, just before the host asks the guest to shut down. The services' channels
+/// are closed at the end.
 pub fn run<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     hv: &MockHypervisor,
     host: &mut MockVmbusHost,
     ics: &IcHost,
-    conn: &mut Connection<T, H>,
+    bus: &Vmbus<T, H>,
     reference_now: ReferenceNowFn,
     before_shutdown: BeforeShutdown<'_, T, H>,
 ) -> io::Result<()> {
@@ -84,7 +83,7 @@ pub fn run<T: Transport, H: Hal>(
     let mut waiter = vmbus_guest::BoundedWait::new(500, || {
         host.step();
     });
-    let services = match GuestIcs::open(conn, &mut waiter, policy, reference_now) {
+    let services = match GuestIcs::open(bus, &mut waiter, policy, reference_now) {
         Ok(s) => s,
         Err(e) => {
             n.record("integration services", Err(e.to_string()))?;
@@ -92,7 +91,7 @@ pub fn run<T: Transport, H: Hal>(
         }
     };
     let mut guest = Guest {
-        conn,
+        bus,
         services,
         events: Vec::new(),
     };
@@ -213,7 +212,7 @@ pub fn run<T: Transport, H: Hal>(
     };
     n.record("time sync", result)?;
 
-    before_shutdown(n, host, guest.conn)?;
+    before_shutdown(n, host, guest.bus)?;
 
     n.section("Shutdown requested by the host")?;
     ics.shutdown
@@ -237,5 +236,12 @@ pub fn run<T: Transport, H: Hal>(
             (outcome, _) => Err(format!("host outcome {outcome:?}")),
         },
     )?;
+    // The OS stops its services: close the channels (rings freed after GPADL_TORNDOWN).
+    let mut waiter = vmbus_guest::BoundedWait::new(500, || {
+        host.step();
+    });
+    if !guest.services.close(&mut waiter).is_freed() {
+        n.say("an IC channel's ring memory could not be freed (leaked)")?;
+    }
     Ok(())
 }
