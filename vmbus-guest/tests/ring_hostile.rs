@@ -350,3 +350,50 @@ fn random_corruption_never_panics_or_overreads() {
         let _ = w.request_space(64);
     }
 }
+
+/// A packet larger than the reader's buffer stays at the head of the ring (every `read`
+/// says `BufferTooSmall`) until `skip` drops it unread; `skip` checks the descriptor like
+/// `read` (a corrupt one is refused, not skipped over).
+#[test]
+fn skip_drops_a_packet_too_large_for_the_buffer() {
+    let ring = HeapRing::new(SIZE);
+    let mut w = RingWriter::new(Checked(ring.mem)).unwrap();
+    let _ = w
+        .send(&OutgoingPacket::in_band(1, false, &[&[0x55; 1000]]))
+        .unwrap();
+    let _ = w
+        .send(&OutgoingPacket::in_band(2, false, &[&[0x66; 8]]))
+        .unwrap();
+    let mut r = RingReader::new(Checked(ring.mem)).unwrap();
+    let mut small = [0u8; 64];
+    for _ in 0..2 {
+        assert_eq!(
+            r.read(&mut small).unwrap_err(),
+            ReadError::BufferTooSmall { needed: 1016 }
+        );
+    }
+    let d = r.skip().unwrap();
+    assert_eq!((d.transaction_id, d.length8), (1, 127));
+    let p = r.read(&mut small).unwrap();
+    assert_eq!((p.transaction_id(), p.payload()), (2, &[0x66; 8][..]));
+    assert_eq!(r.skip().unwrap_err(), ReadError::Empty);
+    let _ = r.publish();
+    assert_eq!(
+        ring.mem.control().read_index.load(Relaxed),
+        ring.mem.control().write_index.load(Relaxed),
+        "both packets' space is freed"
+    );
+
+    let (ring, mut r) = ring_with_packet();
+    set_desc(&ring, |d| d.length8 = 100);
+    assert!(matches!(
+        r.skip(),
+        Err(ReadError::Corrupt(Corrupt::LengthExceedsAvailable { .. }))
+    ));
+    let (ring, mut r) = ring_with_packet();
+    set_desc(&ring, |d| d.data_offset8 = 1);
+    assert!(matches!(
+        r.skip(),
+        Err(ReadError::Corrupt(Corrupt::BadDataOffset { .. }))
+    ));
+}

@@ -21,8 +21,8 @@ use crate::host_buffer::Dma;
 use crate::offers::OfferInfo;
 use crate::requestor::{DEFAULT_REQUESTS, RequestId, RequestTable};
 use crate::ring::{
-    Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketKind, RawRingMemory, ReadError,
-    RingReader, RingWriter, WriteError,
+    Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketDescriptor, PacketKind, RawRingMemory,
+    ReadError, RingReader, RingWriter, WriteError,
 };
 use crate::shared::SharedPages;
 use crate::transport::Transport;
@@ -437,6 +437,43 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             }));
         }
         Ok(None)
+    }
+
+    /// Drops the next packet unread: the way past a packet larger than the caller's buffer
+    /// (the [`ChannelError::BufferTooSmall`] of [`Channel::recv`]), which otherwise stays at the
+    /// head of the ring for good. Returns its descriptor (`None` when the ring is empty) and
+    /// counts it as received; the batch ends as after receives ([`Channel::end_batch`],
+    /// [`Channel::yield_batch`]). A completion dropped this way leaves its request in flight:
+    /// a driver whose completions can be that large must size its buffer for them.
+    /// Interrupt-safe.
+    pub fn skip(&mut self) -> Result<Option<PacketDescriptor>, ChannelError> {
+        if !self.in_batch {
+            let _ = self.check();
+            self.reader.begin_drain();
+            self.in_batch = true;
+        }
+        if self.health != Health::Open {
+            return Err(self.health_error());
+        }
+        match self.reader.skip() {
+            Ok(descriptor) => {
+                self.stats.received += 1;
+                self.more = true;
+                Ok(Some(descriptor))
+            }
+            Err(ReadError::Empty) => {
+                self.more = false;
+                Ok(None)
+            }
+            Err(ReadError::Corrupt(c)) => {
+                self.fail(Health::Broken(c));
+                Err(ChannelError::Corrupt(c))
+            }
+            // `skip` copies nothing, so no buffer is too small.
+            Err(ReadError::BufferTooSmall { needed }) => {
+                Err(ChannelError::BufferTooSmall { needed })
+            }
+        }
     }
 
     /// Ends a receive batch: publishes the read index once (signalling the host only if it

@@ -83,6 +83,41 @@ impl<M: RingMemory> RingReader<M> {
     /// it and advances the private read cursor. The space is freed only at the next
     /// [`publish`](Self::publish).
     pub fn read<'b>(&mut self, buf: &'b mut [u8]) -> Result<IncomingPacket<'b>, ReadError> {
+        let (desc, raw, total) = self.next_descriptor()?;
+        let len = total - TRAILER_SIZE as u32;
+        let Some(packet) = buf.get_mut(..len as usize) else {
+            return Err(ReadError::BufferTooSmall {
+                needed: len as usize,
+            });
+        };
+        let (head_bytes, rest) = packet.split_at_mut(DESCRIPTOR_SIZE);
+        head_bytes.copy_from_slice(&raw);
+        copy_from_ring(
+            &self.mem,
+            advance(self.head, DESCRIPTOR_SIZE as u32, self.size),
+            rest,
+        );
+        let parsed = IncomingPacket::parse(desc, packet)?;
+        self.head = advance(self.head, total, self.size);
+        Ok(parsed)
+    }
+
+    /// Drops the next packet without copying it, after the same descriptor checks as
+    /// [`read`](Self::read): the way past a packet larger than the reader's buffer
+    /// ([`ReadError::BufferTooSmall`]), which otherwise stays at the head of the ring for
+    /// good. Returns its descriptor; the space is freed at the next [`publish`](Self::publish).
+    pub fn skip(&mut self) -> Result<PacketDescriptor, ReadError> {
+        let (desc, _, total) = self.next_descriptor()?;
+        self.head = advance(self.head, total, self.size);
+        Ok(desc)
+    }
+
+    /// Reads (once) and validates the descriptor of the next packet: the descriptor, its raw
+    /// bytes and the packet's size in the ring, trailer included.
+    #[inline(always)]
+    fn next_descriptor(
+        &mut self,
+    ) -> Result<(PacketDescriptor, [u8; DESCRIPTOR_SIZE], u32), ReadError> {
         let available = self.available()?;
         if available == 0 {
             return Err(ReadError::Empty);
@@ -90,7 +125,8 @@ impl<M: RingMemory> RingReader<M> {
         if available < (DESCRIPTOR_SIZE + TRAILER_SIZE) as u32 {
             return Err(Corrupt::TruncatedPacket { available }.into());
         }
-        // The descriptor is read exactly once; the copy in `buf` is this copy, not a re-read.
+        // The descriptor is read exactly once; what `read` puts in `buf` is this copy, not a
+        // re-read.
         let mut raw = [0u8; DESCRIPTOR_SIZE];
         copy_from_ring(&self.mem, self.head, &mut raw);
         let desc = PacketDescriptor::read_from_bytes(&raw[..])
@@ -108,21 +144,7 @@ impl<M: RingMemory> RingReader<M> {
             }
             .into());
         }
-        let Some(packet) = buf.get_mut(..len as usize) else {
-            return Err(ReadError::BufferTooSmall {
-                needed: len as usize,
-            });
-        };
-        let (head_bytes, rest) = packet.split_at_mut(DESCRIPTOR_SIZE);
-        head_bytes.copy_from_slice(&raw);
-        copy_from_ring(
-            &self.mem,
-            advance(self.head, DESCRIPTOR_SIZE as u32, self.size),
-            rest,
-        );
-        let parsed = IncomingPacket::parse(desc, packet)?;
-        self.head = advance(self.head, total, self.size);
-        Ok(parsed)
+        Ok((desc, raw, total))
     }
 
     /// Whether a packet is available now (reads the write index if needed).
