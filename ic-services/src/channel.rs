@@ -96,6 +96,8 @@ pub struct IcStats {
     /// Completion packets dropped: an IC channel never sends a request, so any completion is
     /// a host bug.
     pub stray_completions: u64,
+    /// Packets larger than the channel's buffer, dropped unread.
+    pub oversized: u64,
     /// Replies that found the outbound ring full and were kept for a retry.
     pub replies_deferred: u64,
 }
@@ -134,13 +136,15 @@ enum Step {
     },
     NotRequest,
     Stray,
+    Oversized(usize),
 }
 
 /// One integration service on its open channel, borrowing the bus it was opened on.
 ///
 /// `BUF` is the receive buffer, in which replies are also built and kept until they are in
-/// the ring: it must hold the largest packet the host sends (see [`max_packet`] and each
-/// service's `MAX_PACKET`). With the default [`MAX_IC_PACKET`] every `IcChannel` of this crate's
+/// the ring: it should hold the largest packet the host sends (see [`max_packet`] and each
+/// service's `MAX_PACKET`); a larger packet is dropped unread and counted
+/// ([`IcStats::oversized`]). With the default [`MAX_IC_PACKET`] every `IcChannel` of this crate's
 /// services (KVP with its default store included) stays within 16 KiB.
 pub struct IcChannel<'b, T: Transport, A: Hal, H, const BUF: usize = MAX_IC_PACKET> {
     /// No requests of its own: one (never used) request slot.
@@ -248,10 +252,10 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
     }
 
     /// Host packets dropped without an answer: malformed requests, packets that are not
-    /// requests, and completions.
+    /// requests, completions, and packets too large for the buffer.
     pub fn dropped(&self) -> u64 {
         let s = self.stats();
-        s.malformed + s.not_requests + s.stray_completions
+        s.malformed + s.not_requests + s.stray_completions + s.oversized
     }
 
     /// Sends the reply kept from an earlier poll. `Ok(false)`: the ring is still full.
@@ -282,9 +286,19 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
         }
     }
 
-    /// Reads the next packet and keeps what the poll needs of it.
+    /// Reads the next packet and keeps what the poll needs of it. A packet too large for the
+    /// buffer is dropped unread (it would otherwise block the ring for good).
     fn receive(&mut self) -> Result<Step, ChannelError> {
-        Ok(match self.channel.recv(&mut self.buf)? {
+        let received = match self.channel.recv(&mut self.buf) {
+            Err(ChannelError::BufferTooSmall { needed }) => {
+                return Ok(match self.channel.skip()? {
+                    Some(_) => Step::Oversized(needed),
+                    None => Step::Empty,
+                });
+            }
+            other => other?,
+        };
+        Ok(match received {
             None => Step::Empty,
             Some(Received::Packet(p)) if matches!(p.kind, PacketKind::InBand) => {
                 let d = p.descriptor;
@@ -357,6 +371,14 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
                 Step::Stray => {
                     log::warn!("IC channel {}: dropped a stray completion", self.relid());
                     self.stats.stray_completions += 1;
+                }
+                Step::Oversized(needed) => {
+                    log::warn!(
+                        "IC channel {}: dropped a {needed}-byte packet, larger than the \
+                         {BUF}-byte buffer",
+                        self.relid()
+                    );
+                    self.stats.oversized += 1;
                 }
                 Step::Request {
                     transaction_id,

@@ -418,6 +418,37 @@ fn stray_completions_and_other_packet_types_are_counted_not_fatal() {
     rig.close();
 }
 
+/// A packet larger than a channel's buffer would stay at the head of the ring for good; it is
+/// dropped unread and counted, and the requests behind it are answered.
+#[test]
+fn packets_larger_than_the_buffer_are_dropped_unread() {
+    let mut booted = boot(|_| {});
+    let mut rig = booted.open();
+    let (hb, kvp) = (rig.ics.heartbeat_relid, rig.ics.kvp_relid);
+    let big = heartbeat_request(0x77, 1)
+        .into_iter()
+        .chain([0; 2000])
+        .collect::<Vec<_>>();
+    assert!(big.len() > ic_services::heartbeat::MAX_PACKET);
+    send(rig.host, hb, 0x77, &big);
+    // KVP's buffer is the full 8 KiB; its ring holds 12 KiB.
+    send(rig.host, kvp, 0x78, &[0; 9000]);
+    rig.ics.heartbeat.beat_now();
+    rig.ics.kvp.set(0, "After", "the big one");
+    rig.settle();
+    assert_eq!(rig.services.heartbeat.stats().oversized, 1);
+    assert_eq!(rig.services.kvp.stats().oversized, 1);
+    assert_eq!(
+        rig.ics.heartbeat.beats(),
+        1,
+        "the beat behind it is answered"
+    );
+    assert!(rig.ics.kvp.last_reply().unwrap().is_ok());
+    assert!(rig.services.heartbeat.is_alive() && rig.services.kvp.is_alive());
+    rig.assert_clean();
+    rig.close();
+}
+
 /// The IC offers carry Hyper-V's fixed instance GUIDs: a guest may open a service by class
 /// (first free offer) or by instance; a claimed or unknown instance is not offered.
 #[test]
