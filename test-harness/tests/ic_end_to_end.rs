@@ -449,6 +449,38 @@ fn packets_larger_than_the_buffer_are_dropped_unread() {
     rig.close();
 }
 
+/// A rescinded IC reaches its owner as a channel error on the next poll (through the
+/// interrupt path alone); the other services keep working, and the rescinded channel still
+/// closes cleanly (RELID_RELEASED).
+#[test]
+fn a_rescinded_service_fails_its_poll_and_closes() {
+    let mut booted = boot(|_| {});
+    let mut rig = booted.open();
+    let relid = rig.ics.heartbeat_relid;
+    rig.ics.heartbeat.beat_now();
+    rig.host.rescind(relid);
+    assert!(rig.guest.handle_interrupt().channels.contains(relid));
+    let rescinded = Err(IcChannelError::Channel(ChannelError::Rescinded));
+    assert_eq!(rig.services.heartbeat.poll(|_| {}), rescinded);
+    assert_eq!(rig.services.heartbeat.poll(|_| {}), rescinded, "every time");
+    assert!(!rig.services.heartbeat.is_alive());
+    // KVP is untouched.
+    rig.ics.kvp.set(0, "Still", "here");
+    for _ in 0..5 {
+        rig.host.step();
+        rig.guest.poll();
+        rig.services.kvp.poll(|_| {}).unwrap();
+    }
+    assert!(rig.ics.kvp.last_reply().unwrap().is_ok());
+    assert_eq!(rig.ics.heartbeat.beats(), 0);
+    rig.assert_clean();
+    rig.close();
+    assert_eq!(
+        booted.host.channel_state(relid),
+        Some(test_harness::vmbus::ChannelState::Released)
+    );
+}
+
 /// The IC offers carry Hyper-V's fixed instance GUIDs: a guest may open a service by class
 /// (first free offer) or by instance; a claimed or unknown instance is not offered.
 #[test]
