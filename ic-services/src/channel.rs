@@ -319,8 +319,10 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
     /// before the next request is read), and calls `on_event` with what each one means for
     /// the OS, after its answer is in the ring. Reads at most the poll budget
     /// ([`DEFAULT_POLL_BUDGET`], [`IcChannel::set_poll_budget`]) of packets, counting every
-    /// packet read whatever becomes of it. A reply kept because the ring was full is sent
-    /// first; while it cannot go out nothing new is read.
+    /// packet read whatever becomes of it. (Completions for unknown transactions — all of
+    /// them, on an IC channel — are skipped by the channel itself, up to 64 per receive, so a
+    /// flood of them can overshoot the budget by that much, never more.) A reply kept because
+    /// the ring was full is sent first; while it cannot go out nothing new is read.
     ///
     /// Callable from a polling loop or after the channel's interrupt; never blocks. An error
     /// means the channel is unusable (rescinded, unloaded, corrupt): close it.

@@ -411,6 +411,24 @@ fn stray_completions_and_other_packet_types_are_counted_not_fatal() {
     assert_eq!(stats.read, 5 + 1, "the junk and the NEGOTIATE: {stats:?}");
     assert_eq!(rig.services.heartbeat.dropped(), 5);
     assert!(rig.services.heartbeat.is_alive());
+    // A flood of them is bounded per poll like anything else.
+    rig.host.with_channel(relid, |ch, _| {
+        for tid in 0..300 {
+            ch.send_completion(tid, &[0; 8]).unwrap();
+        }
+    });
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let polled = rig.services.heartbeat.poll(|_| {}).unwrap();
+        assert!(polled.read <= 64, "{polled:?}");
+        rig.host.step();
+        if !polled.more {
+            break;
+        }
+    }
+    assert!(calls >= 300 / 64, "{calls}");
+    assert_eq!(rig.services.heartbeat.stats().stray_completions, 303);
     rig.ics.heartbeat.beat_now();
     rig.settle();
     assert_eq!(rig.ics.heartbeat.beats(), 1);
