@@ -59,9 +59,14 @@ struct Booted {
 
 /// Boots; `offers` may restrict the versions each host model offers before the channels open.
 fn boot(offers: impl FnOnce(&IcHost)) -> Booted {
+    boot_on(HostRelease::Ws2022, offers)
+}
+
+/// Boots on a host imitating `release`.
+fn boot_on(release: HostRelease, offers: impl FnOnce(&IcHost)) -> Booted {
     let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022));
     let vp = boot_vp(&hv, 0).expect("boot");
-    let mut host = MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
+    let mut host = MockVmbusHost::new(hv.clone(), release);
     let ics = IcHost::add_to(&mut host, IcHostConfig::default());
     offers(&ics);
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
@@ -180,6 +185,33 @@ fn every_service_negotiates_the_newest_common_version() {
     );
     rig.assert_clean();
     rig.close();
+}
+
+/// The services on every VMBus version the mock speaks, from 1.1 (signals through event flag
+/// 0 and the legacy interrupt page) to 6.0.
+#[test]
+fn services_run_on_every_host_release() {
+    for &release in HostRelease::all() {
+        let mut booted = boot_on(release, |_| {});
+        let mut rig = booted.open();
+        rig.ics.heartbeat.beat_now();
+        rig.ics.kvp.set(3, "HostName", release.name());
+        rig.ics.timesync.sample_now();
+        rig.settle();
+        assert_eq!(rig.ics.heartbeat.beats(), 1, "{release:?}");
+        assert!(rig.ics.kvp.last_reply().unwrap().is_ok(), "{release:?}");
+        assert!(rig.ics.timesync.acked() >= 2, "{release:?}");
+        assert!(
+            rig.services
+                .kvp
+                .service()
+                .handler()
+                .get(ic_services::protocol::KvpPool::AUTO_EXTERNAL, "HostName")
+                .is_some()
+        );
+        rig.assert_clean();
+        rig.close();
+    }
 }
 
 #[test]
