@@ -43,6 +43,9 @@ impl Inbox {
 
     /// Adds a message (producer side). Fails only when full, which a producer that checked
     /// [`Inbox::has_room`] never sees.
+    // The message goes back to the producer by value: boxing it would allocate in interrupt
+    // context, and the crate has no allocator.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, m: RawMessage) -> Result<(), RawMessage> {
         let tail = self.tail.load(Ordering::Relaxed);
         if tail.wrapping_sub(self.head.load(Ordering::Acquire)) as usize >= INBOX {
