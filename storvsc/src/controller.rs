@@ -452,7 +452,8 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
 
     /// Submits one SCSI request without waiting. The SRB goes to the least-loaded live
     /// channel, GPA-direct on `data` when every page of it translates through
-    /// [`Hal::virt_to_phys`], else through the bounce pool (at most [`SLOT_BOUNCE_BYTES`]).
+    /// [`Hal::virt_to_phys`], else through the bounce pool (at most [`SLOT_BOUNCE_BYTES`], and
+    /// at most the pool's size).
     /// Returns the tag [`Self::poll`] reports the request's end with.
     ///
     /// Back-pressure: [`StorError::TableFull`] when every queue slot (or the bounce pool, or
@@ -487,7 +488,12 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         let stage = match memory {
             None => Stage::None,
             Some(m) if self.host_visible(&m) => Stage::Direct(m),
-            Some(m) if m.len() <= SLOT_BOUNCE_BYTES => Stage::Pool(m),
+            Some(m)
+                if m.len() <= SLOT_BOUNCE_BYTES
+                    && m.len().div_ceil(HV_PAGE_SIZE) <= self.pool_pages.capacity() =>
+            {
+                Stage::Pool(m)
+            }
             Some(_) => {
                 return Err(StorError::InvalidArgument(
                     "buffer not host-visible and larger than a request's bounce buffer",

@@ -281,6 +281,11 @@ impl PagePool {
         }
     }
 
+    /// Pages in the pool.
+    pub(crate) fn capacity(&self) -> usize {
+        self.pages
+    }
+
     /// Takes `n` contiguous pages; returns the first.
     pub(crate) fn alloc(&mut self, n: usize) -> Option<usize> {
         if n == 0 || n > self.pages {

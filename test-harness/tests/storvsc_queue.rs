@@ -821,3 +821,62 @@ fn controller_and_disk_fit_on_a_small_stack() {
         size_of::<StorvscController<'static, SynicTransport<MockVp>, MockHal, Waiter, 8, 64>>()
     );
 }
+
+#[test]
+fn a_bus_change_announced_by_the_host_is_recorded() {
+    let rig = rig(VspConfig::default(), 256);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
+    assert!(!c.take_bus_change());
+    rig.vsp.add_lun(1, Lun::memory(4096, 8));
+    rig.vsp.announce_bus_change();
+    for _ in 0..5 {
+        rig.host.borrow_mut().step();
+        let _ = c.poll(BUDGET, |d| panic!("{d:?}"));
+    }
+    assert!(
+        c.take_bus_change(),
+        "ENUMERATE_BUS seen on the queue's receive path"
+    );
+    assert!(!c.take_bus_change());
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
+}
+
+#[test]
+fn a_small_bounce_pool_refuses_what_it_can_never_hold() {
+    let rig = rig(VspConfig::default(), 256);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c: StorvscController<'_, _, _, _> = StorvscController::open_with(
+        &rig.guest,
+        rig.relid,
+        waiter,
+        ControllerOptions {
+            pool_pages: 2,
+            ..ControllerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut big = vec![0u8; 3 * 4096];
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 0, 24, &mut big) };
+    assert!(matches!(e, Err(StorError::InvalidArgument(_))), "{e:?}");
+    // Two 1-page reads fill the pool; a third waits for room (back-pressure).
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+    let (a, rest) = bufs.split_at_mut(1);
+    let (b, d) = rest.split_at_mut(1);
+    // SAFETY: not touched until reported.
+    unsafe { c.submit_read(LunAddress::lun(0), 0, 8, &mut a[0]) }.unwrap();
+    // SAFETY: as above.
+    unsafe { c.submit_read(LunAddress::lun(0), 8, 8, &mut b[0]) }.unwrap();
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 16, 8, &mut d[0]) };
+    assert_eq!(e, Err(StorError::TableFull));
+    collect(&mut c, &rig.host, 2);
+    // SAFETY: not touched until reported.
+    unsafe { c.submit_read(LunAddress::lun(0), 16, 8, &mut d[0]) }.unwrap();
+    collect(&mut c, &rig.host, 1);
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
+}
