@@ -63,8 +63,8 @@ impl DataBuf<'_> {
 ///
 /// The implementation writes the packet with [`ScsiRequest::write_packet`] for the negotiated
 /// version, sends it in-band (no data) or GPA direct (one multi-page range over `data`; bounce
-/// if the buffer is not host-visible), waits for the completion with the request's
-/// transaction id (a [`crate::request::RequestTable`]), and decodes it with
+/// if the buffer is not host-visible), waits for the completion the channel's request table
+/// ([`vmbus_guest::RequestTable`]) matches to the request, and decodes it with
 /// [`SrbCompletion::parse`]. Transport failures (channel closed, timeout) are errors; SCSI
 /// failures are returned as the completion.
 pub trait ScsiTransport {

@@ -7,11 +7,12 @@ use crate::StorError;
 use crate::block::{BlockDevice, DataBuf, ScsiDisk, ScsiTransport};
 use crate::handshake::{Handshake, Progress};
 use crate::protocol::{ScsiStatus, SrbStatus};
-use crate::request::{LunAddress, RequestTable, ScsiRequest, SrbCompletion};
+use crate::request::{LunAddress, ScsiRequest, SrbCompletion};
 use crate::scsi::{
     BlockLimits, Capacity, InquiryData, Provisioning, ReportLuns, SenseData, classify,
     parse_unmap_parameters, vpd_supported_pages,
 };
+use vmbus_guest::{ChannelError, RequestTable};
 
 struct XorShift(u64);
 
@@ -88,13 +89,15 @@ fn handshake_and_table_never_panic() {
     }
     // The biased generator completes the handshake sometimes; the count only documents it.
     let _ = done;
+    // The channel's request table (storvsc's transaction ids): random inserts, host ids
+    // (real, stale or forged) and channel deaths never break its accounting.
     let mut t: RequestTable<u8, 8> = RequestTable::new();
     let mut ids = Vec::new();
     for i in 0..10_000u32 {
-        match r.next() % 3 {
+        match r.next() % 4 {
             0 => {
-                if let Ok(id) = t.insert(i as u8) {
-                    ids.push(id);
+                if let Ok(id) = t.insert(i as u8, r.next().is_multiple_of(2)) {
+                    ids.push(id.transaction_id());
                 }
             }
             1 => {
@@ -105,14 +108,51 @@ fn handshake_and_table_never_panic() {
                 };
                 let _ = t.complete(id);
             }
+            2 => {
+                let _ = t.take_failed();
+            }
             _ => {
                 if r.next().is_multiple_of(100) {
-                    t.fail_all(StorError::ChannelClosed, |_, _, _| {});
+                    t.fail_all(ChannelError::Rescinded);
                 }
             }
         }
-        assert!(t.in_flight() <= 8);
+        assert!(t.in_flight() + t.failed() <= 8);
     }
+}
+
+/// The request table storvsc's requests go through (ported from storvsc's own table, which
+/// the channel's replaced): ids are never 0, a full table refuses, completed, stale, forged
+/// and duplicate ids match nothing, and a channel death hands every request back once.
+#[test]
+fn channel_request_table_ids_and_fail_all() {
+    let mut t: RequestTable<u32, 2> = RequestTable::new();
+    let a = t.insert(10, false).unwrap();
+    let b = t.insert(20, false).unwrap();
+    assert_ne!(a.transaction_id(), 0);
+    assert_eq!(t.insert(30, false).unwrap_err().1, 30);
+    assert_eq!(t.complete(a.transaction_id()).map(|e| e.context), Some(10));
+    assert!(t.complete(a.transaction_id()).is_none());
+    let c = t.insert(30, false).unwrap();
+    assert_ne!(
+        c.transaction_id(),
+        a.transaction_id(),
+        "same slot, new generation"
+    );
+    assert!(t.complete(a.transaction_id()).is_none());
+    for bad in [0, 3, u64::MAX, b.transaction_id() + (1 << 32)] {
+        assert!(t.complete(bad).is_none());
+    }
+    t.fail_all(ChannelError::Rescinded);
+    let mut failed = Vec::new();
+    while let Some(f) = t.take_failed() {
+        failed.push(f);
+    }
+    assert_eq!(failed.len(), 2);
+    assert!(failed.contains(&(b, 20, ChannelError::Rescinded)));
+    assert!(failed.contains(&(c, 30, ChannelError::Rescinded)));
+    assert_eq!(t.in_flight(), 0);
+    assert!(t.complete(b.transaction_id()).is_none());
 }
 
 /// A transport that answers with random completions and random data.

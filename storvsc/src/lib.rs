@@ -8,13 +8,19 @@
 //! - [`handshake`]: the initialisation state machine (BEGIN_INITIALIZATION → version
 //!   negotiation with fallback → QUERY_PROPERTIES → END_INITIALIZATION).
 //! - [`scsi`]: CDB builders, response and sense parsers, error classification.
-//! - [`request`]: EXECUTE_SRB packets, transfer splitting and the request table that maps
-//!   transaction ids to requests.
-//! - [`block`]: a block-device API over the small [`block::ScsiTransport`] trait, which the
-//!   VMBus glue implements.
+//! - [`request`]: EXECUTE_SRB packets and transfer splitting.
+//! - [`block`]: a block-device API over the small [`block::ScsiTransport`] trait.
+//! - [`controller`]: the VMBus glue: a [`controller::StorvscController`] on the shared bus
+//!   (`&vmbus_guest::Vmbus`), owning its channels; queued and blocking I/O.
+//! - [`queue`]: the types of queued I/O (tags, caller buffers, what polls and close report).
+//!
+//! `unsafe` appears only where the caller hands the controller memory by address (the
+//! `submit*` functions and the [`queue`] module that keeps their promise); everything else is
+//! safe code over `vmbus-guest`'s host-memory types.
 //! - `io` (feature `embedded-io`): an `embedded_io::{Read, Write, Seek}` byte-stream view.
 //! - `sdmmc` (feature `embedded-sdmmc`): an `embedded_sdmmc::BlockDevice` adapter.
 #![no_std]
+#![deny(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;

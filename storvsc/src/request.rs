@@ -1,6 +1,6 @@
 //! EXECUTE_SRB requests (devices §3.4, §3.7, §3.10): building the vstor packet for a SCSI
-//! command, decoding its completion, splitting large transfers by the host's limit, and the
-//! fixed-capacity request table that maps transaction ids to requests in flight.
+//! command, decoding its completion and splitting large transfers by the host's limit.
+//! Transaction ids are the channel's business ([`vmbus_guest::RequestTable`]).
 
 use zerocopy::FromZeros;
 use zerocopy::byteorder::little_endian::U32;
@@ -263,100 +263,6 @@ pub fn split_transfer(
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot<T> {
-    generation: u32,
-    ctx: Option<T>,
-}
-
-/// A fixed table of requests in flight. Transaction ids encode the slot index and a
-/// generation counter, `(generation << 32) | (index + 1)`, so they are never 0 (the id Linux
-/// treats as unsolicited) and a stale or forged id from the host is rejected, never used as a
-/// pointer.
-#[derive(Clone, Debug)]
-pub struct RequestTable<T, const N: usize> {
-    slots: [Slot<T>; N],
-    in_flight: usize,
-}
-
-impl<T, const N: usize> Default for RequestTable<T, N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T, const N: usize> RequestTable<T, N> {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self {
-            slots: core::array::from_fn(|_| Slot {
-                generation: 0,
-                ctx: None,
-            }),
-            in_flight: 0,
-        }
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Whether no slot is free.
-    pub fn is_full(&self) -> bool {
-        self.in_flight == N
-    }
-
-    /// Stores `ctx` and returns the transaction id to send with the request.
-    pub fn insert(&mut self, ctx: T) -> Result<u64, StorError> {
-        let (i, slot) = self
-            .slots
-            .iter_mut()
-            .enumerate()
-            .find(|(_, s)| s.ctx.is_none())
-            .ok_or(StorError::TableFull)?;
-        slot.generation = slot.generation.wrapping_add(1);
-        slot.ctx = Some(ctx);
-        self.in_flight += 1;
-        Ok(u64::from(slot.generation) << 32 | (i as u64 + 1))
-    }
-
-    fn slot_of(&mut self, id: u64) -> Result<&mut Slot<T>, StorError> {
-        let index = (id & 0xFFFF_FFFF) as usize;
-        let generation = (id >> 32) as u32;
-        match index.checked_sub(1).and_then(|i| self.slots.get_mut(i)) {
-            Some(s) if s.generation == generation && s.ctx.is_some() => Ok(s),
-            _ => Err(StorError::UnknownTransaction(id)),
-        }
-    }
-
-    /// The context of request `id` if it is in flight.
-    pub fn get(&mut self, id: u64) -> Result<&mut T, StorError> {
-        let s = self.slot_of(id)?;
-        s.ctx.as_mut().ok_or(StorError::UnknownTransaction(id))
-    }
-
-    /// Removes request `id` (its completion arrived, or it was cancelled) and returns its
-    /// context. Unknown, stale and already-completed ids are errors.
-    pub fn complete(&mut self, id: u64) -> Result<T, StorError> {
-        let s = self.slot_of(id)?;
-        let ctx = s.ctx.take().ok_or(StorError::UnknownTransaction(id))?;
-        self.in_flight -= 1;
-        Ok(ctx)
-    }
-
-    /// Channel death: removes every request in flight and hands each to `f` with `err`, so
-    /// nothing is lost silently. Their ids become stale.
-    pub fn fail_all(&mut self, err: StorError, mut f: impl FnMut(u64, T, StorError)) {
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Some(ctx) = s.ctx.take() {
-                f(u64::from(s.generation) << 32 | (i as u64 + 1), ctx, err);
-            }
-        }
-        self.in_flight = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,32 +388,5 @@ mod tests {
         assert_eq!(pages_spanned(0, 4096), 1);
         assert_eq!(pages_spanned(4095, 2), 2);
         assert_eq!(pages_spanned(100, 8192), 3);
-    }
-
-    #[test]
-    fn table_ids_and_fail_all() {
-        let mut t: RequestTable<u32, 2> = RequestTable::new();
-        let a = t.insert(10).unwrap();
-        let b = t.insert(20).unwrap();
-        assert_ne!(a, 0);
-        assert_eq!(t.insert(30), Err(StorError::TableFull));
-        assert_eq!(t.complete(a), Ok(10));
-        assert_eq!(t.complete(a), Err(StorError::UnknownTransaction(a)));
-        let c = t.insert(30).unwrap();
-        assert_ne!(c, a, "same slot, new generation");
-        assert_eq!(t.complete(a), Err(StorError::UnknownTransaction(a)));
-        for bad in [0, 3, u64::MAX, b + (1 << 32)] {
-            assert!(t.complete(bad).is_err());
-        }
-        *t.get(b).unwrap() += 1;
-        let mut failed = std::vec::Vec::new();
-        t.fail_all(StorError::ChannelClosed, |id, ctx, e| {
-            failed.push((id, ctx, e))
-        });
-        assert_eq!(failed.len(), 2);
-        assert!(failed.contains(&(b, 21, StorError::ChannelClosed)));
-        assert!(failed.contains(&(c, 30, StorError::ChannelClosed)));
-        assert_eq!(t.in_flight(), 0);
-        assert!(t.complete(b).is_err());
     }
 }

@@ -11,8 +11,9 @@
 //! - `poll`: the host reads every ring on every step (`set_poll_rings(true)`) and the guest
 //!   polls every channel in a loop; this is the throughput table.
 //! - `intr`: the host reads a ring only when the guest signals it, and the guest drains only
-//!   the channels named in the SynIC event flags it takes (`poll_interrupt`; the guest spins
-//!   on the flags, the mock delivers no real interrupt). Signals per I/O come from this mode.
+//!   the channels named in the work `Vmbus::handle_interrupt` returns (`poll_interrupt`; the
+//!   guest spins on the flags, the mock delivers no real interrupt). Signals per I/O come from
+//!   this mode.
 //!
 //! Variants of one configuration are interleaved round by round (order rotated each round)
 //! and the ratio column is the median of the per-round ratios, because the machine's vCPUs
@@ -23,7 +24,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use storvsc::controller::{ControllerOptions, StorvscController};
-use storvsc::queue::Tag;
+use storvsc::queue::{Done, Tag};
 use storvsc::request::LunAddress;
 use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
@@ -31,11 +32,11 @@ use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
 use test_harness::vmbus::{DeviceOffer, EchoDevice, HostRelease, MockVmbusHost, ThreadedHost};
 use vmbus_guest::protocol::Guid;
 use vmbus_guest::{
-    BoundedWait, Channel, ChannelConfig, Connection, ConnectionConfig, Hal, Received, RequestMode,
-    SynicTransport,
+    BoundedWait, Channel, ChannelConfig, ConnectionConfig, Hal, HostBuffer, Received, Released,
+    SynicTransport, Vmbus,
 };
 
-type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
 
 const INSTANCE: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
 const ECHO_CLASS: Guid = Guid::from_str_const("5f2c4a1e-8d3b-4c6a-9e7f-0a1b2c3d4e5f");
@@ -45,6 +46,8 @@ const BLOCK: usize = 512;
 const DISK_BLOCKS: u64 = 64 * 1024;
 /// No completion for this long in interrupt-driven mode = a lost wakeup.
 const STALL: Duration = Duration::from_millis(10);
+/// Packets one guest poll may take.
+const POLL_BUDGET: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -129,7 +132,7 @@ fn vm(mode: Mode, raw: bool) -> Vm {
     };
     let host = host.spawn();
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let mut guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest.connect(&mut setup_wait()).expect("connect");
     Vm {
         hal: hv.hal(),
@@ -145,7 +148,8 @@ fn setup_wait() -> BoundedWait<impl FnMut()> {
     BoundedWait::new(100_000, || std::thread::sleep(Duration::from_micros(20)))
 }
 
-/// Host-visible I/O buffers: one page per request, GPA-direct without bouncing.
+/// Host-visible I/O buffers from the HAL (caller memory the controller sends GPA-direct
+/// without bouncing): one page per request, freed on drop.
 struct Pages {
     hal: MockHal,
     ptr: NonNull<u8>,
@@ -212,15 +216,17 @@ fn run_storvsc(
     depth: usize,
     dur: Duration,
 ) -> Run {
-    let mut vm = vm(mode, false);
+    let vm = vm(mode, false);
     let pages = Pages::new(&vm.hal, depth);
-    let mut c = StorvscController::open_with(
-        &mut vm.guest,
+    // Room for the 5 channels and the queue depth of the largest configuration.
+    let mut c = StorvscController::<_, _, _, 8, 32>::open_with(
+        &vm.guest,
         vm.relid,
         setup_wait(),
         ControllerOptions {
             sub_channels: channels - 1,
             spill_depth: spill,
+            ..ControllerOptions::default()
         },
     )
     .expect("open controller");
@@ -262,13 +268,18 @@ fn run_storvsc(
                 }
             }
         }
-        let polled = |tag: Tag, r: storvsc::queue::IoResult| {
-            r.and_then(|srb| srb.check(IO as u32)).expect("I/O failed");
-            done.push(tag);
+        let polled = |d: Done| {
+            d.result
+                .and_then(|srb| srb.check(IO as u32))
+                .expect("I/O failed");
+            done.push(d.tag);
         };
-        match mode {
-            Mode::Poll => c.poll(polled),
-            Mode::Intr => c.poll_interrupt(polled),
+        let _more = match mode {
+            Mode::Poll => c.poll(POLL_BUDGET, polled),
+            Mode::Intr => {
+                let mut work = vm.guest.handle_interrupt();
+                c.poll_interrupt(&mut work, POLL_BUDGET, polled)
+            }
         };
         if !done.is_empty() {
             last = Instant::now();
@@ -277,9 +288,11 @@ fn run_storvsc(
             kick(&vm.host, mode);
             stalls += 1;
             last = Instant::now();
-            c.poll(|tag, r| {
-                r.and_then(|srb| srb.check(IO as u32)).expect("I/O failed");
-                done.push(tag);
+            let _more = c.poll(POLL_BUDGET, |d| {
+                d.result
+                    .and_then(|srb| srb.check(IO as u32))
+                    .expect("I/O failed");
+                done.push(d.tag);
             });
         }
         for t in done.drain(..) {
@@ -302,7 +315,7 @@ fn run_storvsc(
         }
     }
     let (ops, secs, (s1, g1)) = end.unwrap_or_default();
-    c.close().expect("close");
+    assert_eq!(c.close(), Released::Freed, "close");
     drop(pages);
     Run {
         ops,
@@ -314,14 +327,15 @@ fn run_storvsc(
 }
 
 fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
-    let mut vm = vm(mode, true);
-    let pages = Pages::new(&vm.hal, depth);
+    let vm = vm(mode, true);
+    let pages = HostBuffer::new(&vm.guest, depth).expect("pages");
     let config = ChannelConfig {
         outbound_pages: storvsc::controller::RING_PAGES,
         inbound_pages: storvsc::controller::RING_PAGES,
         ..ChannelConfig::default()
     };
-    let mut ch = Channel::open(&mut vm.guest, vm.relid, &config, &mut setup_wait()).expect("open");
+    let mut ch: Channel<'_, _, _, u64, 64> =
+        Channel::open(&vm.guest, vm.relid, &config, &mut setup_wait()).expect("open");
     let relids = [vm.relid];
     // A 64-byte in-band payload: the size of a WIN8+ EXECUTE_SRB vstor packet.
     let payload = [0x5Au8; 64];
@@ -339,21 +353,9 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
     loop {
         if end.is_none() {
             while let Some(i) = free.pop() {
-                // SAFETY: page `i` is named by one request at a time; the echo device does
-                // not access it, and nothing writes it meanwhile.
-                let buf = unsafe { std::slice::from_raw_parts(pages.page(i), IO) };
-                // SAFETY: HAL pages that outlive the channel; page `i` is named by one request
-                // at a time and `buf` is dropped when the call returns.
-                let sent = unsafe {
-                    ch.send_gpa_direct(
-                        &vm.guest,
-                        &[buf],
-                        &[&payload],
-                        i as u64,
-                        RequestMode::Callback,
-                    )
-                };
-                match sent {
+                // Page `i` of a bus host buffer, named by one request at a time.
+                let dma = pages.dma(i * IO, IO).expect("page");
+                match ch.request_dma(&[dma], &[&payload], i as u64) {
                     Ok(_) => in_flight += 1,
                     Err(_) => {
                         free.push(i);
@@ -364,7 +366,7 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
         }
         let mut drain = true;
         if mode == Mode::Intr {
-            drain = vm.guest.handle_interrupt().take(vm.relid);
+            drain = vm.guest.handle_interrupt().channels.take(vm.relid) || ch.has_more();
         }
         if !drain && last.elapsed() > STALL {
             // A lost wakeup in either direction: make the host read, and drain unflagged.
@@ -374,13 +376,28 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
             drain = true;
         }
         if drain {
-            ch.poll(&vm.guest, &mut rx, |r| {
-                if let Received::Completion { cookie, packet, .. } = r {
-                    black_box(packet.payload().len());
-                    done.push(cookie);
+            let mut budget = POLL_BUDGET;
+            loop {
+                if budget == 0 {
+                    ch.yield_batch().expect("yield");
+                    break;
                 }
-            })
-            .expect("poll");
+                match ch.recv(&mut rx).expect("recv") {
+                    Some(Received::Completion {
+                        context, packet, ..
+                    }) => {
+                        black_box(packet.payload().len());
+                        done.push(context);
+                        budget -= 1;
+                    }
+                    Some(_) => budget -= 1,
+                    None => {
+                        if !ch.end_batch().expect("end batch") {
+                            break;
+                        }
+                    }
+                }
+            }
         }
         if !done.is_empty() {
             last = Instant::now();
@@ -403,8 +420,8 @@ fn run_raw(mode: Mode, depth: usize, dur: Duration) -> Run {
         }
     }
     let (ops, secs, (s1, g1)) = end.unwrap_or_default();
-    ch.close(&mut vm.guest, &mut setup_wait()).expect("close");
-    drop(pages);
+    assert_eq!(ch.close(&mut setup_wait()), Released::Freed, "close");
+    assert_eq!(pages.release(&mut setup_wait()), Released::Freed, "pages");
     Run {
         ops,
         secs,

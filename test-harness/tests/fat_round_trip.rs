@@ -19,9 +19,9 @@ use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
 use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
 use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, Connection, ConnectionConfig, SynicTransport};
+use vmbus_guest::{BoundedWait, ConnectionConfig, Released, SynicTransport, Vmbus};
 
-type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
 
 const INSTANCE: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
 
@@ -103,7 +103,7 @@ fn a_mkfs_fat_image_round_trips_through_the_guest_fat_driver() {
     vsp.add_lun(0, Lun::file(file, 512).unwrap());
     let relid = host.add_device(offer, Box::new(vsp.clone()));
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let mut guest: Guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    let guest: Guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest
         .connect(&mut BoundedWait::new(200, || {
             host.step();
@@ -114,7 +114,8 @@ fn a_mkfs_fat_image_round_trips_through_the_guest_fat_driver() {
         let waiter = BoundedWait::new(1_000, || {
             host.step();
         });
-        let mut controller = StorvscController::open(&mut guest, relid, waiter).unwrap();
+        let mut controller: StorvscController<'_, _, _, _> =
+            StorvscController::open(&guest, relid, waiter).unwrap();
         let max = controller.max_transfer_bytes();
         let disk = ScsiDisk::open(&mut controller, LunAddress::lun(0), max).unwrap();
         assert_eq!(
@@ -203,7 +204,11 @@ fn a_mkfs_fat_image_round_trips_through_the_guest_fat_driver() {
             "{:?}",
             vsp.protocol_errors()
         );
-        controller.close().expect("the channel closes cleanly");
+        assert_eq!(
+            controller.close(),
+            Released::Freed,
+            "the channels close cleanly"
+        );
     }
     drop(guest);
     drop(host);

@@ -7,17 +7,17 @@ use std::ptr::NonNull;
 use storvsc::block::{BlockDevice, DataBuf, ScsiDisk, ScsiTransport};
 use storvsc::handshake::{Handshake, Progress};
 use storvsc::protocol::{NtStatus, VstorVersion};
-use storvsc::request::{LunAddress, RequestTable, ScsiRequest, SrbCompletion};
+use storvsc::request::{LunAddress, ScsiRequest, SrbCompletion};
 use storvsc::{StorError, scsi};
 use test_harness::guest::{BootedVp, boot_vp};
 use test_harness::hv::{HostPreset, MockConfig, MockHypervisor};
 use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
 use test_harness::vmbus::{ChannelState, DeviceOffer, HostRelease, MockVmbusHost};
-use vmbus_guest::Hal;
 use vmbus_guest::protocol::{
     CANDIDATE_VERSIONS, GpaRange, GpadlBody, GpadlHeader, Guid, InitiateContact, MessageHeader,
     MessageType, OfferChannel, OpenChannel, RequestOffers, WirePfn, message_connection_id_for,
 };
+use vmbus_guest::{ChannelError, Hal, RequestTable};
 use zerocopy::{FromZeros, IntoBytes};
 
 const INSTANCE: Guid = Guid::from_str_const("00000000-0000-0000-0000-0000000000d1");
@@ -477,7 +477,11 @@ impl ScsiTransport for RigTransport<'_> {
         }
         let mut pkt = [0u8; 64];
         let n = request.write_packet(self.version, &mut pkt)?;
-        let tid = self.table.insert(())?;
+        let tid = self
+            .table
+            .insert((), false)
+            .map_err(|_| StorError::TableFull)?
+            .transaction_id();
         if len == 0 {
             self.rig.send(tid, &pkt[..n], None);
         } else {
@@ -487,13 +491,16 @@ impl ScsiTransport for RigTransport<'_> {
                 .send(tid, &pkt[..n], Some((len as u32, offset, &pfns)));
         }
         let Some((ty, got, payload)) = self.rig.take() else {
-            self.table.fail_all(StorError::Timeout, |_, _, _| {});
+            self.table.fail_all(ChannelError::Timeout);
+            while self.table.take_failed().is_some() {}
             return Err(StorError::Timeout);
         };
         if ty != 11 {
             return Err(StorError::UnexpectedCompletion);
         }
-        self.table.complete(got)?;
+        self.table
+            .complete(got)
+            .ok_or(StorError::UnknownTransaction(got))?;
         let c = SrbCompletion::parse(&payload)?;
         if let DataBuf::FromDevice(b) = data {
             let n = (c.data_transfer_length as usize).min(b.len());

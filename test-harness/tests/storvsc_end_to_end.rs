@@ -11,9 +11,9 @@ use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
 use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
 use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, Connection, ConnectionConfig, SynicTransport};
+use vmbus_guest::{BoundedWait, ConnectionConfig, Released, SynicTransport, Vmbus};
 
-type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
 
 const INSTANCE: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
 
@@ -36,7 +36,7 @@ fn rig(release: HostRelease, config: VspConfig, luns: &[(u8, u32, u64)]) -> Rig 
     }
     let relid = host.add_device(offer, Box::new(vsp.clone()));
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let mut guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest
         .connect(&mut BoundedWait::new(200, || {
             host.step();
@@ -72,7 +72,8 @@ fn disks_are_found_read_and_written_through_the_channel() {
         let waiter = BoundedWait::new(1_000, || {
             host.step();
         });
-        let mut controller = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+        let mut controller: StorvscController<'_, _, _, _> =
+            StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
         assert_eq!(controller.negotiated().version, expected);
         let max = controller.max_transfer_bytes();
         let mut luns = Vec::new();
@@ -92,6 +93,7 @@ fn disks_are_found_read_and_written_through_the_channel() {
             let mut one = vec![0u8; block_size as usize];
             assert!(disk.read_blocks(blocks, &mut one).is_err());
         }
+        assert_eq!(controller.close(), Released::Freed);
         // The VSP holds what the guest wrote.
         let on_disk = rig.vsp.read_lun(0, 5 * 512, 512 * 37).unwrap();
         assert_eq!(on_disk, pattern(512 * 37, 0));
@@ -99,6 +101,12 @@ fn disks_are_found_read_and_written_through_the_channel() {
             rig.vsp.protocol_errors().is_empty(),
             "{:?}",
             rig.vsp.protocol_errors()
+        );
+        assert_eq!(rig.host.freed_while_mapped(), []);
+        assert!(
+            rig.host.protocol_errors().is_empty(),
+            "{:?}",
+            rig.host.protocol_errors()
         );
     }
 }
@@ -111,7 +119,8 @@ fn unit_attention_and_transient_errors_are_retried() {
     let waiter = BoundedWait::new(1_000, || {
         host.step();
     });
-    let mut controller = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut controller: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     let max = controller.max_transfer_bytes();
     let mut disk = ScsiDisk::open(&mut controller, LunAddress::lun(0), max).unwrap();
     let data = pattern(4096, 9);
@@ -143,12 +152,18 @@ fn rescind_with_io_in_flight_fails_the_request() {
         }
         host.step();
     });
-    let mut controller = StorvscController::open(&mut rig.guest, relid, waiter).unwrap();
+    let mut controller: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, relid, waiter).unwrap();
     let max = controller.max_transfer_bytes();
     let mut disk = ScsiDisk::open(&mut controller, LunAddress::lun(0), max).unwrap();
     vsp.withhold_completions(true);
     let mut buf = vec![0u8; 512];
     assert_eq!(disk.read_blocks(0, &mut buf), Err(StorError::ChannelClosed));
+    assert_eq!(disk.read_blocks(0, &mut buf), Err(StorError::ChannelClosed));
+    // The host confirmed the close of the rescinded channel: the bounce buffer the failed
+    // read named is freed, not leaked.
+    assert_eq!(controller.close(), Released::Freed);
+    assert_eq!(rig.host.freed_while_mapped(), []);
 }
 
 #[test]
@@ -159,12 +174,18 @@ fn a_silent_host_times_out() {
     let waiter = BoundedWait::new(50, || {
         host.step();
     });
-    let mut controller = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut controller: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     let max = controller.max_transfer_bytes();
     let mut disk = ScsiDisk::open(&mut controller, LunAddress::lun(0), max).unwrap();
     vsp.withhold_completions(true);
     let mut buf = vec![0u8; 512];
     assert_eq!(disk.read_blocks(0, &mut buf), Err(StorError::Timeout));
+    // The timed-out read still names the bounce buffer; the close (which the host confirms)
+    // ends it, so nothing leaks and nothing is freed under the host.
+    assert_eq!(controller.close(), Released::Freed);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    assert!(rig.host.protocol_errors().is_empty());
 }
 
 #[test]
@@ -176,7 +197,8 @@ fn each_request_gets_the_whole_wait_budget() {
     let waiter = BoundedWait::new(20, || {
         host.step();
     });
-    let mut controller = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut controller: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     let max = controller.max_transfer_bytes();
     let mut disk = ScsiDisk::open(&mut controller, LunAddress::lun(0), max).unwrap();
     let mut buf = vec![0u8; 512];

@@ -1,7 +1,9 @@
-//! Queued storvsc I/O against the mock storage VSP: many requests in flight, spread over the
-//! primary channel and the sub-channels obtained with CREATE_SUB_CHANNELS, GPA-direct on
-//! host-visible buffers and bounced otherwise, back-pressure, and every request in flight
-//! ending with an error on rescind or close.
+//! Queued storvsc I/O against the mock storage VSP on the shared bus: many requests in
+//! flight, spread over the primary channel and the sub-channels obtained with
+//! CREATE_SUB_CHANNELS, GPA-direct on host-visible buffers and bounced otherwise,
+//! back-pressure, every request in flight ending with an error on rescind (also on the
+//! interrupt-driven path) or close, memory the host may still access never given back, and
+//! the sizes of the types a kernel holds.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,20 +11,23 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use storvsc::StorError;
+use storvsc::block::ScsiDisk;
 use storvsc::controller::{ControllerOptions, StorvscController};
-use storvsc::queue::{IoResult, Tag};
+use storvsc::queue::{Done, IoResult, Memory, Reclaimed, Tag};
 use storvsc::request::LunAddress;
 use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
-use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
+use test_harness::vmbus::{ChannelState, DeviceOffer, HostRelease, MockVmbusHost};
 use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, Connection, ConnectionConfig, Hal, SynicTransport};
+use vmbus_guest::{BoundedWait, ConnectionConfig, Hal, Released, SynicTransport, Vmbus};
 
-type Guest = Connection<SynicTransport<MockVp>, MockHal>;
+type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
 
 const INSTANCE: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
 const BS: usize = 512;
+/// Packets one poll may take.
+const BUDGET: usize = 16;
 
 struct Rig {
     hv: MockHypervisor,
@@ -41,7 +46,7 @@ fn rig(config: VspConfig, blocks: u64) -> Rig {
     vsp.add_lun(0, Lun::memory(BS as u32, blocks));
     let relid = host.add_device(offer, Box::new(vsp.clone()));
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let mut guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
+    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
     guest
         .connect(&mut BoundedWait::new(200, || {
             host.step();
@@ -53,6 +58,25 @@ fn rig(config: VspConfig, blocks: u64) -> Rig {
         guest,
         vsp,
         relid,
+    }
+}
+
+impl Rig {
+    /// Neither the host nor the VSP saw a protocol error, and the guest never freed memory
+    /// the host still mapped.
+    fn assert_clean(&self) {
+        let host = self.host.borrow();
+        assert_eq!(host.freed_while_mapped(), [], "freed while host-mapped");
+        assert!(
+            host.protocol_errors().is_empty(),
+            "{:?}",
+            host.protocol_errors()
+        );
+        assert!(
+            self.vsp.protocol_errors().is_empty(),
+            "{:?}",
+            self.vsp.protocol_errors()
+        );
     }
 }
 
@@ -69,7 +93,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Host-visible pages from the HAL (GPA-direct on them), freed on drop.
+/// Host-visible pages from the HAL (GPA-direct on them), freed on drop — so a test drops one
+/// only when the controller gave it back, and forgets one it reported leaked.
 struct HalBuf {
     hal: MockHal,
     ptr: NonNull<u8>,
@@ -97,12 +122,12 @@ impl Drop for HalBuf {
     }
 }
 
-/// Polls (stepping the host) until `n` completions were reported.
-fn collect<T, H, W>(
-    c: &mut StorvscController<'_, T, H, W>,
+/// Polls (stepping the host) until `n` requests were reported; returns how each ended.
+fn collect_done<T, H, W, const C: usize, const D: usize>(
+    c: &mut StorvscController<'_, T, H, W, C, D>,
     host: &Rc<RefCell<MockVmbusHost>>,
     n: usize,
-) -> HashMap<Tag, IoResult>
+) -> HashMap<Tag, Done>
 where
     T: vmbus_guest::Transport,
     H: Hal,
@@ -110,9 +135,10 @@ where
 {
     let mut done = HashMap::new();
     for _ in 0..10_000 {
-        c.poll(|tag, r| {
-            assert!(done.insert(tag, r).is_none(), "tag reported twice");
+        let polled = c.poll(BUDGET, |d| {
+            assert!(done.insert(d.tag, d).is_none(), "tag reported twice");
         });
+        assert!(polled.reported <= BUDGET + n, "{polled:?}");
         if done.len() >= n {
             break;
         }
@@ -122,12 +148,33 @@ where
     done
 }
 
+/// [`collect_done`] for requests that must give their buffers back: their results.
+fn collect<T, H, W, const C: usize, const D: usize>(
+    c: &mut StorvscController<'_, T, H, W, C, D>,
+    host: &Rc<RefCell<MockVmbusHost>>,
+    n: usize,
+) -> HashMap<Tag, IoResult>
+where
+    T: vmbus_guest::Transport,
+    H: Hal,
+    W: vmbus_guest::Wait,
+{
+    collect_done(c, host, n)
+        .into_iter()
+        .map(|(t, d)| {
+            assert_eq!(d.memory, Memory::Returned, "{d:?}");
+            (t, d.result)
+        })
+        .collect()
+}
+
 #[test]
 fn queued_io_spreads_over_sub_channels_and_moves_the_right_data() {
-    let mut rig = rig(VspConfig::default(), 4096);
+    let rig = rig(VspConfig::default(), 4096);
     let waiter = stepper(&rig.host, 1_000);
     let hal = rig.hv.hal();
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    // Room for every sub-channel the mock allows (4) and 64 requests.
+    let mut c = StorvscController::<_, _, _, 8, 64>::open(&rig.guest, rig.relid, waiter).unwrap();
     assert_eq!(c.channel_count(), 5, "primary + the 4 sub-channels allowed");
     assert_eq!(rig.vsp.sub_channels_created(), 4);
     let lun = LunAddress::lun(0);
@@ -195,17 +242,25 @@ fn queued_io_spreads_over_sub_channels_and_moves_the_right_data() {
         assert_eq!(got, pattern(4096, i as u8), "read {i}");
     }
     assert_eq!(c.in_flight(), 0);
-    c.close().unwrap();
-    assert!(
-        rig.vsp.protocol_errors().is_empty(),
-        "{:?}",
-        rig.vsp.protocol_errors()
+    assert_eq!(c.close(), Released::Freed);
+    drop(hal_bufs);
+    rig.assert_clean();
+}
+
+#[test]
+fn default_capacities_cap_the_sub_channels() {
+    // CHANNELS defaults to 4: the primary and 3 of the 4 sub-channels the host allows.
+    let rig = rig(VspConfig::default(), 256);
+    let waiter = stepper(&rig.host, 1_000);
+    let c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
+    assert_eq!(c.channel_count(), storvsc::queue::DEFAULT_CHANNELS);
+    assert_eq!(
+        usize::from(rig.vsp.sub_channels_created()),
+        storvsc::queue::DEFAULT_CHANNELS - 1
     );
-    assert!(
-        rig.host.borrow().protocol_errors().is_empty(),
-        "{:?}",
-        rig.host.borrow().protocol_errors()
-    );
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
 }
 
 #[test]
@@ -214,9 +269,10 @@ fn single_channel_when_the_host_allows_no_sub_channels() {
         max_sub_channels: 0,
         ..VspConfig::default()
     };
-    let mut rig = rig(config, 256);
+    let rig = rig(config, 256);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     assert_eq!(c.channel_count(), 1);
     assert_eq!(rig.vsp.sub_channels_created(), 0);
     let mut bufs: Vec<Vec<u8>> = (0..8).map(|i| pattern(BS, i)).collect();
@@ -233,15 +289,16 @@ fn single_channel_when_the_host_allows_no_sub_channels() {
         rig.vsp.read_lun(0, 3 * BS as u64, BS).unwrap(),
         pattern(BS, 3)
     );
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
 }
 
 #[test]
 fn opting_out_of_sub_channels_keeps_one_channel() {
-    let mut rig = rig(VspConfig::default(), 256);
+    let rig = rig(VspConfig::default(), 256);
     let waiter = stepper(&rig.host, 1_000);
-    let c = StorvscController::open_with(
-        &mut rig.guest,
+    let c: StorvscController<'_, _, _, _> = StorvscController::open_with(
+        &rig.guest,
         rig.relid,
         waiter,
         ControllerOptions {
@@ -252,17 +309,17 @@ fn opting_out_of_sub_channels_keeps_one_channel() {
     .unwrap();
     assert_eq!(c.channel_count(), 1);
     assert_eq!(rig.vsp.sub_channels_created(), 0);
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
 }
 
 #[test]
 fn a_full_table_pushes_back_until_polled() {
     // One channel, so the mock's release of withheld completions (always on the primary)
     // answers every request on the channel it was sent on.
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open_with(
-        &mut rig.guest,
+    let mut c: StorvscController<'_, _, _, _> = StorvscController::open_with(
+        &rig.guest,
         rig.relid,
         waiter,
         ControllerOptions {
@@ -287,8 +344,8 @@ fn a_full_table_pushes_back_until_polled() {
         rig.host.borrow_mut().step();
     }
     assert_eq!(refused, Some(StorError::TableFull));
-    // The channel's own requestor is the tighter bound here.
-    assert_eq!(submitted, vmbus_guest::requestor::MAX_REQUESTS);
+    // The queue depth (and the channel's request table, of the same capacity) bounds it.
+    assert_eq!(submitted, storvsc::queue::DEFAULT_DEPTH);
     assert_eq!(rig.vsp.withheld(), submitted);
     // Once the host answers, the queue drains and takes new requests again.
     rig.vsp.release_withheld();
@@ -301,33 +358,38 @@ fn a_full_table_pushes_back_until_polled() {
     // SAFETY: not touched until reported.
     unsafe { c.submit_read(LunAddress::lun(0), 0, 1, &mut one) }.unwrap();
     collect(&mut c, &rig.host, 1);
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
 }
 
 #[test]
 fn rescind_fails_every_request_in_flight_on_every_channel() {
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
     let hal = rig.hv.hal();
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     assert!(c.channel_count() > 1);
     rig.vsp.withhold_completions(true);
     let mut hal_bufs: Vec<HalBuf> = (0..6).map(|_| HalBuf::new(&hal, 1)).collect();
     let mut vec_bufs: Vec<Vec<u8>> = (0..6).map(|_| vec![0u8; 4096]).collect();
+    let mut direct = Vec::new();
     let mut tags = Vec::new();
     for (i, b) in hal_bufs.iter_mut().enumerate() {
-        // SAFETY: not touched until reported.
-        tags.push(
-            unsafe { c.submit_read(LunAddress::lun(0), i as u64 * 8, 8, b.slice_mut()) }.unwrap(),
-        );
+        // SAFETY: not touched until given back.
+        let t =
+            unsafe { c.submit_read(LunAddress::lun(0), i as u64 * 8, 8, b.slice_mut()) }.unwrap();
+        direct.push(t);
+        tags.push(t);
     }
     for (i, b) in vec_bufs.iter_mut().enumerate() {
-        // SAFETY: not touched until reported.
+        // SAFETY: not touched until given back.
         tags.push(unsafe { c.submit_write(LunAddress::lun(0), i as u64 * 8, 8, b) }.unwrap());
     }
     for _ in 0..20 {
         rig.host.borrow_mut().step();
-        assert_eq!(c.poll(|t, r| panic!("{t:?} ended early: {r:?}")), 0);
+        let polled = c.poll(BUDGET, |d| panic!("{d:?} ended early"));
+        assert_eq!(polled.reported, 0);
     }
     assert_eq!(
         rig.vsp.withheld(),
@@ -342,25 +404,128 @@ fn rescind_fails_every_request_in_flight_on_every_channel() {
             > 1
     );
     rig.host.borrow_mut().rescind(rig.relid);
-    let done = collect(&mut c, &rig.host, tags.len());
+    let done = collect_done(&mut c, &rig.host, tags.len());
     for t in &tags {
-        assert_eq!(done[t], Err(StorError::ChannelClosed), "{t:?}");
+        assert_eq!(done[t].result, Err(StorError::ChannelClosed), "{t:?}");
+        // GPA-direct buffers stay the host's until close says otherwise; bounced ones never
+        // reached the host.
+        let held = if direct.contains(t) {
+            Memory::HeldUntilClose
+        } else {
+            Memory::Returned
+        };
+        assert_eq!(done[t].memory, held, "{t:?}");
     }
     assert!(!c.is_alive());
     assert_eq!(c.in_flight(), 0);
+    assert_eq!(c.held_until_close(), direct.len());
     // New submissions are refused at once.
     let mut one = vec![0u8; BS];
     // SAFETY: refused, so never in flight.
     let r = unsafe { c.submit_read(LunAddress::lun(0), 0, 1, &mut one) };
     assert_eq!(r, Err(StorError::ChannelClosed));
-    c.close().unwrap();
+    let mut reclaimed = Vec::new();
+    assert_eq!(c.close_with(|r| reclaimed.push(r)), Released::Freed);
+    reclaimed.sort_by_key(|r| r.tag.raw());
+    direct.sort_by_key(|t| t.raw());
+    assert_eq!(
+        reclaimed,
+        direct
+            .iter()
+            .map(|&tag| Reclaimed {
+                tag,
+                result: None,
+                memory: Released::Freed
+            })
+            .collect::<Vec<_>>()
+    );
+    // The host let go: the buffers may be freed, and RELID_RELEASED followed the close.
+    drop(hal_bufs);
+    rig.host.borrow_mut().step();
+    assert_eq!(
+        rig.host.borrow().channel_state(rig.relid),
+        Some(ChannelState::Released)
+    );
+    rig.assert_clean();
+}
+
+#[test]
+fn rescind_reaches_the_interrupt_driven_poll() {
+    // 64 requests in flight over 4 channels, the host holding every completion; the host
+    // rescinds the disk; the guest runs only its interrupt path (handle_interrupt, then the
+    // controller's poll_interrupt), never the bus's thread-context poll or the host.
+    let rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 1_000);
+    let hal = rig.hv.hal();
+    let mut c = StorvscController::<_, _, _, 4, 64>::open(&rig.guest, rig.relid, waiter).unwrap();
+    assert_eq!(c.channel_count(), 4);
+    rig.vsp.withhold_completions(true);
+    let mut hal_bufs: Vec<HalBuf> = (0..32).map(|_| HalBuf::new(&hal, 1)).collect();
+    let mut vec_bufs: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; BS]).collect();
+    let mut tags = Vec::new();
+    for (i, b) in hal_bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until given back.
+        tags.push(
+            unsafe { c.submit_read(LunAddress::lun(0), i as u64, 8, b.slice_mut()) }.unwrap(),
+        );
+    }
+    for (i, b) in vec_bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until given back.
+        tags.push(unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap());
+    }
+    assert_eq!(tags.len(), 64);
+    for _ in 0..20 {
+        rig.host.borrow_mut().step();
+    }
+    assert_eq!(rig.vsp.withheld(), 64, "the host holds every request");
+    // The interrupt path sees nothing to report while the host holds them.
+    let mut work = rig.guest.handle_interrupt();
+    assert_eq!(
+        c.poll_interrupt(&mut work, BUDGET, |d| panic!("{d:?}"))
+            .reported,
+        0
+    );
+
+    rig.host.borrow_mut().rescind(rig.relid);
+    let mut done = HashMap::new();
+    let mut calls = 0;
+    while done.len() < tags.len() {
+        calls += 1;
+        assert!(calls <= 8, "only {} of 64 ended after 8 polls", done.len());
+        let mut work = rig.guest.handle_interrupt();
+        let polled = c.poll_interrupt(&mut work, BUDGET, |d| {
+            assert!(done.insert(d.tag, d).is_none(), "tag reported twice");
+        });
+        assert!(polled.reported <= 64);
+    }
+    assert!(
+        done.values()
+            .all(|d| d.result == Err(StorError::ChannelClosed))
+    );
+    assert!(!c.is_alive());
+    assert_eq!(c.in_flight(), 0);
+
+    // Close: the host's revoke completes (CLOSECHANNEL, then RELID_RELEASED), and every
+    // buffer the host held comes back freed.
+    let mut reclaimed = Vec::new();
+    assert_eq!(c.close_with(|r| reclaimed.push(r)), Released::Freed);
+    assert_eq!(reclaimed.len(), 32, "the GPA-direct ones");
+    assert!(reclaimed.iter().all(|r| r.memory == Released::Freed));
+    drop(hal_bufs);
+    rig.host.borrow_mut().step();
+    assert_eq!(
+        rig.host.borrow().channel_state(rig.relid),
+        Some(ChannelState::Released)
+    );
+    rig.assert_clean();
 }
 
 #[test]
 fn close_reports_every_request_still_in_flight() {
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     rig.vsp.withhold_completions(true);
     let mut bufs: Vec<Vec<u8>> = (0..10).map(|_| vec![0u8; BS]).collect();
     let mut tags = Vec::new();
@@ -369,22 +534,76 @@ fn close_reports_every_request_still_in_flight() {
         tags.push(unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap());
     }
     let mut failed = Vec::new();
-    c.close_with(|t, r| {
-        assert_eq!(r, Err(StorError::ChannelClosed));
-        failed.push(t);
-    })
-    .unwrap();
+    let released = c.close_with(|r| {
+        assert_eq!(r.result, Some(Err(StorError::ChannelClosed)));
+        // Bounced: the host never saw these buffers.
+        assert_eq!(r.memory, Released::Freed);
+        failed.push(r.tag);
+    });
+    assert_eq!(released, Released::Freed);
     failed.sort_by_key(|t| t.raw());
     tags.sort_by_key(|t| t.raw());
     assert_eq!(failed, tags);
+    rig.assert_clean();
+}
+
+#[test]
+fn a_close_the_host_never_confirms_leaks_instead_of_freeing() {
+    // The host holds every completion and, once asked to tear the rings down, never answers
+    // GPADL_TORNDOWN: it may still be working on the requests. Nothing it may touch is freed
+    // — rings, bounce pool, or the caller's GPA-direct buffers — and the mock's
+    // freed-while-mapped check stays clean.
+    let rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 300);
+    let hal = rig.hv.hal();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
+    rig.vsp.withhold_completions(true);
+    let mut hal_bufs: Vec<HalBuf> = (0..8).map(|_| HalBuf::new(&hal, 1)).collect();
+    let mut vec_bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 4096]).collect();
+    let mut direct = Vec::new();
+    for (i, b) in hal_bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until given back (never, if leaked).
+        direct.push(
+            unsafe { c.submit_read(LunAddress::lun(0), i as u64, 8, b.slice_mut()) }.unwrap(),
+        );
+    }
+    for (i, b) in vec_bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until given back.
+        unsafe { c.submit_write(LunAddress::lun(0), i as u64, 8, b) }.unwrap();
+    }
+    for _ in 0..20 {
+        rig.host.borrow_mut().step();
+    }
+    assert_eq!(rig.vsp.withheld(), 16);
+    rig.host.borrow_mut().withhold_gpadl_torndown(true);
+    let mut reclaimed = Vec::new();
+    let released = c.close_with(|r| reclaimed.push(r));
+    assert_eq!(released, Released::Leaked);
+    assert!(rig.host.borrow().withheld_torndowns() > 0);
+    assert_eq!(reclaimed.len(), 16);
+    for r in &reclaimed {
+        assert_eq!(r.result, Some(Err(StorError::ChannelClosed)));
+        let expected = if direct.contains(&r.tag) {
+            Released::Leaked
+        } else {
+            Released::Freed
+        };
+        assert_eq!(r.memory, expected, "{r:?}");
+    }
+    // Leaked buffers are never freed; the bounced ones were never the host's.
+    std::mem::forget(hal_bufs);
+    drop(vec_bufs);
+    rig.assert_clean();
 }
 
 #[test]
 fn blocking_io_still_works_next_to_queued_io() {
-    use storvsc::block::{BlockDevice, ScsiDisk};
-    let mut rig = rig(VspConfig::default(), 1024);
+    use storvsc::block::BlockDevice;
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     let qbuf = pattern(4096, 77);
     // SAFETY: not touched until reported.
     let tag = unsafe { c.submit_write(LunAddress::lun(0), 100, 8, &qbuf) }.unwrap();
@@ -401,7 +620,8 @@ fn blocking_io_still_works_next_to_queued_io() {
     let done = collect(&mut c, &rig.host, 1);
     done[&tag].as_ref().unwrap().check(4096).unwrap();
     assert_eq!(rig.vsp.read_lun(0, 100 * BS as u64, 4096).unwrap(), qbuf);
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
 }
 
 #[test]
@@ -410,10 +630,11 @@ fn unaligned_host_visible_buffers_and_commands_without_data() {
     use storvsc::queue::IoBuffer;
     use storvsc::request::ScsiRequest;
     use storvsc::scsi::Cdb;
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
     let hal = rig.hv.hal();
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
     // 3 KiB at offset 1536 of host-visible pages: one GPA-direct range over two pages.
     let mut pages = HalBuf::new(&hal, 2);
     let data = pattern(6 * BS, 42);
@@ -456,15 +677,16 @@ fn unaligned_host_visible_buffers_and_commands_without_data() {
     let e = unsafe { c.submit_read(LunAddress::lun(0), 0, 3, &mut odd) };
     assert!(matches!(e, Err(StorError::InvalidArgument(_))), "{e:?}");
     assert_eq!(c.in_flight(), 0);
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
     drop(pages);
+    rig.assert_clean();
 }
 
 #[test]
 fn a_rescinded_sub_channel_fails_only_its_requests() {
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open(&mut rig.guest, rig.relid, waiter).unwrap();
+    let mut c = StorvscController::<_, _, _, 8, 64>::open(&rig.guest, rig.relid, waiter).unwrap();
     let relids = c.channel_relids().to_vec();
     assert_eq!(relids.len(), 5);
     let mut bufs: Vec<Vec<u8>> = (0..10).map(|_| vec![0u8; BS]).collect();
@@ -493,15 +715,20 @@ fn a_rescinded_sub_channel_fails_only_its_requests() {
     let done = collect(&mut c, &rig.host, bufs.len());
     assert!(done.values().all(|r| r.is_ok()));
     assert_eq!(c.submissions_per_channel()[2], on_victim_before);
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
+    assert_eq!(
+        rig.host.borrow().channel_state(relids[2]),
+        Some(ChannelState::Released)
+    );
+    rig.assert_clean();
 }
 
 #[test]
 fn spill_depth_keeps_a_burst_on_one_channel_until_it_is_deep_enough() {
-    let mut rig = rig(VspConfig::default(), 1024);
+    let rig = rig(VspConfig::default(), 1024);
     let waiter = stepper(&rig.host, 1_000);
-    let mut c = StorvscController::open_with(
-        &mut rig.guest,
+    let mut c = StorvscController::<_, _, _, 8, 64>::open_with(
+        &rig.guest,
         rig.relid,
         waiter,
         ControllerOptions {
@@ -519,5 +746,137 @@ fn spill_depth_keeps_a_burst_on_one_channel_until_it_is_deep_enough() {
     assert_eq!(c.submissions_per_channel(), [8, 8, 8, 8, 0]);
     let done = collect(&mut c, &rig.host, 32);
     assert!(done.values().all(|r| r.is_ok()));
-    c.close().unwrap();
+    assert_eq!(c.close(), Released::Freed);
+}
+
+#[test]
+fn a_poll_budget_is_kept_and_more_is_reported() {
+    let rig = rig(VspConfig::default(), 1024);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c: StorvscController<'_, _, _, _> = StorvscController::open_with(
+        &rig.guest,
+        rig.relid,
+        waiter,
+        ControllerOptions {
+            sub_channels: 0,
+            ..ControllerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut bufs: Vec<Vec<u8>> = (0..20).map(|_| vec![0u8; BS]).collect();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        // SAFETY: not touched until reported.
+        unsafe { c.submit_read(LunAddress::lun(0), i as u64, 1, b) }.unwrap();
+    }
+    for _ in 0..20 {
+        rig.host.borrow_mut().step();
+    }
+    // 20 completions wait in the ring; a budget of 6 takes 6 and says there is more.
+    let mut n = 0;
+    let first = c.poll(6, |_| n += 1);
+    assert_eq!((first.reported, first.more, n), (6, true, 6));
+    let mut polls = 1;
+    let mut more = first.more;
+    while more {
+        let p = c.poll(6, |_| n += 1);
+        assert!(p.reported <= 6);
+        more = p.more;
+        polls += 1;
+    }
+    assert_eq!((n, polls), (20, 4));
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
+}
+
+#[test]
+fn controller_and_disk_fit_on_a_small_stack() {
+    type Waiter = BoundedWait<fn()>;
+    type Controller = StorvscController<'static, SynicTransport<MockVp>, MockHal, Waiter>;
+    type Disk = ScsiDisk<Controller>;
+    type DiskOnBorrow = ScsiDisk<&'static mut Controller>;
+    type Stream = storvsc::io::BlockStream<Disk>;
+    type Sdmmc = storvsc::sdmmc::SdmmcDisk<Disk>;
+    let sizes = [
+        (
+            "StorvscController (default CHANNELS, DEPTH)",
+            size_of::<Controller>(),
+        ),
+        ("ScsiDisk<StorvscController>", size_of::<Disk>()),
+        (
+            "ScsiDisk<&mut StorvscController>",
+            size_of::<DiskOnBorrow>(),
+        ),
+        (
+            "BlockStream<ScsiDisk<StorvscController>>",
+            size_of::<Stream>(),
+        ),
+        ("SdmmcDisk<ScsiDisk<StorvscController>>", size_of::<Sdmmc>()),
+    ];
+    for (name, size) in sizes {
+        println!("{name}: {size} bytes");
+        assert!(size <= 16 * 1024, "{name} is {size} bytes");
+    }
+    println!(
+        "StorvscController<.., 8, 64>: {} bytes (explicit capacities)",
+        size_of::<StorvscController<'static, SynicTransport<MockVp>, MockHal, Waiter, 8, 64>>()
+    );
+}
+
+#[test]
+fn a_bus_change_announced_by_the_host_is_recorded() {
+    let rig = rig(VspConfig::default(), 256);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c: StorvscController<'_, _, _, _> =
+        StorvscController::open(&rig.guest, rig.relid, waiter).unwrap();
+    assert!(!c.take_bus_change());
+    rig.vsp.add_lun(1, Lun::memory(4096, 8));
+    rig.vsp.announce_bus_change();
+    for _ in 0..5 {
+        rig.host.borrow_mut().step();
+        let _ = c.poll(BUDGET, |d| panic!("{d:?}"));
+    }
+    assert!(
+        c.take_bus_change(),
+        "ENUMERATE_BUS seen on the queue's receive path"
+    );
+    assert!(!c.take_bus_change());
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
+}
+
+#[test]
+fn a_small_bounce_pool_refuses_what_it_can_never_hold() {
+    let rig = rig(VspConfig::default(), 256);
+    let waiter = stepper(&rig.host, 1_000);
+    let mut c: StorvscController<'_, _, _, _> = StorvscController::open_with(
+        &rig.guest,
+        rig.relid,
+        waiter,
+        ControllerOptions {
+            pool_pages: 2,
+            ..ControllerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut big = vec![0u8; 3 * 4096];
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 0, 24, &mut big) };
+    assert!(matches!(e, Err(StorError::InvalidArgument(_))), "{e:?}");
+    // Two 1-page reads fill the pool; a third waits for room (back-pressure).
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+    let (a, rest) = bufs.split_at_mut(1);
+    let (b, d) = rest.split_at_mut(1);
+    // SAFETY: not touched until reported.
+    unsafe { c.submit_read(LunAddress::lun(0), 0, 8, &mut a[0]) }.unwrap();
+    // SAFETY: as above.
+    unsafe { c.submit_read(LunAddress::lun(0), 8, 8, &mut b[0]) }.unwrap();
+    // SAFETY: refused, never in flight.
+    let e = unsafe { c.submit_read(LunAddress::lun(0), 16, 8, &mut d[0]) };
+    assert_eq!(e, Err(StorError::TableFull));
+    collect(&mut c, &rig.host, 2);
+    // SAFETY: not touched until reported.
+    unsafe { c.submit_read(LunAddress::lun(0), 16, 8, &mut d[0]) }.unwrap();
+    collect(&mut c, &rig.host, 1);
+    assert_eq!(c.close(), Released::Freed);
+    rig.assert_clean();
 }

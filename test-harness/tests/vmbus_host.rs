@@ -1491,3 +1491,59 @@ fn a_rescind_ends_the_host_s_use_of_the_channel_s_gpadls() {
     assert_eq!(MessageType(u32_at(&r, 0)), MessageType::GPADL_TORNDOWN);
     rig.assert_clean();
 }
+
+#[test]
+fn withheld_torndown_keeps_the_ring_and_the_requests_of_a_closed_channel_mapped() {
+    // Fault injection: a host that never confirms the teardown of a closed channel is still
+    // working on it: the ring GPADL and the pages of its uncompleted GPA-direct requests
+    // stay host-mapped until it answers.
+    let dev = Withholder::default();
+    let mut rig = Rig::new(HostRelease::Ws2022);
+    rig.host
+        .add_device(echo_offer(SCSI, INSTANCE_A), Box::new(dev.clone()));
+    rig.negotiate();
+    let offer = rig.request_offers()[0];
+    let (_, gpa) = rig.alloc(8);
+    assert_eq!(rig.gpadl(1, 1, gpa, 8), 0);
+    assert_eq!(rig.open(1, 1, 4), 0);
+    let rings = Rings { gpa };
+    let (_, a) = rig.alloc(1);
+    let (_, extra) = rig.alloc(1);
+    assert_eq!(rig.gpadl(1, 2, extra, 1), 0);
+    write_gpa_direct(&rig, &rings, 0, 7, a);
+    rig.vp
+        .hypercalls
+        .signal_event(offer.connection_id, 0)
+        .unwrap();
+    rig.host.step();
+    assert_eq!(rig.host.requests_in_flight(1), [7]);
+
+    rig.host.withhold_gpadl_torndown(true);
+    rig.post(
+        CloseChannel {
+            header: MessageHeader::new(MessageType::CLOSECHANNEL),
+            relid: 1,
+        }
+        .as_bytes(),
+    );
+    rig.teardown(1, 1);
+    rig.teardown(1, 2);
+    rig.host.step();
+    assert!(rig.recv().is_none(), "no GPADL_TORNDOWN while withheld");
+    assert_eq!(rig.host.withheld_torndowns(), 2);
+    assert!(rig.hv.is_host_mapped(gpa) && rig.hv.is_host_mapped(extra));
+    assert!(rig.hv.is_host_mapped(a), "the uncompleted request's page");
+    rig.assert_clean();
+
+    // The host answers at last: everything is unmapped and may be freed.
+    rig.host.withhold_gpadl_torndown(false);
+    for handle in [1, 2] {
+        let m = rig.expect(MessageType::GPADL_TORNDOWN);
+        assert_eq!(u32_at(&m, 8), handle);
+    }
+    rig.free(gpa, 8);
+    rig.free(a, 1);
+    rig.free(extra, 1);
+    assert_eq!(rig.host.freed_while_mapped(), []);
+    rig.assert_clean();
+}

@@ -14,7 +14,7 @@ use storvsc::request::LunAddress;
 use storvsc::sdmmc::SdmmcDisk;
 use storvsc::sdmmc::embedded_sdmmc::{Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager};
 use vmbus_guest::protocol::Guid;
-use vmbus_guest::{Connection, Hal, Transport};
+use vmbus_guest::{Hal, Released, Transport, Vmbus};
 
 use super::narrator::Narrator;
 use crate::disk_image::{BuiltWith, Entry, FatImage, FatKind};
@@ -110,16 +110,17 @@ fn human(bytes: u64) -> String {
 fn guest_side<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     host: &mut MockVmbusHost,
-    conn: &mut Connection<T, H>,
+    bus: &Vmbus<T, H>,
     relid: u32,
 ) -> Result<Result<String, String>, io::Error> {
     let waiter = vmbus_guest::BoundedWait::new(1_000, || {
         host.step();
     });
-    let mut controller = match StorvscController::open(conn, relid, waiter) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(format!("storvsc: {e}"))),
-    };
+    let mut controller: StorvscController<'_, _, _, _> =
+        match StorvscController::open(bus, relid, waiter) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(format!("storvsc: {e}"))),
+        };
     let negotiated = *controller.negotiated();
     n.say(&format!(
         "VSTOR {} negotiated; host allows {} KiB per request",
@@ -224,17 +225,20 @@ fn guest_side<T: Transport, H: Hal>(
     if let Err(e) = sdmmc.into_inner().flush() {
         return Ok(Err(format!("flush: {e}")));
     }
-    if let Err(e) = controller.close() {
-        return Ok(Err(format!("close: {e}")));
+    if controller.close() == Released::Leaked {
+        return Ok(Err(
+            "close: the host did not confirm it let go of the channels (memory leaked)".into(),
+        ));
     }
     Ok(result)
 }
 
-/// Runs the disk part of the demo.
+/// Runs the disk part of the demo: the guest opens the controller on `bus` (shared with the
+/// other drivers), waiting by stepping `host`.
 pub fn run<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     host: &mut MockVmbusHost,
-    conn: &mut Connection<T, H>,
+    bus: &Vmbus<T, H>,
     disk: &DemoDisk,
 ) -> io::Result<()> {
     n.section("Disk: storvsc, LUNs, a FAT volume")?;
@@ -246,7 +250,7 @@ pub fn run<T: Transport, H: Hal>(
             BuiltWith::PureRust => "the fatfs crate (dosfstools not installed)",
         }
     ))?;
-    let guest = guest_side(n, host, conn, disk.relid)?;
+    let guest = guest_side(n, host, bus, disk.relid)?;
     let ok = n.record("disk", guest)?;
     if ok {
         let checked = host_check(n, disk.image.path(), disk);

@@ -265,6 +265,12 @@ impl HostChannel {
         self.in_flight.clear();
     }
 
+    /// Hands over the mappings of the GPA-direct requests not yet completed (a closing host
+    /// that still works on them keeps them).
+    pub(crate) fn take_requests_in_flight(&mut self) -> Vec<(u64, HostMapping)> {
+        std::mem::take(&mut self.in_flight)
+    }
+
     /// The host took `packet` from the ring: a GPA-direct packet asking for a completion
     /// names guest pages the host may use until it completes the request, so they count as
     /// host-mapped until then (a guest that frees them first is reported).

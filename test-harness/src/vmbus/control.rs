@@ -528,6 +528,11 @@ impl MockVmbusHost {
         if active {
             let was_open = matches!(e.phase, Phase::Open);
             e.phase = Phase::Closed;
+            if self.withhold_torndown {
+                // Fault injection: the host has not finished the requests in flight.
+                self.lingering_requests
+                    .extend(e.ch.take_requests_in_flight());
+            }
             e.ch.detach();
             if was_open && !e.rescinded {
                 e.model.on_close();
@@ -616,6 +621,7 @@ impl MockVmbusHost {
 
     /// GPADL_TEARDOWN: TORNDOWN now, or when the channel using it as its ring closes.
     fn gpadl_teardown(&mut self, relid: u32, handle: u32) {
+        let withhold = self.withhold_torndown;
         let now = {
             let mut t = self.lock_gpadls();
             if t.is_pending(handle) {
@@ -634,10 +640,14 @@ impl MockVmbusHost {
                         });
                         if g.in_use_by.is_some() {
                             g.teardown_pending = true;
-                            Ok((false, mismatch))
+                            Ok((false, mismatch, false))
+                        } else if withhold {
+                            // Fault injection: accepted, answer withheld, still mapped.
+                            g.teardown_pending = true;
+                            Ok((false, mismatch, true))
                         } else {
                             t.live.remove(&handle);
-                            Ok((true, mismatch))
+                            Ok((true, mismatch, false))
                         }
                     }
                 }
@@ -645,12 +655,15 @@ impl MockVmbusHost {
         };
         match now {
             Err(e) => self.error(e),
-            Ok((send, mismatch)) => {
+            Ok((send, mismatch, withheld)) => {
                 if let Some(m) = mismatch {
                     self.error(m);
                 }
                 if send {
                     self.send_torndown(handle);
+                }
+                if withheld {
+                    self.withheld_torndowns.push(handle);
                 }
             }
         }
@@ -699,6 +712,8 @@ impl MockVmbusHost {
             e.guest_connection_id = None;
         }
         self.lock_gpadls().clear();
+        self.withheld_torndowns.clear();
+        self.lingering_requests.clear();
         self.conn = None;
     }
 

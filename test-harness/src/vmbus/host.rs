@@ -135,6 +135,13 @@ pub struct MockVmbusHost {
     pub(super) fail_next_gpadl: Option<u32>,
     /// Reports a guest free of host-mapped memory into `errors`.
     pub(super) map_hook: ViolationHook,
+    /// Fault injection ([`MockVmbusHost::withhold_gpadl_torndown`]).
+    pub(super) withhold_torndown: bool,
+    /// GPADLs whose teardown was accepted but whose GPADL_TORNDOWN is withheld (still live).
+    pub(super) withheld_torndowns: Vec<u32>,
+    /// GPA-direct requests of channels closed while TORNDOWN is withheld: the host still
+    /// works on them, so their pages stay mapped.
+    pub(super) lingering_requests: Vec<(u64, HostMapping)>,
 }
 
 impl MockVmbusHost {
@@ -171,6 +178,9 @@ impl MockVmbusHost {
             fail_next_open: BTreeMap::new(),
             fail_next_gpadl: None,
             map_hook,
+            withhold_torndown: false,
+            withheld_torndowns: Vec::new(),
+            lingering_requests: Vec::new(),
         }
     }
 
@@ -342,26 +352,54 @@ impl MockVmbusHost {
         self.send(RescindChannelOffer::new(relid).as_bytes());
     }
 
-    /// Clears a ring GPADL's in-use mark and finishes a deferred teardown.
+    /// Clears a ring GPADL's in-use mark and finishes a deferred teardown (or, while
+    /// TORNDOWN is withheld, keeps the GPADL live and queues its answer).
     pub(super) fn release_ring_gpadl(&mut self, handle: u32) {
+        let withhold = self.withhold_torndown;
         let finish = {
             let mut t = self.lock_gpadls();
             match t.live.get_mut(&handle) {
                 Some(g) => {
                     g.in_use_by = None;
-                    if g.teardown_pending {
+                    let pending = g.teardown_pending;
+                    if pending && !withhold {
                         t.live.remove(&handle);
-                        true
-                    } else {
-                        false
                     }
+                    pending
                 }
                 None => false,
             }
         };
         if finish {
+            if withhold {
+                self.withheld_torndowns.push(handle);
+            } else {
+                self.send_torndown(handle);
+            }
+        }
+    }
+
+    /// Fault injection: a host slow to let go of closed channels. While on, GPADL_TEARDOWN is
+    /// accepted but GPADL_TORNDOWN withheld: the GPADL stays live (its pages host-mapped),
+    /// and a channel closed meanwhile keeps the pages of its GPA-direct requests still in
+    /// flight mapped too (the host has not finished them; its TORNDOWN of the ring would say
+    /// so). A guest that frees any of that memory is reported by
+    /// [`Self::freed_while_mapped`]. Turning it off sends the withheld TORNDOWNs and unmaps.
+    pub fn withhold_gpadl_torndown(&mut self, on: bool) {
+        self.withhold_torndown = on;
+        if on {
+            return;
+        }
+        self.lingering_requests.clear();
+        for handle in std::mem::take(&mut self.withheld_torndowns) {
+            self.lock_gpadls().live.remove(&handle);
             self.send_torndown(handle);
         }
+    }
+
+    /// GPADL_TORNDOWNs withheld so far ([`Self::withhold_gpadl_torndown`]).
+    pub fn withheld_torndowns(&self) -> usize {
+        self.withheld_torndowns.len()
     }
 
     /// Processes every posted message, signalled event and monitor bit, services the rings of

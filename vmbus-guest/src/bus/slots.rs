@@ -217,6 +217,13 @@ impl Slots {
             return;
         }
         let outstanding = s.dma_in_flight.load(Ordering::Acquire) != 0;
+        if confirmed {
+            // Requests that failed without a completion (rescind, unload) were never counted
+            // down; the confirmed close ends them all. Without this, `dma_quiet` would read
+            // their stale count until the slot is claimed again and keep every buffer they
+            // named from being freed.
+            s.dma_in_flight.store(0, Ordering::Release);
+        }
         let status = if confirmed || !outstanding {
             FREE
         } else {

@@ -205,6 +205,15 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     }
 
     fn write_and_signal(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        if self.write(packet)? {
+            self.signal()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `packet` into the outbound ring; returns whether the host must be signalled.
+    /// Once this succeeds the host can see the packet, whatever happens to the signal.
+    fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool, ChannelError> {
         let signal = match self.writer.send(packet) {
             Ok(signal) => signal,
             Err(WriteError::Full { needed }) => {
@@ -221,8 +230,21 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             Err(e) => return Err(self.write_error(e)),
         };
         self.stats.sent += 1;
-        if signal.is_needed() {
-            self.signal()?;
+        Ok(signal.is_needed())
+    }
+
+    /// Writes a request's packet: if that fails the request never reached the ring and is
+    /// taken back (`Err`); once written it stays in flight even if the signal fails — the
+    /// host may already be working on it (and on the memory it names), so its completion or
+    /// failure must still come back through `recv`.
+    fn write_request(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        if self.write(packet)?
+            && let Err(e) = self.signal()
+        {
+            log::warn!(
+                "channel {}: signal failed after queueing a request ({e}); it stays in flight",
+                self.info.relid
+            );
         }
         Ok(())
     }
@@ -272,7 +294,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         self.check()?;
         let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
         let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
-        if let Err(e) = self.write_and_signal(&packet) {
+        if let Err(e) = self.write_request(&packet) {
             self.requests.cancel(id);
             return Err(e);
         }
@@ -336,8 +358,9 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         if host_buffer {
             self.bus.slots.dma_started(self.slot);
         }
-        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
-        if let Err(e) = self.write_and_signal(&packet) {
+        let packet =
+            OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
+        if let Err(e) = self.write_request(&packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
                 self.bus.slots.dma_completed(self.slot);
