@@ -17,7 +17,7 @@ fn demo(host: &str) -> (Vec<StepResult>, String) {
     (steps, String::from_utf8(out).unwrap())
 }
 
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 15] = [
     "detect Hyper-V",
     "bring-up",
     "reference clock",
@@ -30,6 +30,8 @@ const STEPS: [&str; 13] = [
     "time sync",
     "disk",
     "host checks the image",
+    "all devices at once",
+    "rescind mid-I/O",
     "shutdown honoured",
 ];
 
@@ -56,7 +58,7 @@ fn demo_succeeds_on_every_hyperv_host() {
             text.contains("OSName"),
             "{host}: the host read the guest's OS name"
         );
-        assert!(text.contains("13 of 13 steps succeeded"));
+        assert!(text.contains("15 of 15 steps succeeded"));
         assert!(
             text.contains("GUEST.TXT written and read back"),
             "{host}:\n{text}"

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use vmbus_guest::{Connection, Hal, Transport};
+use vmbus_guest::{Hal, OfferInfo, Transport, Vmbus};
 
 use super::narrator::Narrator;
 use crate::vmbus::MockVmbusHost;
@@ -18,7 +18,7 @@ pub fn is_connection_4_refusal(line: &str) -> bool {
 pub fn connect<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     host: &mut MockVmbusHost,
-    guest: &mut Connection<T, H>,
+    guest: &Vmbus<T, H>,
 ) -> io::Result<bool> {
     n.section("VMBus: version negotiation and offers")?;
     n.say(&format!(
@@ -63,9 +63,9 @@ pub fn connect<T: Transport, H: Hal>(
     )?;
     n.say("")?;
     n.say("relid  class         instance                               conn id   monitor")?;
-    let mut count = 0;
-    for offer in guest.offers().iter() {
-        count += 1;
+    let offers: Vec<OfferInfo> = guest.with_offers(|t| t.iter().copied().collect());
+    let count = offers.len();
+    for offer in &offers {
         n.say(&format!(
             "{:>5}  {:<12}  {}  {:#08x}  {}",
             offer.relid,

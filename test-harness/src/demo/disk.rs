@@ -39,6 +39,13 @@ pub struct DemoDisk {
     relid: u32,
 }
 
+impl DemoDisk {
+    /// The SCSI controller's relid.
+    pub fn relid(&self) -> u32 {
+        self.relid
+    }
+}
+
 impl Drop for DemoDisk {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.image.path());

@@ -5,13 +5,14 @@
 
 mod bus;
 mod disk;
+mod live;
 mod narrator;
 mod platform;
 mod services;
 
 use std::io::{self, Write};
 
-use vmbus_guest::{Connection, ConnectionConfig, SynicTransport};
+use vmbus_guest::{ConnectionConfig, SynicTransport, Vmbus};
 
 pub use narrator::StepResult;
 pub use services::format_utc;
@@ -88,24 +89,32 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         let demo_disk = disk::offer(&mut host);
         let (clock, cpu) = (vp.clock, vp.cpu.clone());
         let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-        let mut guest = Connection::new(transport, hv.hal(), ConnectionConfig::default());
-        if bus::connect(&mut n, &mut host, &mut guest)? {
+        // One bus for every driver: the services, the disk and the live section all borrow
+        // it at once.
+        let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
+        if bus::connect(&mut n, &mut host, &guest)? {
             let reference_now = Box::new(move || clock.now(&cpu));
             let mut disk_part =
                 |n: &mut narrator::Narrator<'_>,
                  host: &mut MockVmbusHost,
-                 guest: &mut Connection<_, _>| match &demo_disk {
-                    Ok(d) => disk::run(n, host, guest, d),
-                    Err(e) => n
-                        .record("disk", Err(format!("no disk image: {e}")))
-                        .map(|_| ()),
+                 guest: &Vmbus<_, _>,
+                 services: &mut crate::guest_ics::GuestIcs<'_, _, _>| {
+                    match &demo_disk {
+                        Ok(d) => {
+                            disk::run(n, host, guest, d)?;
+                            live::run(n, host, &ics, guest, services, d)
+                        }
+                        Err(e) => n
+                            .record("disk", Err(format!("no disk image: {e}")))
+                            .map(|_| ()),
+                    }
                 };
             services::run(
                 &mut n,
                 &hv,
                 &mut host,
                 &ics,
-                &mut guest,
+                &guest,
                 reference_now,
                 &mut disk_part,
             )?;

@@ -57,22 +57,27 @@ pub fn format_utc(t: UnixTime) -> String {
     )
 }
 
-/// What runs between time sync and the closing shutdown request (the disk part), with the
-/// shared bus the services are open on.
-pub type BeforeShutdown<'a, T, H> =
-    &'a mut dyn FnMut(&mut Narrator<'_>, &mut MockVmbusHost, &Vmbus<T, H>) -> io::Result<()>;
+/// What runs between time sync and the closing shutdown request (the disk part and the
+/// "everything at once" part), with the shared bus and the open services, which it keeps
+/// serving.
+pub type BeforeShutdown<'a, 'b, T, H> = &'a mut dyn FnMut(
+    &mut Narrator<'_>,
+    &mut MockVmbusHost,
+    &'b Vmbus<T, H>,
+    &mut GuestIcs<'b, T, H>,
+) -> io::Result<()>;
 
 /// Runs the services part of the demo on the connected `bus`; `before_shutdown` runs while the
 /// services are up, just before the host asks the guest to shut down. The services' channels
 /// are closed at the end.
-pub fn run<T: Transport, H: Hal>(
+pub fn run<'b, T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     hv: &MockHypervisor,
     host: &mut MockVmbusHost,
     ics: &IcHost,
-    bus: &Vmbus<T, H>,
+    bus: &'b Vmbus<T, H>,
     reference_now: ReferenceNowFn,
-    before_shutdown: BeforeShutdown<'_, T, H>,
+    before_shutdown: BeforeShutdown<'_, 'b, T, H>,
 ) -> io::Result<()> {
     n.section("Integration services: open, negotiate")?;
     let decisions: Arc<Mutex<Vec<ShutdownRequest>>> = Arc::default();
@@ -212,7 +217,7 @@ pub fn run<T: Transport, H: Hal>(
     };
     n.record("time sync", result)?;
 
-    before_shutdown(n, host, guest.bus)?;
+    before_shutdown(n, host, guest.bus, &mut guest.services)?;
 
     n.section("Shutdown requested by the host")?;
     ics.shutdown

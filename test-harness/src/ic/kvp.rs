@@ -476,4 +476,9 @@ impl IcHandle<Kvp> {
     pub fn last_reply(&self) -> Option<KvpReply> {
         self.lock().service().last_reply().cloned()
     }
+
+    /// Answers received from the guest so far.
+    pub fn reply_count(&self) -> usize {
+        self.lock().service().replies().len()
+    }
 }
