@@ -145,7 +145,7 @@ pub fn run<'b, T: Transport, H: Hal>(
             if tally.requests_done + buffers.lent() as u64 >= (ROUNDS * 2) as u64 {
                 break;
             }
-            let write = (lba / BLOCKS_PER_IO as u64) % 2 == 0;
+            let write = (lba / BLOCKS_PER_IO as u64).is_multiple_of(2);
             let buf = &mut buffers.bufs[i];
             // SAFETY: `buf` stays allocated, unmoved and untouched until the controller
             // reports its tag with `Memory::Returned` (then `give_back`) or `close_with`

@@ -358,8 +358,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         if host_buffer {
             self.bus.slots.dma_started(self.slot);
         }
-        let packet =
-            OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
+        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
         if let Err(e) = self.write_request(&packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
