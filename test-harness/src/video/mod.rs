@@ -446,7 +446,7 @@ impl VideoVsp {
                     let gpa = u64_at(p, 9);
                     let size = u64::from(self.config.mmio_megabytes) << 20;
                     let (base, len) = self.hv.mmio_window();
-                    if gpa % 4096 != 0 || gpa < base || gpa + size > base + len as u64 {
+                    if !gpa.is_multiple_of(4096) || gpa < base || gpa + size > base + len as u64 {
                         self.error(
                             ch,
                             &mut s,
