@@ -104,6 +104,27 @@ impl GuestMemory {
         self.mmio.ptr(gpa, len)
     }
 
+    /// (first GPA, bytes) of the MMIO window.
+    pub(crate) fn mmio_window(&self) -> (u64, usize) {
+        (self.mmio.base, self.mmio.len)
+    }
+
+    /// Reads MMIO bytes (one relaxed atomic load per byte, as the guest writes them with
+    /// volatile stores); `None` outside the window.
+    pub(crate) fn read_mmio(&self, gpa: u64, len: usize) -> Option<Vec<u8>> {
+        let p = self.mmio.ptr(gpa, len)?;
+        Some(
+            (0..len)
+                .map(|i| {
+                    // SAFETY: `i < len` and `[gpa, gpa+len)` is inside the live MMIO
+                    // allocation (checked above); host-side accesses are atomic, and AtomicU8
+                    // has the alignment of u8.
+                    unsafe { AtomicU8::from_ptr(p.as_ptr().add(i)) }.load(Ordering::Relaxed)
+                })
+                .collect(),
+        )
+    }
+
     /// GPA of a host pointer into RAM.
     pub(crate) fn ram_gpa_of(&self, ptr: *const u8) -> Option<u64> {
         self.ram.gpa_of(ptr)

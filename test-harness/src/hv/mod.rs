@@ -134,6 +134,17 @@ impl MockHypervisor {
         self.hal().alloc(1).expect("mock guest RAM exhausted")
     }
 
+    /// The MMIO window (VRAM) `MockHal::map_mmio` maps: (first GPA, bytes).
+    pub fn mmio_window(&self) -> (u64, usize) {
+        self.shared.memory.mmio_window()
+    }
+
+    /// Reads `[gpa, gpa+len)` of the MMIO window as the host sees it (what a video device
+    /// model scans out of the VRAM); `None` outside the window.
+    pub fn read_mmio(&self, gpa: u64, len: usize) -> Option<Vec<u8>> {
+        self.shared.memory.read_mmio(gpa, len)
+    }
+
     /// Host pointer of `[gpa, gpa+len)`; `None` unless the range is inside guest RAM.
     pub fn gpa_to_ptr(&self, gpa: u64, len: usize) -> Option<NonNull<u8>> {
         self.shared.memory.ram_ptr(gpa, len)
