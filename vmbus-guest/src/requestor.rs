@@ -39,10 +39,10 @@ enum Slot<C> {
         context: C,
         dma: bool,
     },
-    /// Ended without a completion (the channel died); reported once.
+    /// Ended without a completion (the channel died, with the table's `failure`); reported
+    /// once.
     Failed {
         context: C,
-        error: ChannelError,
     },
 }
 
@@ -69,6 +69,8 @@ pub struct RequestTable<C, const N: usize = DEFAULT_REQUESTS> {
     entries: [Entry<C>; N],
     pending: usize,
     failed: usize,
+    /// Why the failed requests failed (one cause for all: the channel's death).
+    failure: ChannelError,
     /// Where the next free-slot search starts (keeps allocation O(1) on average).
     cursor: usize,
 }
@@ -90,6 +92,7 @@ impl<C, const N: usize> RequestTable<C, N> {
             }),
             pending: 0,
             failed: 0,
+            failure: ChannelError::Closed,
             cursor: 0,
         }
     }
@@ -178,13 +181,17 @@ impl<C, const N: usize> RequestTable<C, N> {
     /// Every request in flight fails with `error` (the channel died); each is reported once
     /// by [`RequestTable::take_failed`].
     pub fn fail_all(&mut self, error: ChannelError) {
+        if self.pending == 0 {
+            return;
+        }
+        self.failure = error;
         for e in self.entries.iter_mut() {
             if matches!(e.slot, Slot::Pending { .. }) {
                 let Slot::Pending { context, .. } = core::mem::replace(&mut e.slot, Slot::Free)
                 else {
                     continue;
                 };
-                e.slot = Slot::Failed { context, error };
+                e.slot = Slot::Failed { context };
                 self.pending -= 1;
                 self.failed += 1;
             }
@@ -199,13 +206,13 @@ impl<C, const N: usize> RequestTable<C, N> {
         for (index, e) in self.entries.iter_mut().enumerate() {
             if matches!(e.slot, Slot::Failed { .. }) {
                 let generation = e.generation;
-                if let Slot::Failed { context, error } = Self::free(e) {
+                if let Slot::Failed { context } = Self::free(e) {
                     self.failed -= 1;
                     let id = RequestId {
                         index: index as u16,
                         generation,
                     };
-                    return Some((id, context, error));
+                    return Some((id, context, self.failure));
                 }
             }
         }
