@@ -694,3 +694,106 @@ fn sizes_fit_a_kernel_stack() {
         assert!(size <= 16 * 1024, "{name} is {size} bytes");
     }
 }
+
+/// A device that, told a GPADL handle in an in-band packet, writes records into that buffer
+/// and announces them in one transfer-page packet (type 7) with completion requested — the
+/// shape of netvsc's receive path — then records the guest's completion.
+struct TransferPageDevice {
+    records: Vec<Vec<u8>>,
+    /// Extra (hostile) ranges appended after the real ones.
+    hostile: Vec<(u32, u32)>,
+    completions: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+const XFER_TID: u64 = 0x7777;
+
+impl test_harness::vmbus::DeviceModel for TransferPageDevice {
+    fn on_packet(
+        &mut self,
+        ch: &mut test_harness::vmbus::HostChannel,
+        packet: &test_harness::vmbus::HostPacket,
+    ) {
+        if packet.packet_type == 11 {
+            self.completions.lock().unwrap().push(packet.transaction_id);
+            return;
+        }
+        let handle = u32::from_le_bytes(packet.payload[..4].try_into().unwrap());
+        let mut ranges = Vec::new();
+        let mut offset = 0u32;
+        for r in &self.records {
+            ch.write_gpadl(handle, u64::from(offset), r).unwrap();
+            ranges.push((r.len() as u32, offset));
+            offset += 2048;
+        }
+        ranges.extend(&self.hostile);
+        let mut header = Vec::new();
+        header.extend_from_slice(&0xCAFEu16.to_le_bytes()); // transfer page set id
+        header.push(0);
+        header.push(0);
+        header.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+        for (count, off) in ranges {
+            header.extend_from_slice(&count.to_le_bytes());
+            header.extend_from_slice(&off.to_le_bytes());
+        }
+        ch.send_packet(7, 1, XFER_TID, &header, &[]).unwrap();
+    }
+}
+
+#[test]
+fn transfer_page_packets_through_a_channel_with_completions_between_receives() {
+    let (_hv, mut host, guest) = rig(HostRelease::Ws2022);
+    let completions = std::sync::Arc::default();
+    let records: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| vec![0xA0 + i; 100 + usize::from(i)])
+        .collect();
+    let relid = host.add_device(
+        DeviceOffer::new(NET, instance(1)),
+        Box::new(TransferPageDevice {
+            records: records.clone(),
+            // Past the end, and overflowing offset + count: rejected by the guest's bounds
+            // checks, never read.
+            hostile: vec![(16, 4 * 4096 - 8), (u32::MAX, 8)],
+            completions: std::sync::Arc::clone(&completions),
+        }),
+    );
+    guest.connect(&mut step(&mut host)).unwrap();
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    let recv_buffer = HostBuffer::with_gpadl(&guest, relid, 4, &mut step(&mut host)).unwrap();
+    let handle = recv_buffer.gpadl_handle().unwrap();
+    ch.send(&[&handle.to_le_bytes()]).unwrap();
+    let mut rx = vec![0u8; RX];
+    let mut got = Vec::new();
+    let mut rejected = 0;
+    for _ in 0..20 {
+        host.step();
+        while let Some(r) = ch.recv(&mut rx).unwrap() {
+            let vmbus_guest::Received::Packet(p) = r else {
+                panic!("unexpected {r:?}")
+            };
+            let vmbus_guest::ring::PacketKind::TransferPages(t) = p.kind else {
+                panic!("not a transfer-page packet: {p:?}")
+            };
+            assert_eq!(t.transfer_page_set_id, 0xCAFE);
+            let tid = p.transaction_id();
+            for range in t.ranges() {
+                let mut record = vec![0u8; range.byte_count.min(4096) as usize];
+                match recv_buffer.read_at(range.byte_offset as usize, &mut record) {
+                    Ok(()) if range.byte_count <= 4096 => got.push(record),
+                    _ => rejected += 1,
+                }
+            }
+            // The completion goes out before the next receive, within the same batch.
+            ch.send_completion(tid, &[]).unwrap();
+        }
+        if !ch.end_batch().unwrap() && !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, records);
+    assert_eq!(rejected, 2);
+    host.step();
+    assert_eq!(*completions.lock().unwrap(), [XFER_TID]);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_eq!(recv_buffer.release(&mut step(&mut host)), Released::Freed);
+    assert_clean(&host);
+}
