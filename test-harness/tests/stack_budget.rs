@@ -1,0 +1,268 @@
+//! Sized for a kernel: the whole guest stack — the bus, the four integration services and a
+//! disk — brought up and doing I/O on a thread with a small stack ([`STACK_RELEASE`]), every
+//! guest object on that stack (the mock host, which is not part of the guest, lives on the heap).
+
+use std::cell::RefCell;
+
+use ic_services::channel::IcChannel;
+use ic_services::heartbeat::Heartbeat;
+use ic_services::kvp::Kvp;
+use ic_services::shutdown::Shutdown;
+use ic_services::timesync::TimeSync;
+use storvsc::block::{BlockDevice, ScsiDisk};
+use storvsc::controller::StorvscController;
+use storvsc::request::LunAddress;
+use test_harness::guest::boot_vp;
+use test_harness::guest_ics::{
+    HARNESS_GUEST_INFO, HeartbeatChannel, KvpChannel, ReferenceNowFn, ShutdownChannel,
+    ShutdownPolicyFn, TimeSyncChannel,
+};
+use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
+use test_harness::ic::{IcHost, IcHostConfig};
+use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
+use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
+use vmbus_guest::protocol::Guid;
+use vmbus_guest::{BoundedWait, ConnectionConfig, Released, SynicTransport, Vmbus};
+
+type T = SynicTransport<MockVp>;
+type Bus = Vmbus<T, MockHal>;
+type Controller<'b, W> = StorvscController<'b, T, MockHal, W>;
+
+/// The stack the whole guest stack runs on, optimized. The issue's aim is 64 KiB; measured
+/// (binary search with `STACK_KB`): 33 KiB of guest objects, and the deepest call chain —
+/// opening the KVP channel or the SCSI controller — moves ~30 KiB of by-value results
+/// (`Result<Self>` and `Self` in the open functions' frames), so it needs 76 KiB today.
+const STACK_RELEASE: usize = 80 * 1024;
+/// Unoptimized builds keep every by-value move in its own stack slot: four times as much.
+const STACK_DEBUG: usize = 320 * 1024;
+
+fn stack() -> usize {
+    if let Some(kb) = std::env::var("STACK_KB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        return kb * 1024;
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "stack budget: unoptimized build, so the guest runs on {} KiB; the {} KiB budget \
+             is checked by `cargo test --release -p test-harness --test stack_budget` (CI)",
+            STACK_DEBUG / 1024,
+            STACK_RELEASE / 1024
+        );
+        STACK_DEBUG
+    } else {
+        STACK_RELEASE
+    }
+}
+const LIMIT: usize = 16 * 1024;
+
+#[test]
+fn user_held_types_fit_16_kib() {
+    let sizes = [
+        ("Vmbus", size_of::<Bus>()),
+        (
+            "Channel<'_, T, H> (default)",
+            size_of::<vmbus_guest::Channel<'static, T, MockHal>>(),
+        ),
+        (
+            "HeartbeatChannel",
+            size_of::<HeartbeatChannel<'static, T, MockHal>>(),
+        ),
+        (
+            "ShutdownChannel",
+            size_of::<ShutdownChannel<'static, T, MockHal>>(),
+        ),
+        (
+            "TimeSyncChannel",
+            size_of::<TimeSyncChannel<'static, T, MockHal>>(),
+        ),
+        ("KvpChannel", size_of::<KvpChannel<'static, T, MockHal>>()),
+        (
+            "StorvscController",
+            size_of::<Controller<'static, BoundedWait<fn()>>>(),
+        ),
+        (
+            "ScsiDisk<&mut StorvscController>",
+            size_of::<ScsiDisk<&mut Controller<'static, BoundedWait<fn()>>>>(),
+        ),
+    ];
+    for (name, size) in sizes {
+        println!("{name:<34} {size:>6} bytes");
+        assert!(size <= LIMIT, "{name} is {size} bytes, over 16 KiB");
+    }
+}
+
+/// The guest's devices, each in a slot filled and emptied by functions of their own, as
+/// kernel init code would be split: each open's temporaries live in that function's frame,
+/// gone once it returns, and only the devices themselves stay on the caller's stack.
+struct Services<'b> {
+    heartbeat: Option<HeartbeatChannel<'b, T, MockHal>>,
+    shutdown: Option<ShutdownChannel<'b, T, MockHal>>,
+    timesync: Option<TimeSyncChannel<'b, T, MockHal>>,
+    kvp: Option<KvpChannel<'b, T, MockHal>>,
+}
+
+#[inline(never)]
+fn new_bus(hv: &MockHypervisor, hypercalls: winhv::Hypercalls<MockVp>, synic: winhv::Synic) -> Bus {
+    Vmbus::new(
+        SynicTransport::for_current_vp(hypercalls, synic),
+        hv.hal(),
+        ConnectionConfig::default(),
+    )
+}
+
+#[inline(never)]
+fn open_services<'b>(bus: &'b Bus, w: &mut impl vmbus_guest::Wait, d: &mut Services<'b>) {
+    w.restart();
+    d.heartbeat = Some(IcChannel::open(bus, Heartbeat::new(), w).expect("heartbeat"));
+    w.restart();
+    let policy: ShutdownPolicyFn = Box::new(|_| true);
+    d.shutdown = Some(IcChannel::open(bus, Shutdown::new(policy), w).expect("shutdown"));
+    w.restart();
+    let now: ReferenceNowFn = Box::new(|| 0);
+    d.timesync = Some(IcChannel::open(bus, TimeSync::new(now), w).expect("time sync"));
+    open_kvp(bus, w, d);
+}
+
+#[inline(never)]
+fn open_kvp<'b>(bus: &'b Bus, w: &mut impl vmbus_guest::Wait, d: &mut Services<'b>) {
+    w.restart();
+    d.kvp = Some(IcChannel::open(bus, Kvp::new(HARNESS_GUEST_INFO), w).expect("kvp"));
+}
+
+#[inline(never)]
+fn open_controller<'b, W: vmbus_guest::Wait>(
+    bus: &'b Bus,
+    relid: u32,
+    w: W,
+    slot: &mut Option<Controller<'b, W>>,
+) {
+    *slot = Some(StorvscController::open(bus, relid, w).expect("storvsc"));
+}
+
+/// Answers what the host sent to the four services; returns how many requests.
+#[inline(never)]
+fn poll_services(d: &mut Services<'_>) -> usize {
+    let mut answered = 0;
+    if let Some(c) = d.heartbeat.as_mut() {
+        answered += c.poll(|_| {}).expect("heartbeat poll").answered;
+    }
+    if let Some(c) = d.shutdown.as_mut() {
+        answered += c.poll(|_| {}).expect("shutdown poll").answered;
+    }
+    if let Some(c) = d.timesync.as_mut() {
+        answered += c.poll(|_| {}).expect("time sync poll").answered;
+    }
+    if let Some(c) = d.kvp.as_mut() {
+        answered += c.poll(|_| {}).expect("kvp poll").answered;
+    }
+    answered
+}
+
+/// Closes everything; `Freed` only if every channel's memory came back.
+#[inline(never)]
+fn close_all<W: vmbus_guest::Wait>(
+    controller: &mut Option<Controller<'_, W>>,
+    d: &mut Services<'_>,
+    w: &mut impl vmbus_guest::Wait,
+) -> Released {
+    let mut released = controller.take().map_or(Released::Leaked, |c| c.close());
+    w.restart();
+    let r = d
+        .heartbeat
+        .take()
+        .map_or(Released::Leaked, |c| c.close(w).1);
+    assert_eq!(r, Released::Freed, "heartbeat");
+    released = released.and(r);
+    w.restart();
+    let r = d.shutdown.take().map_or(Released::Leaked, |c| c.close(w).1);
+    assert_eq!(r, Released::Freed, "shutdown");
+    released = released.and(r);
+    w.restart();
+    let r = d.timesync.take().map_or(Released::Leaked, |c| c.close(w).1);
+    assert_eq!(r, Released::Freed, "time sync");
+    released = released.and(r);
+    w.restart();
+    let r = close_kvp(d, w);
+    assert_eq!(r, Released::Freed, "kvp");
+    released.and(r)
+}
+
+#[inline(never)]
+fn close_kvp(d: &mut Services<'_>, w: &mut impl vmbus_guest::Wait) -> Released {
+    d.kvp.take().map_or(Released::Leaked, |c| c.close(w).1)
+}
+
+#[test]
+fn bus_ics_and_a_disk_run_on_a_small_stack() {
+    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(32 << 20));
+    let mut host = MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
+    let ics = IcHost::add_to(&mut host, IcHostConfig::default());
+    let vsp = StorageVsp::new(VspConfig::default());
+    vsp.add_lun(0, Lun::memory(512, 4096));
+    let disk_relid = host.add_device(
+        DeviceOffer::new(
+            SCSI_CLASS,
+            Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"),
+        ),
+        Box::new(vsp.clone()),
+    );
+    // The host is test infrastructure: on the heap, shared by the guest's waiters.
+    let host = Box::new(RefCell::new(host));
+    let guest = std::thread::Builder::new()
+        .stack_size(stack())
+        .spawn(move || {
+            let host = host;
+            let step = || {
+                host.borrow_mut().step();
+            };
+            let vp = boot_vp(&hv, 0).expect("boot");
+            let bus: Bus = new_bus(&hv, vp.hypercalls, vp.synic);
+            bus.connect(&mut BoundedWait::new(200, step))
+                .expect("connect");
+            let mut w = BoundedWait::new(500, step);
+            let mut d = Services {
+                heartbeat: None,
+                shutdown: None,
+                timesync: None,
+                kvp: None,
+            };
+            let mut controller = None;
+            open_services(&bus, &mut w, &mut d);
+            open_controller(
+                &bus,
+                disk_relid,
+                BoundedWait::new(500, step),
+                &mut controller,
+            );
+            let ctl = controller.as_mut().expect("opened");
+            let max = ctl.max_transfer_bytes();
+            let mut answered = 0;
+            let mut disk = ScsiDisk::open(ctl, LunAddress::lun(0), max).expect("disk");
+            let mut block = [0u8; 512];
+            for round in 0..8u8 {
+                block.fill(round);
+                disk.write_blocks(u64::from(round), &block).expect("write");
+                let mut back = [0u8; 512];
+                disk.read_blocks(u64::from(round), &mut back).expect("read");
+                assert_eq!(back, block);
+                // The services are answered in the same loop as the disk I/O.
+                ics.heartbeat.beat_now();
+                for _ in 0..4 {
+                    host.borrow_mut().step();
+                    bus.poll();
+                    answered += poll_services(&mut d);
+                }
+            }
+            disk.flush().expect("flush");
+            drop(disk);
+            let released = close_all(&mut controller, &mut d, &mut w);
+            (answered, released, ics.heartbeat.beats())
+        })
+        .expect("spawn");
+    let (answered, released, beats) = guest.join().expect("the guest ran within its stack");
+    assert!(answered >= 8, "services answered {answered} requests");
+    assert!(beats >= 8, "{beats} heartbeats");
+    assert_eq!(released, Released::Freed);
+}
