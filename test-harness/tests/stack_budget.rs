@@ -256,7 +256,6 @@ fn bus_ics_and_a_disk_run_on_a_small_stack() {
                 }
             }
             disk.flush().expect("flush");
-            drop(disk);
             let released = close_all(&mut controller, &mut d, &mut w);
             (answered, released, ics.heartbeat.beats())
         })
