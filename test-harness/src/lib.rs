@@ -11,3 +11,8 @@ pub mod input;
 pub mod storage;
 pub mod video;
 pub mod vmbus;
+
+/// The README's code blocks, compiled as doc tests so they stay true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
