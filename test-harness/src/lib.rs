@@ -7,6 +7,7 @@ pub mod guest;
 pub mod guest_ics;
 pub mod hv;
 pub mod ic;
+pub mod real_peers;
 pub mod input;
 pub mod storage;
 pub mod video;

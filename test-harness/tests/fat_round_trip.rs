@@ -3,8 +3,8 @@
 //! (→ `ScsiDisk` → `StorvscController` → VMBus rings), read back, written to, and then judged
 //! on the host by `fsck.fat -n` and `mcopy`/`mdir`.
 //!
-//! The tools are required: without them the test fails with the install command (CI installs
-//! them in `.ci/run`). Set `HV_SKIP_REAL_TOOLS=1` to skip it on a machine without them.
+//! Without the tools the test says loudly that it skipped; CI (`.ci/run`) installs them and sets
+//! `HV_REQUIRE_REAL_PEERS=1`, which turns the skip into a failure.
 
 use std::ops::ControlFlow;
 
@@ -52,16 +52,12 @@ where
 
 #[test]
 fn a_mkfs_fat_image_round_trips_through_the_guest_fat_driver() {
-    if let Err(e) = tools_available() {
-        if std::env::var("HV_SKIP_REAL_TOOLS").as_deref() == Ok("1") {
-            eprintln!("skipped (HV_SKIP_REAL_TOOLS=1): {e}");
-            return;
-        }
-        panic!(
-            "the FAT round-trip test needs dosfstools and mtools: {e}\n\
-             install them with `apt-get install -y dosfstools mtools` \
-             (or set HV_SKIP_REAL_TOOLS=1 to skip this test)"
-        );
+    if !test_harness::real_peers::available(
+        "the FAT round trip",
+        tools_available().map_err(|e| e.to_string()),
+        "install them with `apt-get install -y dosfstools mtools`",
+    ) {
+        return;
     }
 
     // Host: the image, made and populated by the real tools.
