@@ -6,6 +6,9 @@
 
 use core::fmt;
 
+pub use vmbus_guest::protocol::pipe::{PIPE_DATA, PipeHeader};
+use vmbus_guest::protocol::pipe::{PipeError, pipe_message};
+
 use static_assertions::const_assert_eq;
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -14,8 +17,6 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const MOUSE_VERSION: u32 = 0x0002_0000;
 /// Keyboard protocol 1.0, packed `(major << 16) | minor`.
 pub const KEYBOARD_VERSION: u32 = 0x0001_0000;
-/// Pipe header type "data".
-pub const PIPE_DATA: u32 = 1;
 /// Largest keyboard message (devices §5.2).
 pub const KEYBOARD_MAX_MESSAGE: usize = 256;
 
@@ -37,17 +38,6 @@ pub mod kbd_msg {
     pub const EVENT: u32 = 3;
     pub const SET_LED_INDICATORS: u32 = 4;
 }
-
-/// Pipe header (8 bytes).
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
-#[repr(C)]
-pub struct PipeHeader {
-    /// 1 = data.
-    pub kind: U32,
-    /// Bytes after the pipe header.
-    pub size: U32,
-}
-const_assert_eq!(core::mem::size_of::<PipeHeader>(), 8);
 
 /// Synthhid header: type and **payload** size.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
@@ -185,6 +175,18 @@ pub enum ParseError {
     },
 }
 
+impl From<PipeError> for ParseError {
+    fn from(e: PipeError) -> Self {
+        match e {
+            PipeError::Truncated { len } => Self::Truncated {
+                kind: u32::MAX,
+                len,
+            },
+            PipeError::Bad { kind, size } => Self::BadPipe { kind, size },
+        }
+    }
+}
+
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -231,18 +233,7 @@ pub enum MouseMessage<'a> {
 /// and may exceed 8 + the synthhid size (OpenVMM's device info); the report descriptor's
 /// length comes from the HID descriptor, never from the headers (devices §5.1 rule).
 pub fn parse_mouse_message(packet: &[u8]) -> Result<MouseMessage<'_>, ParseError> {
-    let (pipe, rest) = PipeHeader::read_from_prefix(packet).map_err(|_| ParseError::Truncated {
-        kind: u32::MAX,
-        len: packet.len(),
-    })?;
-    let size = pipe.size.get();
-    if pipe.kind.get() != PIPE_DATA || size as usize > rest.len() {
-        return Err(ParseError::BadPipe {
-            kind: pipe.kind.get(),
-            size,
-        });
-    }
-    let body = &rest[..size as usize];
+    let body = pipe_message(packet).map_err(ParseError::from)?;
     let (h, p) = SynthhidHeader::read_from_prefix(body).map_err(|_| ParseError::Truncated {
         kind: u32::MAX,
         len: body.len(),
@@ -334,10 +325,7 @@ pub fn parse_keyboard_message(packet: &[u8]) -> Result<KeyboardMessage, ParseErr
 /// header (size = payload).
 pub fn mouse_headers(kind: u32, payload_len: usize) -> [u8; 16] {
     let mut out = [0u8; 16];
-    let pipe = PipeHeader {
-        kind: PIPE_DATA.into(),
-        size: ((8 + payload_len) as u32).into(),
-    };
+    let pipe = PipeHeader::data((8 + payload_len) as u32);
     let h = SynthhidHeader {
         kind: kind.into(),
         size: (payload_len as u32).into(),

@@ -60,10 +60,8 @@ impl fmt::Display for SynthvidVersion {
     }
 }
 
-/// Pipe header type "data" (devices §0.7), the only one guests send.
-pub const PIPE_DATA: u32 = 1;
-/// Pipe header type "partial message".
-pub const PIPE_PARTIAL: u32 = 2;
+pub use vmbus_guest::protocol::pipe::{PIPE_DATA, PIPE_PARTIAL, PipeHeader};
+use vmbus_guest::protocol::pipe::{PipeError, pipe_message};
 
 /// Synthvid message types (devices §4.3).
 #[allow(missing_docs)]
@@ -96,17 +94,6 @@ pub const RESOLUTION_REQUEST_COUNT: u8 = 64;
 pub const MAX_CURSOR: u32 = 96;
 /// POINTER_SHAPE part index meaning "the whole shape in this message".
 pub const CURSOR_COMPLETE: u8 = 0xFF;
-
-/// Pipe header (8 bytes) before every synthvid message.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
-#[repr(C)]
-pub struct PipeHeader {
-    /// 1 = data, 2 = partial.
-    pub kind: U32,
-    /// Bytes after this header.
-    pub size: U32,
-}
-const_assert_eq!(core::mem::size_of::<PipeHeader>(), 8);
 
 /// Synthvid header (8 bytes).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
@@ -328,10 +315,7 @@ const_assert_eq!(core::mem::size_of::<WireResolution>(), 4);
 /// is header + payload, as Linux sends it).
 pub fn headers(kind: u32, payload_len: usize) -> [u8; HEADERS] {
     let mut out = [0u8; HEADERS];
-    let pipe = PipeHeader {
-        kind: PIPE_DATA.into(),
-        size: ((8 + payload_len) as u32).into(),
-    };
+    let pipe = PipeHeader::data((8 + payload_len) as u32);
     let vid = SynthvidHeader {
         kind: kind.into(),
         size: ((8 + payload_len) as u32).into(),
@@ -360,6 +344,18 @@ pub enum ParseError {
     },
     /// RESOLUTION_RESPONSE claims more entries than the packet carries.
     BadResolutionCount(u8),
+}
+
+impl From<PipeError> for ParseError {
+    fn from(e: PipeError) -> Self {
+        match e {
+            PipeError::Truncated { len } => Self::Truncated {
+                kind: u32::MAX,
+                len,
+            },
+            PipeError::Bad { kind, size } => Self::BadPipe { kind, size },
+        }
+    }
 }
 
 impl fmt::Display for ParseError {
@@ -425,18 +421,7 @@ fn read<T: FromBytes + KnownLayout + Immutable>(kind: u32, p: &[u8]) -> Result<T
 /// is ignored (hosts disagree on it); the pipe size bounds the payload and may be smaller than
 /// the packet (ring padding).
 pub fn parse_host_message(packet: &[u8]) -> Result<HostMessage<'_>, ParseError> {
-    let (pipe, rest) = PipeHeader::read_from_prefix(packet).map_err(|_| ParseError::Truncated {
-        kind: u32::MAX,
-        len: packet.len(),
-    })?;
-    let size = pipe.size.get();
-    if pipe.kind.get() != PIPE_DATA || size as usize > rest.len() {
-        return Err(ParseError::BadPipe {
-            kind: pipe.kind.get(),
-            size,
-        });
-    }
-    let body = &rest[..size as usize];
+    let body = pipe_message(packet).map_err(ParseError::from)?;
     let (vid, p) = SynthvidHeader::read_from_prefix(body).map_err(|_| ParseError::Truncated {
         kind: u32::MAX,
         len: body.len(),

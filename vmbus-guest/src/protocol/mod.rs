@@ -22,6 +22,7 @@ mod messages;
 mod monitor;
 mod offer;
 mod parse;
+pub mod pipe;
 mod version;
 
 pub use device_class::{DEVICE_CLASSES, DeviceClass};
