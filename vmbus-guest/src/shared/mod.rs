@@ -39,7 +39,7 @@ unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
     let len = buf.len();
     let dst = buf.as_mut_ptr();
     let head = src.align_offset(CHUNK).min(len);
-    // SAFETY (whole function): every offset below is < len, so `src + i` is in the caller's
+    // SAFETY: every offset below is < len, so `src + i` is in the caller's
     // range and `dst + i` in `buf`; chunk reads are at CHUNK-aligned `src` offsets (past
     // `head`); chunk writes into `buf` are unaligned writes.
     unsafe {
@@ -85,7 +85,7 @@ unsafe fn copy_out(dst: *mut u8, data: &[u8]) {
     let len = data.len();
     let src = data.as_ptr();
     let head = dst.align_offset(CHUNK).min(len);
-    // SAFETY (whole function): every offset below is < len, so `dst + i` is in the caller's
+    // SAFETY: every offset below is < len, so `dst + i` is in the caller's
     // range and `src + i` in `data`; chunk writes are at CHUNK-aligned `dst` offsets (past
     // `head`); chunk reads from `data` are unaligned reads.
     unsafe {
