@@ -7,6 +7,7 @@
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use storvsc::block::{BlockDevice, ScsiDisk, report_luns};
 use storvsc::controller::StorvscController;
@@ -52,8 +53,11 @@ impl Drop for DemoDisk {
     }
 }
 
+/// A path no other demo run uses, in this process (tests run demos in parallel) or another.
 fn image_path() -> PathBuf {
-    std::env::temp_dir().join(format!("hyperv-demo-disk-{}.img", std::process::id()))
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("hyperv-demo-disk-{}-{run}.img", std::process::id()))
 }
 
 /// Makes the image and offers the SCSI controller (LUN 0: the FAT image, LUN 1: a blank
