@@ -150,6 +150,34 @@ fn demo_succeeds_on_every_hyperv_host() {
     }
 }
 
+/// The README shows the status screen of the default host from `docs/screenshot.png`: it must
+/// be what the demo draws now (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn readme_screenshot_is_current() {
+    let dir = screenshot_dir("readme");
+    let (steps, text) = demo_in("ws2022", &dir);
+    assert!(steps.iter().all(|s| s.ok), "{text}");
+    let fresh = dir.join(STATUS_PNG);
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshot.png");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::copy(&fresh, &docs).unwrap();
+    }
+    let (now, shown) = (screenshot(&fresh), screenshot(&docs));
+    let differ = now
+        .pixels
+        .iter()
+        .zip(&shown.pixels)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differ,
+        0,
+        "{differ} pixels of docs/screenshot.png differ from {}: regenerate it with \
+         UPDATE_GOLDEN=1 cargo test -p test-harness --test demo",
+        fresh.display()
+    );
+}
+
 #[test]
 fn demo_explains_a_machine_that_is_not_hyperv() {
     let (steps, text) = demo("not-hyperv");
