@@ -1,15 +1,35 @@
-//! The demo run as a test: on every emulated Hyper-V host it must succeed at every step, and
-//! elsewhere it must say why it stops.
+//! The demo run as a test: on every emulated Hyper-V host it must succeed at every step and
+//! leave two screenshots of the guest's screen, and elsewhere it must say why it stops.
 
-use test_harness::demo::{DemoOptions, StepResult, parse_host, run};
+use std::path::{Path, PathBuf};
 
-fn demo(host: &str) -> (Vec<StepResult>, String) {
+use test_harness::demo::{
+    DemoOptions, STATUS_PNG, StepResult, TYPED_LINE, TYPED_PNG, parse_host, run,
+};
+use test_harness::video::Screen;
+
+/// The directory for one run's screenshots (under the target directory, not the repo).
+fn screenshot_dir_of(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("demo-screenshots")
+        .join(name)
+}
+
+/// [`screenshot_dir_of`], emptied.
+fn screenshot_dir(name: &str) -> PathBuf {
+    let dir = screenshot_dir_of(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn demo_in(host: &str, screenshot_dir: &Path) -> (Vec<StepResult>, String) {
     let mut out = Vec::new();
     let host = parse_host(host).expect("known host name");
     let steps = run(
         DemoOptions {
             host,
             colour: false,
+            screenshot_dir: screenshot_dir.to_path_buf(),
         },
         &mut out,
     )
@@ -17,7 +37,39 @@ fn demo(host: &str) -> (Vec<StepResult>, String) {
     (steps, String::from_utf8(out).unwrap())
 }
 
-const STEPS: [&str; 15] = [
+fn demo(host: &str) -> (Vec<StepResult>, String) {
+    demo_in(host, &screenshot_dir(host))
+}
+
+/// The screen's size on every emulated release (the 3.5 default and the fallback mode).
+const SCREEN: (u32, u32) = (1024, 768);
+
+/// Reads a screenshot, which must be a PNG of the screen's size.
+fn screenshot(path: &Path) -> Screen {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        path.display()
+    );
+    let screen = Screen::read_png(path)
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+    assert_eq!((screen.width, screen.height), SCREEN, "{}", path.display());
+    screen
+}
+
+/// The pixel position in "left click at (x, y)".
+fn click_position(detail: &str) -> (u32, u32) {
+    let rest = detail
+        .split("click at (")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no click position in {detail:?}"));
+    let (x, rest) = rest.split_once(", ").unwrap();
+    let (y, _) = rest.split_once(')').unwrap();
+    (x.parse().unwrap(), y.parse().unwrap())
+}
+
+const STEPS: [&str; 18] = [
     "detect Hyper-V",
     "bring-up",
     "reference clock",
@@ -32,6 +84,9 @@ const STEPS: [&str; 15] = [
     "host checks the image",
     "all devices at once",
     "rescind mid-I/O",
+    "screen",
+    "keyboard",
+    "mouse",
     "shutdown honoured",
 ];
 
@@ -58,19 +113,79 @@ fn demo_succeeds_on_every_hyperv_host() {
             text.contains("OSName"),
             "{host}: the host read the guest's OS name"
         );
-        assert!(text.contains("15 of 15 steps succeeded"));
+        assert!(text.contains("18 of 18 steps succeeded"));
         assert!(
             text.contains("GUEST.TXT written and read back"),
             "{host}:\n{text}"
         );
         assert!(!text.contains('\x1b'), "no colour when asked for none");
+
+        // The host's keystrokes came back as the same text.
+        let step = |name: &str| steps.iter().find(|s| s.step == name).unwrap();
+        assert!(
+            step("keyboard")
+                .detail
+                .contains(&format!("decoded \"{TYPED_LINE}\"")),
+            "{host}:\n{text}"
+        );
+        // Both screenshots are where the demo said, PNGs of the screen's size.
+        let dir = std::path::absolute(screenshot_dir_of(host)).unwrap();
+        let (status, typed) = (dir.join(STATUS_PNG), dir.join(TYPED_PNG));
+        assert!(
+            text.contains(&status.display().to_string())
+                && text.contains(&typed.display().to_string()),
+            "{host}: the narration names both screenshots\n{text}"
+        );
+        let (status, typed) = (screenshot(&status), screenshot(&typed));
+        assert_ne!(status, typed, "{host}: input changed the screen");
+        // The guest's pointer (black outline, hot spot at the tip) sits where the host clicked,
+        // on the host's view of the screen.
+        let (x, y) = click_position(&step("mouse").detail);
+        assert_eq!(typed.pixel(x, y), 0, "{host}: no pointer at ({x}, {y})");
+        assert_ne!(
+            status.pixel(x, y),
+            0,
+            "{host}: ({x}, {y}) was already black"
+        );
     }
+}
+
+/// The README shows the status screen of the default host from `docs/screenshot.png`: it must
+/// be what the demo draws now (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn readme_screenshot_is_current() {
+    let dir = screenshot_dir("readme");
+    let (steps, text) = demo_in("ws2022", &dir);
+    assert!(steps.iter().all(|s| s.ok), "{text}");
+    let fresh = dir.join(STATUS_PNG);
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshot.png");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::copy(&fresh, &docs).unwrap();
+    }
+    let (now, shown) = (screenshot(&fresh), screenshot(&docs));
+    let differ = now
+        .pixels
+        .iter()
+        .zip(&shown.pixels)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differ,
+        0,
+        "{differ} pixels of docs/screenshot.png differ from {}: regenerate it with \
+         UPDATE_GOLDEN=1 cargo test -p test-harness --test demo",
+        fresh.display()
+    );
 }
 
 #[test]
 fn demo_explains_a_machine_that_is_not_hyperv() {
     let (steps, text) = demo("not-hyperv");
     assert_eq!(steps.len(), 1);
+    assert!(
+        !screenshot_dir_of("not-hyperv").exists(),
+        "no screen, no screenshots"
+    );
     assert!(!steps[0].ok);
     assert!(
         text.contains("does not implement the Hyper-V interface"),

@@ -1,14 +1,18 @@
-//! `cargo run -p test-harness --bin demo [-- --host NAME]` (`--help` lists the hosts)
+//! `cargo run -p test-harness --bin demo [-- --host NAME] [--screenshot-dir DIR]` (`--help`
+//! lists the hosts)
 //!
-//! Boots a simulated Hyper-V VM on the mock hypervisor and narrates what the guest does.
+//! Boots a simulated Hyper-V VM on the mock hypervisor and narrates what the guest does; the
+//! host saves screenshots of the guest's screen in DIR (default: the current directory).
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use test_harness::demo::{DemoOptions, HOST_NAMES, parse_host, run};
+use test_harness::demo::{DemoOptions, HOST_NAMES, STATUS_PNG, TYPED_PNG, parse_host, run};
 
 fn main() -> ExitCode {
     let mut host = parse_host("ws2022").expect("the default host name parses");
+    let mut screenshot_dir = PathBuf::from(".");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -22,8 +26,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--screenshot-dir" => match args.next() {
+                Some(dir) => screenshot_dir = PathBuf::from(dir),
+                None => {
+                    eprintln!("--screenshot-dir takes a directory");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                println!("usage: demo [--host NAME]\n\nNAME is one of:");
+                println!(
+                    "usage: demo [--host NAME] [--screenshot-dir DIR]\n\n\
+                     The host saves {STATUS_PNG} and {TYPED_PNG} in DIR (default: the current \
+                     directory).\n\nNAME is one of:"
+                );
                 for (name, what) in HOST_NAMES {
                     println!("  {name:<11} {what}");
                 }
@@ -38,6 +53,7 @@ fn main() -> ExitCode {
     let options = DemoOptions {
         host,
         colour: std::io::stdout().is_terminal(),
+        screenshot_dir,
     };
     match run(options, &mut std::io::stdout().lock()) {
         Ok(steps) if steps.iter().all(|s| s.ok) => ExitCode::SUCCESS,

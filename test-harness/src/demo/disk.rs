@@ -7,9 +7,11 @@
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use storvsc::block::{BlockDevice, ScsiDisk, report_luns};
 use storvsc::controller::StorvscController;
+use storvsc::protocol::VstorVersion;
 use storvsc::request::LunAddress;
 use storvsc::sdmmc::SdmmcDisk;
 use storvsc::sdmmc::embedded_sdmmc::{Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager};
@@ -52,8 +54,11 @@ impl Drop for DemoDisk {
     }
 }
 
+/// A path no other demo run uses, in this process (tests run demos in parallel) or another.
 fn image_path() -> PathBuf {
-    std::env::temp_dir().join(format!("hyperv-demo-disk-{}.img", std::process::id()))
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("hyperv-demo-disk-{}-{run}.img", std::process::id()))
 }
 
 /// Makes the image and offers the SCSI controller (LUN 0: the FAT image, LUN 1: a blank
@@ -113,12 +118,14 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// The guest's side: LUNs, capacities, the FAT volume; returns the step result.
+/// The guest's side: LUNs, capacities, the FAT volume; returns the step result and records
+/// the VSTOR version the guest negotiated in `vstor`.
 fn guest_side<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     host: &mut MockVmbusHost,
     bus: &Vmbus<T, H>,
     relid: u32,
+    vstor: &mut Option<VstorVersion>,
 ) -> Result<Result<String, String>, io::Error> {
     let waiter = vmbus_guest::BoundedWait::new(1_000, || {
         host.step();
@@ -129,6 +136,7 @@ fn guest_side<T: Transport, H: Hal>(
             Err(e) => return Ok(Err(format!("storvsc: {e}"))),
         };
     let negotiated = *controller.negotiated();
+    *vstor = Some(negotiated.version);
     n.say(&format!(
         "VSTOR {} negotiated; host allows {} KiB per request",
         negotiated.version,
@@ -241,13 +249,14 @@ fn guest_side<T: Transport, H: Hal>(
 }
 
 /// Runs the disk part of the demo: the guest opens the controller on `bus` (shared with the
-/// other drivers), waiting by stepping `host`.
+/// other drivers), waiting by stepping `host`. Returns the VSTOR version the guest negotiated
+/// (for the status screen), if it got that far.
 pub fn run<T: Transport, H: Hal>(
     n: &mut Narrator<'_>,
     host: &mut MockVmbusHost,
     bus: &Vmbus<T, H>,
     disk: &DemoDisk,
-) -> io::Result<()> {
+) -> io::Result<Option<VstorVersion>> {
     n.section("Disk: storvsc, LUNs, a FAT volume")?;
     n.say(&format!(
         "host image {} made with {}",
@@ -257,13 +266,14 @@ pub fn run<T: Transport, H: Hal>(
             BuiltWith::PureRust => "the fatfs crate (dosfstools not installed)",
         }
     ))?;
-    let guest = guest_side(n, host, bus, disk.relid)?;
+    let mut vstor = None;
+    let guest = guest_side(n, host, bus, disk.relid, &mut vstor)?;
     let ok = n.record("disk", guest)?;
     if ok {
         let checked = host_check(n, disk.image.path(), disk);
         n.record("host checks the image", checked)?;
     }
-    Ok(())
+    Ok(vstor)
 }
 
 fn host_check(n: &mut Narrator<'_>, path: &Path, disk: &DemoDisk) -> Result<String, String> {

@@ -8,13 +8,17 @@ mod disk;
 mod live;
 mod narrator;
 mod platform;
+mod screen;
 mod services;
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 
+use vmbus_guest::protocol::DeviceClass;
 use vmbus_guest::{ConnectionConfig, SynicTransport, Vmbus};
 
 pub use narrator::StepResult;
+pub use screen::{STATUS_PNG, TYPED_LINE, TYPED_PNG};
 pub use services::format_utc;
 
 use crate::hv::{HostPreset, MockConfig, MockHypervisor};
@@ -61,12 +65,15 @@ pub fn parse_host(name: &str) -> Option<DemoHost> {
 }
 
 /// What the demo runs against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// The emulated host.
     pub host: DemoHost,
     /// Colour the narration (ANSI escapes).
     pub colour: bool,
+    /// Where the host saves its screenshots ([`STATUS_PNG`], [`TYPED_PNG`]); created if
+    /// missing.
+    pub screenshot_dir: PathBuf,
 }
 
 /// Runs the demo, narrating to `out`, and returns each step's result.
@@ -87,6 +94,7 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         let mut host = MockVmbusHost::new(hv.clone(), options.host.release);
         let ics = IcHost::add_to(&mut host, IcHostConfig::default());
         let demo_disk = disk::offer(&mut host);
+        let screen_host = screen::offer(&mut host, &hv, options.screenshot_dir.clone());
         let (clock, cpu) = (vp.clock, vp.cpu.clone());
         let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
         // One bus for every driver: the services, the disk and the live section all borrow
@@ -94,20 +102,25 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
         if bus::connect(&mut n, &mut host, &guest)? {
             let reference_now = Box::new(move || clock.now(&cpu));
-            let mut disk_part =
+            let mut before_shutdown =
                 |n: &mut narrator::Narrator<'_>,
                  host: &mut MockVmbusHost,
                  guest: &Vmbus<_, _>,
                  services: &mut crate::guest_ics::GuestIcs<'_, _, _>| {
+                    // What the drivers negotiated, for the status screen.
+                    let mut versions = screen::ic_versions(services);
                     match &demo_disk {
                         Ok(d) => {
-                            disk::run(n, host, guest, d)?;
-                            live::run(n, host, &ics, guest, services, d)
+                            if let Some(v) = disk::run(n, host, guest, d)? {
+                                versions.push((DeviceClass::Scsi, format!("VSTOR {v}")));
+                            }
+                            live::run(n, host, &ics, guest, services, d)?;
                         }
-                        Err(e) => n
-                            .record("disk", Err(format!("no disk image: {e}")))
-                            .map(|_| ()),
+                        Err(e) => {
+                            n.record("disk", Err(format!("no disk image: {e}")))?;
+                        }
                     }
+                    screen::run(n, host, guest, &screen_host, &versions)
                 };
             services::run(
                 &mut n,
@@ -116,7 +129,7 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
                 &ics,
                 &guest,
                 reference_now,
-                &mut disk_part,
+                &mut before_shutdown,
             )?;
         }
         // The refusals of connection 4 by a pre-5.0 host are the expected fallback path
