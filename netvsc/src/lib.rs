@@ -4,6 +4,9 @@
 //! - [`protocol`]: NVSP and RNDIS wire structs (`zerocopy`, sizes and offsets asserted).
 //! - [`rndis`]: pure parsers and builders of RNDIS messages (fuzzable:
 //!   [`rndis::parse_message`]).
+//! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
+//!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
+//!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends.
 //!
 //! `#![no_std]`, no allocator, no `unsafe`: host memory is reached only through
 //! `vmbus_guest::HostBuffer`'s bounds-checked copies.
@@ -13,5 +16,8 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod nic;
 pub mod protocol;
 pub mod rndis;
+
+pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats};
