@@ -334,6 +334,8 @@ struct Core {
     next_request_id: u32,
     awaiting: Option<u32>,
     reply: Option<Reply>,
+    /// NVSP status of a refused control message while a reply is awaited.
+    control_refused: Option<u32>,
 }
 
 impl Core {
@@ -384,7 +386,17 @@ impl Core {
                 context, packet, ..
             } => match context {
                 Ctx::Handshake => {}
-                Ctx::Control { section } => self.sections.release(section),
+                Ctx::Control { section } => {
+                    self.sections.release(section);
+                    // The host refused the message (e.g. control on a sub-channel): no RNDIS
+                    // reply will come, so the waiter must not wait for one.
+                    if let Ok((c, _)) = NvspRndisPacketComplete::read_from_prefix(packet.payload())
+                        && c.status.get() != status::SUCCESS
+                        && self.awaiting.is_some()
+                    {
+                        self.control_refused = Some(c.status.get());
+                    }
+                }
                 Ctx::Data { section } => {
                     self.sections.release(section);
                     let p = packet.payload();
@@ -651,6 +663,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                 next_request_id: 1,
                 awaiting: None,
                 reply: None,
+                control_refused: None,
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; MAX_RECEIVE_MESSAGE],
@@ -952,12 +965,19 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         }
         self.core.awaiting = Some(id);
         self.core.reply = None;
+        self.core.control_refused = None;
         let result = loop {
             if let Err(e) = self.pump(64, &mut |_| {}) {
                 break Err(e);
             }
             if let Some(r) = self.core.reply.take() {
                 break Ok(r);
+            }
+            if let Some(status) = self.core.control_refused.take() {
+                break Err(NetError::HostStatus {
+                    what: "RNDIS control message",
+                    status,
+                });
             }
             self.channel.bus().poll();
             if let Err(e) = waiter.wait() {
@@ -1200,13 +1220,19 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         self.channel.requests_in_flight()
     }
 
+    /// The bus the NIC's channel is open on (its owner polls it or routes interrupts to it;
+    /// a rescind reaches the NIC once the bus has processed it).
+    pub fn bus(&self) -> &'b Vmbus<T, H> {
+        self.channel.bus()
+    }
+
     /// The channel's relid.
     pub fn relid(&self) -> u32 {
         self.channel.relid()
     }
 
     /// Closes the NIC (devices §2.18): packet filter 0, REVOKE_RECV_BUF and REVOKE_SEND_BUF,
-    /// channel close, then both GPADLs torn down. The buffers are freed only when the bus
+    /// both buffer GPADLs torn down, then the channel closed. The buffers are freed only when the bus
     /// confirms the host let go of them; any `Leaked` part makes the result `Leaked`. Thread
     /// context only.
     pub fn close(mut self, waiter: &mut impl Wait) -> Released {
@@ -1255,13 +1281,18 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             send_buf,
             ..
         } = self;
-        waiter.restart();
-        let mut released = channel.close(waiter);
+        // Buffers first (devices §2.18, vmbus-core §10.1): closing the channel releases a
+        // rescinded relid, after which the host no longer knows the channel's GPADLs.
+        let mut released = Released::Freed;
         for b in [recv_buf, send_buf].into_iter().flatten() {
             waiter.restart();
             if b.release(waiter) == Released::Leaked {
                 released = Released::Leaked;
             }
+        }
+        waiter.restart();
+        if channel.close(waiter) == Released::Leaked {
+            released = Released::Leaked;
         }
         released
     }

@@ -434,3 +434,94 @@ fn hostile_receive_messages_are_rejected_counted_and_completed() {
     assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
     assert!(host.protocol_errors().is_empty());
 }
+
+#[test]
+fn invalid_host_answers_fail_the_open_cleanly() {
+    // A send section too small for one full frame.
+    let mut small_sections = rig(NetVspConfig {
+        section_size: 1024,
+        ..NetVspConfig::default()
+    });
+    let r = GuestNic::open(
+        &small_sections.guest,
+        small_sections.relid,
+        &small(),
+        &mut waiter(&mut small_sections.host),
+    );
+    assert_eq!(r.err(), Some(NetError::HostValue("send section size")));
+    assert_eq!(small_sections.host.gpadls(), 0, "both buffers torn down");
+    assert!(small_sections.host.protocol_errors().is_empty());
+    assert!(small_sections.host.freed_while_mapped().is_empty());
+
+    // A host that refuses RNDIS control: the open fails at INITIALIZE without waiting for a
+    // reply that cannot come.
+    let mut rig = rig(NetVspConfig::default());
+    rig.vsp.refuse_control(true);
+    let (r, left) = {
+        let mut w = waiter(&mut rig.host);
+        let r = GuestNic::open(&rig.guest, rig.relid, &small(), &mut w);
+        (r, w.remaining())
+    };
+    assert!(left > 400, "no timeout: {left} waits left");
+    assert_eq!(
+        r.err(),
+        Some(NetError::HostStatus {
+            what: "RNDIS control message",
+            status: 2
+        })
+    );
+    assert_eq!(rig.host.gpadls(), 0);
+    assert!(rig.host.protocol_errors().is_empty());
+}
+
+#[test]
+fn a_rescind_with_sends_in_flight_fails_them_and_leaks_nothing_the_host_maps() {
+    let mut rig = rig(NetVspConfig::default());
+    let vsp = rig.vsp.clone();
+    let relid = rig.relid;
+    let (mut nic, host) = open(&mut rig, &small());
+    let mac = nic.mac();
+    vsp.withhold_completions(true);
+    for i in 0..3 {
+        nic.send_frame(&frame([0xFF; 6], mac, i, 64)).unwrap();
+    }
+    host.step();
+    assert_eq!(vsp.withheld(), 3);
+    host.rescind(relid);
+    host.step();
+    nic.bus().poll();
+    let mut err = None;
+    for _ in 0..5 {
+        match nic.poll(64, |_| {}) {
+            Ok(_) => {
+                host.step();
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        err,
+        Some(NetError::Channel(vmbus_guest::ChannelError::Rescinded))
+    );
+    assert_eq!(nic.stats().tx_failed, 3);
+    assert_eq!(
+        nic.send_frame(&frame([0xFF; 6], mac, 9, 64)),
+        Err(NetError::Channel(vmbus_guest::ChannelError::Rescinded))
+    );
+    // The host confirms the buffer GPADL teardowns (sent before RELID_RELEASED), so the
+    // buffers are freed; nothing the host still maps is.
+    assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
+    assert!(
+        host.freed_while_mapped().is_empty(),
+        "{:?}",
+        host.freed_while_mapped()
+    );
+    assert!(
+        host.protocol_errors().is_empty(),
+        "{:?}",
+        host.protocol_errors()
+    );
+}

@@ -61,6 +61,9 @@ pub struct NetVspConfig {
     pub max_subchannels: u32,
     /// Link state at start.
     pub link_up: bool,
+    /// Send section size reported in SEND_SEND_BUF_COMPLETE (6144 on Hyper-V; other values
+    /// test the guest's validation).
+    pub section_size: u32,
 }
 
 impl Default for NetVspConfig {
@@ -70,6 +73,7 @@ impl Default for NetVspConfig {
             mac: [0x00, 0x15, 0x5D, 0x00, 0x00, 0x01],
             max_subchannels: 4,
             link_up: true,
+            section_size: SECTION_SIZE,
         }
     }
 }
@@ -120,6 +124,7 @@ struct State {
     raw_xfer: VecDeque<RawTransfer>,
     withhold: bool,
     withheld: Vec<(u32, u64)>,
+    refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
     frames_to_guest: u64,
     subchannels: u32,
@@ -170,6 +175,7 @@ impl NetworkVsp {
                 raw_xfer: VecDeque::new(),
                 withhold: false,
                 withheld: Vec::new(),
+                refuse_control: false,
                 frames_from_guest: Vec::new(),
                 frames_to_guest: 0,
                 subchannels: 0,
@@ -272,6 +278,12 @@ impl NetworkVsp {
     /// Holds SEND_RNDIS_PKT completions (on) or releases the held ones (off).
     pub fn withhold_completions(&self, on: bool) {
         self.lock().withhold = on;
+    }
+
+    /// Completes every RNDIS control message with NVSP status 2 without processing it (a
+    /// host that refuses control, as on a sub-channel).
+    pub fn refuse_control(&self, on: bool) {
+        self.lock().refuse_control = on;
     }
 
     /// Completions currently held back.
@@ -504,10 +516,11 @@ impl State {
     fn on_send_buffer(&mut self, ch: &mut HostChannel, p: &HostPacket) {
         let gpadl = u32_at(&p.payload, 4).unwrap_or(0);
         let len = ch.gpadl_len(gpadl).unwrap_or(0);
-        let sections = (len / u64::from(SECTION_SIZE)) as u32;
+        let size = self.config.section_size.max(1);
+        let sections = (len / u64::from(size)) as u32;
         let m = if sections > 0 {
             self.send = Some(SendBuffer { gpadl, sections });
-            self.padded(&[105, 1, SECTION_SIZE])
+            self.padded(&[105, 1, size])
         } else {
             self.padded(&[105, 2, 0])
         };
@@ -549,6 +562,11 @@ impl State {
             return;
         }
         let channel_type = u32_at(&p.payload, 4).unwrap_or(u32::MAX);
+        if channel_type == 1 && self.refuse_control {
+            let m = self.padded(&[108, 2]);
+            self.complete(ch, p.transaction_id, &m);
+            return;
+        }
         let section = u32_at(&p.payload, 8).unwrap_or(u32::MAX);
         let size = u32_at(&p.payload, 12).unwrap_or(0);
         let (bytes, first_range) = if section != 0xFFFF_FFFF {
@@ -559,7 +577,8 @@ impl State {
                 );
                 return;
             };
-            if section >= sb.sections || !(8..=SECTION_SIZE).contains(&size) {
+            let section_size = self.config.section_size.max(1);
+            if section >= sb.sections || !(8..=section_size).contains(&size) {
                 self.die(
                     ch,
                     format!("InvalidPacketData: section {section} size {size}"),
