@@ -309,6 +309,15 @@ impl PendingCompletions {
     }
 }
 
+/// Progress through the ranges of a received transfer-page packet.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    transaction_id: u64,
+    reply: bool,
+    next: usize,
+    count: usize,
+}
+
 /// A reply to the pending RNDIS control request.
 #[derive(Clone, Copy, Debug)]
 struct Reply {
@@ -334,6 +343,8 @@ struct Core {
     next_request_id: u32,
     awaiting: Option<u32>,
     reply: Option<Reply>,
+    /// The transfer-page packet being handed out range by range.
+    cursor: Option<Cursor>,
     /// NVSP status of a refused control message while a reply is awaited.
     control_refused: Option<u32>,
 }
@@ -346,23 +357,35 @@ impl Core {
         r: Received<'_, Ctx>,
         recv_buf: Option<&HostBufferView<'_>>,
         scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
-        on_frame: &mut dyn FnMut(&[u8]),
+        defer: bool,
     ) {
         match r {
             Received::Packet(p) => {
                 if let PacketKind::TransferPages(t) = p.kind {
-                    let ok = self.on_transfer_pages(t, p.payload(), recv_buf, scratch, on_frame);
                     self.stats.rx_packets += 1;
-                    if !ok {
+                    let valid = self.check_transfer_pages(&t, p.payload(), recv_buf.is_some());
+                    let reply = p.completion_requested();
+                    if !valid {
                         self.stats.rx_bad_packets += 1;
-                    }
-                    if p.completion_requested() {
-                        let st = if ok { status::SUCCESS } else { status::FAILURE };
-                        if !self.pending.push((p.transaction_id(), st)) {
-                            // Only possible during a handshake wait (the receive loop keeps
-                            // room): the host never gets these ranges back.
-                            log::warn!("netvsc: receive completion queue full");
-                            self.stats.rx_completions_lost += 1;
+                        if reply {
+                            self.queue_completion(p.transaction_id(), status::FAILURE);
+                        }
+                    } else if defer {
+                        self.cursor = Some(Cursor {
+                            transaction_id: p.transaction_id(),
+                            reply,
+                            next: 0,
+                            count: t.range_count(),
+                        });
+                    } else {
+                        if let Some(buf) = recv_buf {
+                            for r in t.ranges() {
+                                let (off, n) = (r.byte_offset as usize, r.byte_count as usize);
+                                self.on_range(off, n, buf, scratch, &mut |_| {});
+                            }
+                        }
+                        if reply {
+                            self.queue_completion(p.transaction_id(), status::SUCCESS);
                         }
                     }
                 } else if p.packet_type() == PacketType::DATA_IN_BAND {
@@ -425,38 +448,69 @@ impl Core {
         }
     }
 
-    /// Validates a transfer-page packet and handles each range; false = rejected whole.
-    fn on_transfer_pages(
-        &mut self,
-        t: vmbus_guest::ring::TransferPages<'_>,
+    /// Validates a transfer-page packet's header (NVSP message, page set id, range count).
+    fn check_transfer_pages(
+        &self,
+        t: &vmbus_guest::ring::TransferPages<'_>,
         payload: &[u8],
-        recv_buf: Option<&HostBufferView<'_>>,
-        scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
-        on_frame: &mut dyn FnMut(&[u8]),
+        have_buffer: bool,
     ) -> bool {
-        let Some(buf) = recv_buf else {
-            return false;
-        };
         let Ok((nvsp, _)) = NvspRndisPacket::read_from_prefix(payload) else {
             return false;
         };
-        if nvsp.msg_type.get() != msg::SEND_RNDIS_PKT
-            || t.transfer_page_set_id != RECV_BUFFER_ID
-            || t.range_count() == 0
-            || t.range_count() > MAX_RANGES
-        {
-            return false;
+        have_buffer
+            && nvsp.msg_type.get() == msg::SEND_RNDIS_PKT
+            && t.transfer_page_set_id == RECV_BUFFER_ID
+            && t.range_count() != 0
+            && t.range_count() <= MAX_RANGES
+    }
+
+    fn queue_completion(&mut self, transaction_id: u64, st: u32) {
+        if !self.pending.push((transaction_id, st)) {
+            // Only possible during a handshake wait (the receive loop keeps room): the host
+            // never gets these ranges back.
+            log::warn!("netvsc: receive completion queue full");
+            self.stats.rx_completions_lost += 1;
         }
-        for r in t.ranges() {
-            self.on_range(
-                r.byte_offset as usize,
-                r.byte_count as usize,
-                buf,
-                scratch,
-                on_frame,
-            );
+    }
+
+    /// Handles the remaining ranges of the current transfer-page packet, whose bytes are
+    /// still in `ring` (the last packet received). `on_frame` returns false to stop after a
+    /// frame (the rest is handled by the next call). Returns whether it stopped that way;
+    /// when the packet is done its completion is queued.
+    fn drain_cursor(
+        &mut self,
+        ring: &[u8],
+        buf: &HostBufferView<'_>,
+        scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
+        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> bool {
+        while let Some(mut c) = self.cursor {
+            if c.next >= c.count {
+                self.cursor = None;
+                if c.reply {
+                    self.queue_completion(c.transaction_id, status::SUCCESS);
+                }
+                break;
+            }
+            // The range array of a transfer-page packet starts at byte 24 (devices §0.4);
+            // the channel validated that `count` ranges fit before the payload.
+            let at = 24 + c.next * 8;
+            c.next += 1;
+            self.cursor = Some(c);
+            let Some(r) = ring.get(at..at + 8) else {
+                self.stats.rx_bad_ranges += 1;
+                continue;
+            };
+            let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+            let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize;
+            let mut stop = false;
+            self.on_range(offset, count, buf, scratch, &mut |f| stop = !on_frame(f));
+            if stop {
+                return true;
+            }
         }
-        true
+        false
     }
 
     fn on_range(
@@ -664,6 +718,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                 awaiting: None,
                 reply: None,
                 control_refused: None,
+                cursor: None,
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; MAX_RECEIVE_MESSAGE],
@@ -913,10 +968,10 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             Ctx::Handshake,
             resp,
             ring,
-            |r| core.on_received(r, Some(&view), scratch, &mut |_| {}),
+            |r| core.on_received(r, Some(&view), scratch, false),
             waiter,
         );
-        self.flush_completions();
+        flush_completions(&mut self.channel, &mut self.core);
         Ok(n?)
     }
 
@@ -967,7 +1022,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         self.core.reply = None;
         self.core.control_refused = None;
         let result = loop {
-            if let Err(e) = self.pump(64, &mut |_| {}) {
+            if let Err(e) = self.pump(64, &mut |_| true) {
                 break Err(e);
             }
             if let Some(r) = self.core.reply.take() {
@@ -1035,53 +1090,41 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         Ok(())
     }
 
-    /// Sends queued receive completions while the ring takes them.
-    fn flush_completions(&mut self) {
-        while let Some((tid, st)) = self.core.pending.front() {
-            let c = NvspRndisPacketComplete {
-                msg_type: msg::SEND_RNDIS_PKT_COMPLETE.into(),
-                status: st.into(),
-            };
-            match self.channel.send_completion(tid, &[c.as_bytes()]) {
-                Ok(()) => self.core.pending.pop(),
-                Err(ChannelError::Full) => {
-                    self.core.stats.rx_completions_deferred += 1;
-                    break;
-                }
-                // A dead channel: the host's use of the ranges ends with it.
-                Err(_) => self.core.pending.pop(),
-            }
-        }
-    }
-
-    /// Receives at most `budget` packets; returns whether more may be waiting.
-    fn pump(&mut self, budget: usize, on_frame: &mut dyn FnMut(&[u8])) -> Result<bool, NetError> {
-        self.flush_completions();
+    fn pump(
+        &mut self,
+        budget: usize,
+        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, NetError> {
+        let Self {
+            channel,
+            recv_buf,
+            core,
+            ring,
+            msg: scratch,
+            ..
+        } = self;
+        let rb = recv_buf.as_ref();
+        let read = |off: usize, b: &mut [u8]| match rb {
+            Some(r) => r.read_at(off, b),
+            None => Err(vmbus_guest::OutOfBounds {
+                offset: off,
+                len: b.len(),
+                size: 0,
+            }),
+        };
+        let view = HostBufferView { read: &read };
+        flush_completions(channel, core);
         for _ in 0..budget {
-            if self.core.pending.is_full() {
-                self.channel.yield_batch()?;
+            if core.drain_cursor(ring, &view, scratch, on_frame) {
                 return Ok(true);
             }
-            let Self {
-                channel,
-                recv_buf,
-                core,
-                ring,
-                msg: scratch,
-                ..
-            } = self;
-            let rb = recv_buf.as_ref();
-            let read = |off: usize, b: &mut [u8]| match rb {
-                Some(r) => r.read_at(off, b),
-                None => Err(vmbus_guest::OutOfBounds {
-                    offset: off,
-                    len: b.len(),
-                    size: 0,
-                }),
-            };
-            let view = HostBufferView { read: &read };
+            flush_completions(channel, core);
+            if core.pending.is_full() {
+                channel.yield_batch()?;
+                return Ok(true);
+            }
             match channel.recv(ring) {
-                Ok(Some(r)) => core.on_received(r, Some(&view), scratch, on_frame),
+                Ok(Some(r)) => core.on_received(r, Some(&view), scratch, true),
                 Ok(None) => return Ok(channel.end_batch()?),
                 Err(ChannelError::BufferTooSmall { .. }) => {
                     // Larger than any valid netvsc packet: drop it, but give back the
@@ -1091,15 +1134,15 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                         if d.packet_type == PacketType::DATA_USING_TRANSFER_PAGES
                             && d.flags & 1 != 0
                         {
-                            let _ = core.pending.push((d.transaction_id, status::FAILURE));
+                            core.queue_completion(d.transaction_id, status::FAILURE);
                         }
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.flush_completions();
+            flush_completions(channel, core);
         }
-        self.channel.yield_batch()?;
+        channel.yield_batch()?;
         Ok(true)
     }
 
@@ -1112,7 +1155,31 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         budget: usize,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<bool, NetError> {
-        self.pump(budget, &mut on_frame)
+        self.pump(budget, &mut |f| {
+            on_frame(f);
+            true
+        })
+    }
+
+    /// Receives the next frame and hands it to `f` (pull style, for network stacks that
+    /// ask for one frame at a time): processes up to `budget` host packets (completions,
+    /// indications, refused messages) until a frame is found. `Ok(None)`: no frame now.
+    /// The rest of a multi-frame transfer-page packet is kept for the next call; its
+    /// completion goes to the host once all its frames were taken. Interrupt-safe.
+    pub fn receive_with<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, NetError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.pump(budget, &mut |frame| {
+            if let Some(f) = f.take() {
+                out = Some(f(frame));
+            }
+            false
+        })?;
+        Ok(out)
     }
 
     /// Sends one Ethernet frame (header + payload, no FCS) by copying it into a send-buffer
@@ -1295,5 +1362,27 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             released = Released::Leaked;
         }
         released
+    }
+}
+
+/// Sends queued receive completions while the ring takes them.
+fn flush_completions<T: Transport, H: Hal, const N: usize>(
+    channel: &mut Channel<'_, T, H, Ctx, N>,
+    core: &mut Core,
+) {
+    while let Some((tid, st)) = core.pending.front() {
+        let c = NvspRndisPacketComplete {
+            msg_type: msg::SEND_RNDIS_PKT_COMPLETE.into(),
+            status: st.into(),
+        };
+        match channel.send_completion(tid, &[c.as_bytes()]) {
+            Ok(()) => core.pending.pop(),
+            Err(ChannelError::Full) => {
+                core.stats.rx_completions_deferred += 1;
+                break;
+            }
+            // A dead channel: the host's use of the ranges ends with it.
+            Err(_) => core.pending.pop(),
+        }
     }
 }

@@ -525,3 +525,59 @@ fn a_rescind_with_sends_in_flight_fails_them_and_leaks_nothing_the_host_maps() {
         host.protocol_errors()
     );
 }
+
+#[test]
+fn frames_can_be_pulled_one_at_a_time_and_the_packet_completes_after_the_last() {
+    let switch = VirtualSwitch::new();
+    let mac_a = [0x00, 0x15, 0x5D, 0, 2, 0xA];
+    let mac_b = [0x00, 0x15, 0x5D, 0, 2, 0xB];
+    let vsp_a = NetworkVsp::new(NetVspConfig {
+        mac: mac_a,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let vsp_b = NetworkVsp::new(NetVspConfig {
+        mac: mac_b,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let mut a = rig_with(vsp_a.clone(), 16 << 20);
+    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut nic_a, host_a) = open(&mut a, &small());
+    let (mut nic_b, host_b) = open(&mut b, &small());
+    let sent: Vec<Vec<u8>> = (0..4u16)
+        .map(|i| frame(mac_b, mac_a, i, 70 + usize::from(i)))
+        .collect();
+    for f in &sent {
+        nic_a.send_frame(f).unwrap();
+    }
+    host_a.step();
+    host_b.step();
+    let before = nic_b.stats().rx_packets;
+    let mut got = Vec::new();
+    for i in 0..4 {
+        let f = nic_b.receive_with(8, |f| f.to_vec()).unwrap().unwrap();
+        got.push(f);
+        host_b.step();
+        if i < 3 {
+            assert_eq!(
+                vsp_b.receives_outstanding(),
+                1,
+                "completed only after the last frame"
+            );
+        }
+    }
+    assert_eq!(got, sent);
+    assert_eq!(
+        nic_b.stats().rx_packets - before,
+        1,
+        "all four in one transfer-page packet"
+    );
+    assert_eq!(nic_b.receive_with(8, |f| f.to_vec()).unwrap(), None);
+    host_b.step();
+    assert_eq!(vsp_b.receives_outstanding(), 0);
+    assert_eq!(nic_a.close(&mut waiter(host_a)), Released::Freed);
+    assert_eq!(nic_b.close(&mut waiter(host_b)), Released::Freed);
+    assert_clean(host_a, &vsp_a);
+    assert_clean(host_b, &vsp_b);
+}
