@@ -287,7 +287,7 @@ pub struct NvspRecvBufComplete {
     pub status: U32,
     /// @8: must be 1.
     pub num_sections: U32,
-    /// @12: section[0].offset.
+    /// @12: `section[0].offset`.
     pub offset: U32,
     /// @16: size of one receive slot.
     pub sub_alloc_size: U32,
