@@ -8,6 +8,8 @@
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends.
 //!
+//! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
+//!
 //! `#![no_std]`, no allocator, no `unsafe`: host memory is reached only through
 //! `vmbus_guest::HostBuffer`'s bounds-checked copies.
 #![no_std]
@@ -17,6 +19,8 @@
 extern crate std;
 
 pub mod nic;
+#[cfg(feature = "smoltcp")]
+pub mod phy;
 pub mod protocol;
 pub mod rndis;
 

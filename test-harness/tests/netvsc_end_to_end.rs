@@ -581,3 +581,146 @@ fn frames_can_be_pulled_one_at_a_time_and_the_packet_completes_after_the_last() 
     assert_clean(host_a, &vsp_a);
     assert_clean(host_b, &vsp_b);
 }
+
+#[test]
+fn two_smoltcp_guests_on_the_switch_ping_each_other() {
+    use netvsc::phy::NetvscDevice;
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::socket::icmp;
+    use smoltcp::time::Instant;
+    use smoltcp::wire::{
+        EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    };
+
+    let switch = VirtualSwitch::new();
+    let mac_a = [0x00, 0x15, 0x5D, 0, 3, 0xA];
+    let mac_b = [0x00, 0x15, 0x5D, 0, 3, 0xB];
+    let vsp_a = NetworkVsp::new(NetVspConfig {
+        mac: mac_a,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let vsp_b = NetworkVsp::new(NetVspConfig {
+        mac: mac_b,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let mut a = rig_with(vsp_a.clone(), 16 << 20);
+    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut nic_a, host_a) = open(&mut a, &small());
+    let (mut nic_b, host_b) = open(&mut b, &small());
+
+    let iface = |nic: &mut GuestNic<'_>, ip: [u8; 4]| {
+        let mac = nic.mac();
+        let mut dev = NetvscDevice::new(nic);
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut iface = Interface::new(config, &mut dev, Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), 24))
+                .unwrap();
+        });
+        iface
+    };
+    let mut iface_a = iface(&mut nic_a, [10, 0, 0, 1]);
+    let mut iface_b = iface(&mut nic_b, [10, 0, 0, 2]);
+    let mut sockets_a = SocketSet::new(vec![]);
+    let mut sockets_b = SocketSet::new(vec![]);
+    let icmp_socket = || {
+        icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+        )
+    };
+    let ha = sockets_a.add(icmp_socket());
+    let hb = sockets_b.add(icmp_socket());
+    sockets_a
+        .get_mut::<icmp::Socket>(ha)
+        .bind(icmp::Endpoint::Ident(0xA1))
+        .unwrap();
+    sockets_b
+        .get_mut::<icmp::Socket>(hb)
+        .bind(icmp::Endpoint::Ident(0xB2))
+        .unwrap();
+
+    let caps = ChecksumCapabilities::default();
+    let echo = |ident: u16, seq_no: u16, data: &[u8]| {
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        };
+        let mut bytes = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut Icmpv4Packet::new_unchecked(&mut bytes), &caps);
+        bytes
+    };
+    let payload_a: Vec<u8> = (0..56u8).collect();
+    let payload_b: Vec<u8> = (0..200u8).rev().collect();
+    // A pings B and B pings A, at the same time.
+    let mut sent = false;
+    let mut replies_a = Vec::new();
+    let mut replies_b = Vec::new();
+    for t in 0..200u64 {
+        let now = Instant::from_millis(t as i64);
+        if !sent {
+            let sa = sockets_a.get_mut::<icmp::Socket>(ha);
+            sa.send_slice(&echo(0xA1, 1, &payload_a), IpAddress::v4(10, 0, 0, 2))
+                .unwrap();
+            let sb = sockets_b.get_mut::<icmp::Socket>(hb);
+            sb.send_slice(&echo(0xB2, 7, &payload_b), IpAddress::v4(10, 0, 0, 1))
+                .unwrap();
+            sent = true;
+        }
+        iface_a.poll(now, &mut NetvscDevice::new(&mut nic_a), &mut sockets_a);
+        iface_b.poll(now, &mut NetvscDevice::new(&mut nic_b), &mut sockets_b);
+        host_a.step();
+        host_b.step();
+        for (sockets, h, replies) in [
+            (&mut sockets_a, ha, &mut replies_a),
+            (&mut sockets_b, hb, &mut replies_b),
+        ] {
+            let s = sockets.get_mut::<icmp::Socket>(h);
+            while s.can_recv() {
+                let (data, from) = s.recv().unwrap();
+                let packet = Icmpv4Packet::new_checked(data).unwrap();
+                if let Ok(Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                }) = Icmpv4Repr::parse(&packet, &caps)
+                {
+                    replies.push((from, ident, seq_no, data.to_vec()));
+                }
+            }
+        }
+        if !replies_a.is_empty() && !replies_b.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        replies_a,
+        vec![(IpAddress::v4(10, 0, 0, 2), 0xA1, 1, payload_a)]
+    );
+    assert_eq!(
+        replies_b,
+        vec![(IpAddress::v4(10, 0, 0, 1), 0xB2, 7, payload_b)]
+    );
+    // ARP both ways, the echo requests and the replies: every frame accounted for.
+    let (sa, sb) = (nic_a.stats(), nic_b.stats());
+    for s in [sa, sb] {
+        assert_eq!(
+            (s.tx_frames, s.tx_completed, s.rx_frames),
+            (4, 4, 4),
+            "{s:#?}"
+        );
+    }
+    assert_eq!(
+        sa.tx_busy_section + sa.tx_busy_ring + sb.tx_busy_section + sb.tx_busy_ring,
+        0
+    );
+    assert_eq!(nic_a.close(&mut waiter(host_a)), Released::Freed);
+    assert_eq!(nic_b.close(&mut waiter(host_b)), Released::Freed);
+    assert_clean(host_a, &vsp_a);
+    assert_clean(host_b, &vsp_b);
+}
