@@ -411,6 +411,10 @@ fn hostile_receive_messages_are_rejected_counted_and_completed() {
     vsp.inject_rndis(&words(&[0x8000_0005, 16, 12345, 0])); // reply to no request
     vsp.inject_rndis(&words(&[0x4242, 8])); // unknown type
     vsp.inject_rndis(&[1, 2, 3]); // a range shorter than a header
+    // A well-formed PACKET whose frame is longer than MTU + 14.
+    let mut big = words(&[1, 44 + 1600, 36, 1600, 0, 0, 0, 0, 0, 0, 0]);
+    big.resize(44 + 1600, 0xEE);
+    vsp.inject_rndis(&big);
     // Hostile transfer-page packets.
     let nvsp = words(&[107, 0, u32::MAX, 0]);
     vsp.inject_transfer_pages(0xBEEF, &[(64, 0)], &nvsp); // wrong page set id
@@ -423,6 +427,7 @@ fn hostile_receive_messages_are_rejected_counted_and_completed() {
     let s = nic.stats();
     assert_eq!(s.rx_bad_messages, 8, "{s:#?}");
     assert_eq!(s.unexpected, 1, "{s:#?}");
+    assert_eq!(s.rx_too_large, 1, "{s:#?}");
     assert_eq!(s.rx_bad_packets, 3, "{s:#?}");
     assert_eq!(s.rx_bad_ranges, 3, "{s:#?}");
     assert_eq!(vsp.receives_outstanding(), 0, "every packet completed");
