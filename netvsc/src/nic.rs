@@ -1309,6 +1309,9 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
     }
 
     fn teardown(mut self, waiter: &mut impl Wait, graceful: bool) -> Released {
+        // Frames that arrive while the close waits for its SET reply are counted as
+        // "not ready", not handed to nobody.
+        self.core.ready = false;
         if graceful
             && self
                 .set_u32(oid::GEN_CURRENT_PACKET_FILTER, 0, waiter)
