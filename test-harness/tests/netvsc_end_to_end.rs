@@ -729,3 +729,73 @@ fn two_smoltcp_guests_on_the_switch_ping_each_other() {
     assert_clean(host_a, &vsp_a);
     assert_clean(host_b, &vsp_b);
 }
+
+#[test]
+fn random_hostile_receive_traffic_never_panics_and_every_packet_is_completed() {
+    let switch = VirtualSwitch::new();
+    let vsp = NetworkVsp::new(NetVspConfig::default()).on_switch(&switch);
+    let mut rig = rig_with(vsp.clone(), 16 << 20);
+    let (mut nic, host) = open(&mut rig, &small());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let types = [
+        1u32,
+        7,
+        0x8000_0002,
+        0x8000_0004,
+        0x8000_0005,
+        0x8000_0008,
+        0x4242,
+    ];
+    for round in 0..40 {
+        for _ in 0..8 {
+            // An RNDIS-looking message with random fields and a random length.
+            let len = (next() % 400) as usize;
+            let mut m: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 8 {
+                let t = types[(next() % types.len() as u64) as usize];
+                m[..4].copy_from_slice(&t.to_le_bytes());
+                let msg_len = (next() % (len as u64 + 64)) as u32;
+                m[4..8].copy_from_slice(&msg_len.to_le_bytes());
+            }
+            vsp.inject_rndis(&m);
+        }
+        // Transfer-page packets with random ranges (some inside the buffer).
+        let ranges: Vec<(u32, u32)> = (0..(next() % 5))
+            .map(|_| ((next() % 5000) as u32, (next() % (300 << 10)) as u32))
+            .collect();
+        let set = if round % 3 == 0 { 0xBEEF } else { 0xCAFE };
+        let nvsp: Vec<u8> = [107u32, (next() % 2) as u32, u32::MAX, 0]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        vsp.inject_transfer_pages(set, &ranges, &nvsp);
+        receive(&mut nic, host, 0);
+    }
+    receive(&mut nic, host, 0);
+    assert_eq!(vsp.receives_outstanding(), 0, "every packet completed");
+    let s = nic.stats();
+    assert!(
+        s.rx_packets >= 40 * 9,
+        "every injected packet was received: {s:#?}"
+    );
+    assert!(
+        s.rx_bad_messages + s.rx_bad_ranges + s.rx_bad_packets > 100,
+        "{s:#?}"
+    );
+    // The NIC still carries traffic afterwards.
+    let good = frame(nic.mac(), [2, 0, 0, 0, 0, 1], 1, 100);
+    switch.inject(0, &good);
+    assert_eq!(receive(&mut nic, host, 1), vec![good]);
+    assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
+    assert!(
+        host.protocol_errors().is_empty(),
+        "{:?}",
+        host.protocol_errors()
+    );
+}
