@@ -1,5 +1,27 @@
-//! Hyper-V synthetic network adapter driver (netvsc): NVSP and RNDIS over a VMBus channel.
+//! Hyper-V synthetic network adapter driver (netvsc): NVSP and RNDIS over a VMBus channel
+//! (`shared/protocol/devices.md` §2, §7.1).
 //!
-//! This crate is reserved for the netvsc issue; it contains no code yet. The driver will be built
-//! on `vmbus-guest` channels and follow the protocol facts in `shared/protocol/devices.md` §2.
+//! - [`protocol`]: NVSP and RNDIS wire structs (`zerocopy`, sizes and offsets asserted).
+//! - [`rndis`]: pure parsers and builders of RNDIS messages (fuzzable:
+//!   [`rndis::parse_message`]).
+//! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
+//!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
+//!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends.
+//!
+//! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
+//!
+//! `#![no_std]`, no allocator, no `unsafe`: host memory is reached only through
+//! `vmbus_guest::HostBuffer`'s bounds-checked copies.
 #![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod nic;
+#[cfg(feature = "smoltcp")]
+pub mod phy;
+pub mod protocol;
+pub mod rndis;
+
+pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats};

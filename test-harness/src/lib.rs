@@ -8,6 +8,7 @@ pub mod guest_ics;
 pub mod hv;
 pub mod ic;
 pub mod input;
+pub mod network;
 pub mod real_peers;
 pub mod storage;
 pub mod video;

@@ -1,0 +1,165 @@
+//! A `smoltcp::phy::Device` over a [`Nic`] (feature `smoltcp`).
+//!
+//! Receive pulls one frame per token through [`Nic::receive_with`] (the rest of a multi-frame
+//! transfer-page packet waits in the NIC, so no frame queue is needed); the frame is copied
+//! into the device's own buffer because smoltcp holds the receive and transmit tokens at the
+//! same time. Transmit builds the frame on the stack and sends it with [`Nic::send_frame`].
+//! Frames smoltcp produced but the NIC could not take (back-pressure, a dead channel) are
+//! counted in [`DeviceStats`], never dropped silently.
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use vmbus_guest::{Hal, Transport};
+
+use crate::nic::{ETHERNET_HEADER, MAX_MTU, NetError, Nic};
+
+/// Largest frame the device carries.
+const MAX_FRAME: usize = MAX_MTU as usize + ETHERNET_HEADER;
+
+/// Packets (host packets, not frames) one `receive` may process looking for a frame.
+const RECEIVE_BUDGET: usize = 16;
+
+/// Frames lost between smoltcp and the NIC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames smoltcp built that the NIC refused (the reason is in the NIC's counters).
+    pub tx_dropped: u64,
+    /// Receive calls that failed (the channel is dead; see [`NetvscDevice::last_error`]).
+    pub rx_errors: u64,
+}
+
+/// smoltcp's view of a NIC. Borrow it for each `Interface::poll`.
+pub struct NetvscDevice<'n, 'b, T: Transport, H: Hal, const N: usize = 64> {
+    nic: &'n mut Nic<'b, T, H, N>,
+    rx: [u8; MAX_FRAME],
+    stats: DeviceStats,
+    last_error: Option<NetError>,
+}
+
+impl<'n, 'b, T: Transport, H: Hal, const N: usize> NetvscDevice<'n, 'b, T, H, N> {
+    /// Wraps `nic`.
+    pub fn new(nic: &'n mut Nic<'b, T, H, N>) -> Self {
+        Self {
+            nic,
+            rx: [0; MAX_FRAME],
+            stats: DeviceStats::default(),
+            last_error: None,
+        }
+    }
+
+    /// The NIC.
+    pub fn nic(&mut self) -> &mut Nic<'b, T, H, N> {
+        self.nic
+    }
+
+    /// Counters of frames lost between smoltcp and the NIC.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// The last error the NIC returned to the device, if any.
+    pub fn last_error(&self) -> Option<NetError> {
+        self.last_error
+    }
+}
+
+/// A received frame (a copy in the device's buffer).
+pub struct RxToken<'a> {
+    frame: &'a [u8],
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(self.frame)
+    }
+}
+
+/// Permission to send one frame.
+pub struct TxToken<'a, 'b, T: Transport, H: Hal, const N: usize> {
+    nic: &'a mut Nic<'b, T, H, N>,
+    stats: &'a mut DeviceStats,
+    last_error: &'a mut Option<NetError>,
+}
+
+impl<T: Transport, H: Hal, const N: usize> phy::TxToken for TxToken<'_, '_, T, H, N> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let mut buf = [0u8; MAX_FRAME];
+        let n = len.min(MAX_FRAME);
+        let r = f(&mut buf[..n]);
+        let result = if len > MAX_FRAME {
+            Err(NetError::FrameSize(len))
+        } else {
+            self.nic.send_frame(&buf[..n])
+        };
+        if let Err(e) = result {
+            log::debug!("netvsc smoltcp device: frame of {len} bytes not sent: {e}");
+            self.stats.tx_dropped += 1;
+            *self.last_error = Some(e);
+        }
+        r
+    }
+}
+
+impl<'n, 'b, T: Transport, H: Hal, const N: usize> phy::Device for NetvscDevice<'n, 'b, T, H, N> {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, 'b, T, H, N>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let Self {
+            nic,
+            rx,
+            stats,
+            last_error,
+        } = self;
+        let got = nic.receive_with(RECEIVE_BUDGET, |frame| {
+            let n = frame.len().min(rx.len());
+            rx[..n].copy_from_slice(&frame[..n]);
+            n
+        });
+        match got {
+            Ok(Some(n)) => Some((
+                RxToken { frame: &rx[..n] },
+                TxToken {
+                    nic,
+                    stats,
+                    last_error,
+                },
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                stats.rx_errors += 1;
+                *last_error = Some(e);
+                None
+            }
+        }
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        // Completions that free sections are reaped by `receive` (smoltcp calls it on every
+        // poll); reaping here would have to consume frames too.
+        self.nic.can_send().then_some(TxToken {
+            nic: self.nic,
+            stats: &mut self.stats,
+            last_error: &mut self.last_error,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.nic.max_frame_len();
+        caps
+    }
+}

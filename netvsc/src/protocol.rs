@@ -1,0 +1,828 @@
+//! NVSP and RNDIS wire formats (devices §2.3–2.14): little-endian, packed `zerocopy` structs
+//! with their sizes and offsets asserted, and the numbers the protocol names.
+//!
+//! Every NVSP struct includes its 4-byte `msg_type` at offset 0, so offsets match the tables
+//! of devices §2.6. Every RNDIS struct includes the 8-byte common header (`msg_type`,
+//! `msg_len`), so offsets match §2.10.
+
+use core::mem::offset_of;
+use static_assertions::const_assert_eq;
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Every NVSP message the guest sends is padded with zeros to this size (type + 36-byte
+/// union, v6.1 era; devices §2.5: hosts may silently drop shorter ones).
+pub const NVSP_MESSAGE_SIZE: usize = 40;
+
+/// An NVSP protocol version, `(major << 16) | minor`, except version 1 = 0x2 (devices §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NvspVersion(pub u32);
+
+impl NvspVersion {
+    /// NVSP 1 (WS2008), numbered "0.2".
+    pub const V1: Self = Self(0x0000_0002);
+    /// NVSP 2 (WS2008 R2): SEND_NDIS_CONFIG.
+    pub const V2: Self = Self(0x0003_0002);
+    /// NVSP 4 (WS2012).
+    pub const V4: Self = Self(0x0004_0000);
+    /// NVSP 5 (WS2012 R2): sub-channels.
+    pub const V5: Self = Self(0x0005_0000);
+    /// NVSP 6 (WS2016).
+    pub const V6: Self = Self(0x0006_0000);
+    /// NVSP 6.1 (WS2016+ / Azure).
+    pub const V61: Self = Self(0x0006_0001);
+    /// Every version, newest first: the order Linux tries them in (devices §2.2, §7.1).
+    pub const ALL_NEWEST_FIRST: [Self; 6] =
+        [Self::V61, Self::V6, Self::V5, Self::V4, Self::V2, Self::V1];
+
+    /// The NDIS version the guest announces in SEND_NDIS_VERSION for this NVSP version:
+    /// 6.1 up to NVSP 4, 6.30 from NVSP 5 (devices §2.6).
+    pub fn ndis_version(self) -> (u32, u32) {
+        if self <= Self::V4 { (6, 1) } else { (6, 30) }
+    }
+
+    /// Capability bits of SEND_NDIS_CONFIG (§2.6): IEEE 802.1Q always; no VMQ, chimney,
+    /// SR-IOV, teaming or RSC, because this driver implements none of them.
+    pub fn ndis_capabilities(self) -> u64 {
+        NDIS_CAP_IEEE_8021Q
+    }
+}
+
+/// SEND_NDIS_CONFIG capability bit 3, IEEE 802.1Q.
+pub const NDIS_CAP_IEEE_8021Q: u64 = 1 << 3;
+
+/// NVSP message types (devices §2.3).
+pub mod msg {
+    /// INIT (guest → host, completion requested).
+    pub const INIT: u32 = 1;
+    /// INIT_COMPLETE (in the completion).
+    pub const INIT_COMPLETE: u32 = 2;
+    /// SEND_NDIS_VERSION (no completion).
+    pub const SEND_NDIS_VERSION: u32 = 100;
+    /// SEND_RECV_BUF (completion requested).
+    pub const SEND_RECV_BUF: u32 = 101;
+    /// SEND_RECV_BUF_COMPLETE.
+    pub const SEND_RECV_BUF_COMPLETE: u32 = 102;
+    /// REVOKE_RECV_BUF (teardown).
+    pub const REVOKE_RECV_BUF: u32 = 103;
+    /// SEND_SEND_BUF (completion requested).
+    pub const SEND_SEND_BUF: u32 = 104;
+    /// SEND_SEND_BUF_COMPLETE.
+    pub const SEND_SEND_BUF_COMPLETE: u32 = 105;
+    /// REVOKE_SEND_BUF (teardown).
+    pub const REVOKE_SEND_BUF: u32 = 106;
+    /// SEND_RNDIS_PKT (both directions).
+    pub const SEND_RNDIS_PKT: u32 = 107;
+    /// SEND_RNDIS_PKT_COMPLETE (both directions, in completions).
+    pub const SEND_RNDIS_PKT_COMPLETE: u32 = 108;
+    /// SEND_NDIS_CONFIG (NVSP ≥ 2, no completion).
+    pub const SEND_NDIS_CONFIG: u32 = 125;
+    /// SEND_VF_ASSOCIATION (host → guest, NVSP ≥ 4).
+    pub const SEND_VF_ASSOCIATION: u32 = 128;
+    /// SWITCH_DATA_PATH (NVSP ≥ 4).
+    pub const SWITCH_DATA_PATH: u32 = 129;
+    /// SUBCHANNEL (NVSP ≥ 5; the completion uses the same type).
+    pub const SUBCHANNEL: u32 = 133;
+    /// SEND_INDIRECTION_TABLE (host → guest, NVSP ≥ 5).
+    pub const SEND_INDIRECTION_TABLE: u32 = 134;
+}
+
+/// NVSP status codes (devices §2.4).
+pub mod status {
+    /// NONE.
+    pub const NONE: u32 = 0;
+    /// SUCCESS.
+    pub const SUCCESS: u32 = 1;
+    /// FAILURE.
+    pub const FAILURE: u32 = 2;
+}
+
+/// The receive buffer id the guest registers; the host echoes it as the transfer page set id
+/// (devices §2.6, Linux's value).
+pub const RECV_BUFFER_ID: u16 = 0xCAFE;
+/// The send buffer id the guest registers (Linux's value).
+pub const SEND_BUFFER_ID: u16 = 0;
+/// SEND_RNDIS_PKT `channel_type`: RNDIS PACKET (data).
+pub const CHANNEL_TYPE_DATA: u32 = 0;
+/// SEND_RNDIS_PKT `channel_type`: every other RNDIS message (control).
+pub const CHANNEL_TYPE_CONTROL: u32 = 1;
+/// SEND_RNDIS_PKT `send_buf_section_index` meaning "no section, GPA page buffers".
+pub const NO_SECTION: u32 = 0xFFFF_FFFF;
+
+/// The 4-byte header of every NVSP message.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspHeader {
+    /// Message type ([`msg`]).
+    pub msg_type: U32,
+}
+const_assert_eq!(size_of::<NvspHeader>(), 4);
+
+/// INIT (1).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspInit {
+    /// 1.
+    pub msg_type: U32,
+    /// Candidate version @4.
+    pub min_protocol_version: U32,
+    /// Same candidate @8 (Linux).
+    pub max_protocol_version: U32,
+}
+const_assert_eq!(size_of::<NvspInit>(), 12);
+const_assert_eq!(offset_of!(NvspInit, max_protocol_version), 8);
+
+/// INIT_COMPLETE (2), the payload of INIT's completion.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspInitComplete {
+    /// 2.
+    pub msg_type: U32,
+    /// Deprecated @4; not relied on.
+    pub negotiated_protocol_version: U32,
+    /// @8.
+    pub max_mdl_chain_length: U32,
+    /// @12: 1 = the candidate is accepted.
+    pub status: U32,
+}
+const_assert_eq!(size_of::<NvspInitComplete>(), 16);
+const_assert_eq!(offset_of!(NvspInitComplete, status), 12);
+
+/// SEND_NDIS_VERSION (100).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspNdisVersion {
+    /// 100.
+    pub msg_type: U32,
+    /// @4.
+    pub ndis_major: U32,
+    /// @8.
+    pub ndis_minor: U32,
+}
+const_assert_eq!(size_of::<NvspNdisVersion>(), 12);
+
+/// SEND_NDIS_CONFIG (125).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspNdisConfig {
+    /// 125.
+    pub msg_type: U32,
+    /// @4: Ethernet frame size including the 14-byte header.
+    pub mtu: U32,
+    /// @8: 0.
+    pub reserved: U32,
+    /// @12: capability bits.
+    pub capabilities: U64,
+}
+const_assert_eq!(size_of::<NvspNdisConfig>(), 20);
+const_assert_eq!(offset_of!(NvspNdisConfig, capabilities), 12);
+
+/// SEND_RECV_BUF (101) and SEND_SEND_BUF (104).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspSendBuffer {
+    /// 101 or 104.
+    pub msg_type: U32,
+    /// @4: GPADL covering the buffer.
+    pub gpadl_handle: U32,
+    /// @8: buffer id.
+    pub id: U16,
+    /// @10: 0.
+    pub padding: U16,
+}
+const_assert_eq!(size_of::<NvspSendBuffer>(), 12);
+const_assert_eq!(offset_of!(NvspSendBuffer, id), 8);
+
+/// SEND_RECV_BUF_COMPLETE (102) with its one section.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspRecvBufComplete {
+    /// 102.
+    pub msg_type: U32,
+    /// @4: 1 = success.
+    pub status: U32,
+    /// @8: must be 1.
+    pub num_sections: U32,
+    /// @12: `section[0].offset`.
+    pub offset: U32,
+    /// @16: size of one receive slot.
+    pub sub_alloc_size: U32,
+    /// @20: number of slots.
+    pub num_sub_allocs: U32,
+    /// @24: offset + size × count.
+    pub end_offset: U32,
+}
+const_assert_eq!(size_of::<NvspRecvBufComplete>(), 28);
+const_assert_eq!(offset_of!(NvspRecvBufComplete, end_offset), 24);
+
+/// SEND_SEND_BUF_COMPLETE (105).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspSendBufComplete {
+    /// 105.
+    pub msg_type: U32,
+    /// @4: 1 = success.
+    pub status: U32,
+    /// @8: bytes per send section.
+    pub section_size: U32,
+}
+const_assert_eq!(size_of::<NvspSendBufComplete>(), 12);
+
+/// REVOKE_RECV_BUF (103) / REVOKE_SEND_BUF (106).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspRevokeBuffer {
+    /// 103 or 106.
+    pub msg_type: U32,
+    /// @4: the id used when registering.
+    pub id: U16,
+    /// Padding.
+    pub padding: U16,
+}
+const_assert_eq!(size_of::<NvspRevokeBuffer>(), 8);
+
+/// SEND_RNDIS_PKT (107).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspRndisPacket {
+    /// 107.
+    pub msg_type: U32,
+    /// @4: [`CHANNEL_TYPE_DATA`] or [`CHANNEL_TYPE_CONTROL`].
+    pub channel_type: U32,
+    /// @8: send-buffer section, or [`NO_SECTION`].
+    pub send_buf_section_index: U32,
+    /// @12: bytes used in the section.
+    pub send_buf_section_size: U32,
+}
+const_assert_eq!(size_of::<NvspRndisPacket>(), 16);
+const_assert_eq!(offset_of!(NvspRndisPacket, send_buf_section_size), 12);
+
+/// SEND_RNDIS_PKT_COMPLETE (108).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspRndisPacketComplete {
+    /// 108.
+    pub msg_type: U32,
+    /// @4: 1 success, 2 failure.
+    pub status: U32,
+}
+const_assert_eq!(size_of::<NvspRndisPacketComplete>(), 8);
+
+/// SUBCHANNEL (133) request and completion.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspSubchannel {
+    /// 133.
+    pub msg_type: U32,
+    /// @4: request operation (1 = allocate) / completion status.
+    pub operation_or_status: U32,
+    /// @8: sub-channels requested / allocated.
+    pub num_subchannels: U32,
+}
+const_assert_eq!(size_of::<NvspSubchannel>(), 12);
+
+/// Copies `msg` into a zero-padded [`NVSP_MESSAGE_SIZE`]-byte message.
+pub fn padded(msg: &[u8]) -> [u8; NVSP_MESSAGE_SIZE] {
+    let mut out = [0u8; NVSP_MESSAGE_SIZE];
+    let n = msg.len().min(NVSP_MESSAGE_SIZE);
+    out[..n].copy_from_slice(&msg[..n]);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// RNDIS (devices §2.10–2.14)
+// ---------------------------------------------------------------------------------------
+
+/// RNDIS message types (devices §2.10). Completions are `request | 0x8000_0000`.
+pub mod rndis_msg {
+    /// PACKET (data).
+    pub const PACKET: u32 = 0x1;
+    /// INITIALIZE.
+    pub const INITIALIZE: u32 = 0x2;
+    /// HALT (no reply).
+    pub const HALT: u32 = 0x3;
+    /// QUERY.
+    pub const QUERY: u32 = 0x4;
+    /// SET.
+    pub const SET: u32 = 0x5;
+    /// RESET (never sent: fatal on OpenVMM).
+    pub const RESET: u32 = 0x6;
+    /// INDICATE_STATUS (host → guest).
+    pub const INDICATE_STATUS: u32 = 0x7;
+    /// KEEPALIVE.
+    pub const KEEPALIVE: u32 = 0x8;
+    /// The completion bit.
+    pub const COMPLETION: u32 = 0x8000_0000;
+    /// INITIALIZE completion.
+    pub const INITIALIZE_CMPLT: u32 = INITIALIZE | COMPLETION;
+    /// QUERY completion.
+    pub const QUERY_CMPLT: u32 = QUERY | COMPLETION;
+    /// SET completion.
+    pub const SET_CMPLT: u32 = SET | COMPLETION;
+    /// RESET completion.
+    pub const RESET_CMPLT: u32 = RESET | COMPLETION;
+    /// KEEPALIVE completion.
+    pub const KEEPALIVE_CMPLT: u32 = KEEPALIVE | COMPLETION;
+}
+
+/// RNDIS status values and indication codes (devices §2.11).
+pub mod rndis_status {
+    /// SUCCESS.
+    pub const SUCCESS: u32 = 0;
+    /// FAILURE.
+    pub const FAILURE: u32 = 0xC000_0001;
+    /// NOT_SUPPORTED.
+    pub const NOT_SUPPORTED: u32 = 0xC000_00BB;
+    /// Indication: link up.
+    pub const MEDIA_CONNECT: u32 = 0x4001_000B;
+    /// Indication: link down.
+    pub const MEDIA_DISCONNECT: u32 = 0x4001_000C;
+    /// Indication: link speed (u32, units of 100 bit/s).
+    pub const LINK_SPEED_CHANGE: u32 = 0x4001_0013;
+    /// Indication: moved to another network.
+    pub const NETWORK_CHANGE: u32 = 0x4001_0018;
+    /// Indication: offload configuration (ignored, completed).
+    pub const TASK_OFFLOAD_CURRENT_CONFIG: u32 = 0x4002_0006;
+}
+
+/// OIDs the driver uses (devices §2.12).
+pub mod oid {
+    /// GEN_MAXIMUM_FRAME_SIZE: u32 MTU without the Ethernet header.
+    pub const GEN_MAXIMUM_FRAME_SIZE: u32 = 0x0001_0106;
+    /// GEN_LINK_SPEED: u32, units of 100 bit/s.
+    pub const GEN_LINK_SPEED: u32 = 0x0001_0107;
+    /// GEN_CURRENT_PACKET_FILTER: u32 filter bits.
+    pub const GEN_CURRENT_PACKET_FILTER: u32 = 0x0001_010E;
+    /// GEN_MEDIA_CONNECT_STATUS: u32, 0 connected, 1 disconnected.
+    pub const GEN_MEDIA_CONNECT_STATUS: u32 = 0x0001_0114;
+    /// 802_3_PERMANENT_ADDRESS: 6 bytes.
+    pub const PERMANENT_ADDRESS: u32 = 0x0101_0101;
+    /// 802_3_CURRENT_ADDRESS: 6 bytes.
+    pub const CURRENT_ADDRESS: u32 = 0x0101_0102;
+}
+
+/// Packet filter bits (devices §2.12).
+pub mod filter {
+    /// DIRECTED.
+    pub const DIRECTED: u32 = 0x1;
+    /// MULTICAST.
+    pub const MULTICAST: u32 = 0x2;
+    /// ALL_MULTICAST.
+    pub const ALL_MULTICAST: u32 = 0x4;
+    /// BROADCAST.
+    pub const BROADCAST: u32 = 0x8;
+    /// PROMISCUOUS.
+    pub const PROMISCUOUS: u32 = 0x20;
+    /// What Linux sets when opening: directed + all-multicast + broadcast.
+    pub const DEFAULT: u32 = DIRECTED | ALL_MULTICAST | BROADCAST;
+}
+
+/// The 8-byte header of every RNDIS message.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisHeader {
+    /// Message type ([`rndis_msg`]).
+    pub msg_type: U32,
+    /// Total bytes including this header.
+    pub msg_len: U32,
+}
+const_assert_eq!(size_of::<RndisHeader>(), 8);
+
+/// INITIALIZE request (24 bytes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisInitRequest {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8.
+    pub request_id: U32,
+    /// @12: 1.
+    pub major_version: U32,
+    /// @16: 0.
+    pub minor_version: U32,
+    /// @20.
+    pub max_transfer_size: U32,
+}
+const_assert_eq!(size_of::<RndisInitRequest>(), 24);
+
+/// INITIALIZE completion (52 bytes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisInitComplete {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8: echoed.
+    pub request_id: U32,
+    /// @12: 0 = success.
+    pub status: U32,
+    /// @16.
+    pub major_version: U32,
+    /// @20.
+    pub minor_version: U32,
+    /// @24: 1 = connectionless.
+    pub device_flags: U32,
+    /// @28: 0 = 802.3.
+    pub medium: U32,
+    /// @32: guest batching limit.
+    pub max_packets_per_message: U32,
+    /// @36.
+    pub max_transfer_size: U32,
+    /// @40: log2 of the alignment.
+    pub packet_alignment_factor: U32,
+    /// @44.
+    pub af_list_offset: U32,
+    /// @48.
+    pub af_list_size: U32,
+}
+const_assert_eq!(size_of::<RndisInitComplete>(), 52);
+const_assert_eq!(offset_of!(RndisInitComplete, packet_alignment_factor), 40);
+
+/// QUERY and SET request header (28 bytes, information buffer follows).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisOidRequest {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8.
+    pub request_id: U32,
+    /// @12.
+    pub oid: U32,
+    /// @16.
+    pub info_buffer_length: U32,
+    /// @20: relative to offset 8.
+    pub info_buffer_offset: U32,
+    /// @24: 0.
+    pub device_vc_handle: U32,
+}
+const_assert_eq!(size_of::<RndisOidRequest>(), 28);
+const_assert_eq!(offset_of!(RndisOidRequest, info_buffer_offset), 20);
+
+/// QUERY completion header (24 bytes, information buffer follows).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisQueryComplete {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8: echoed.
+    pub request_id: U32,
+    /// @12: RNDIS status.
+    pub status: U32,
+    /// @16.
+    pub info_buffer_length: U32,
+    /// @20: relative to offset 8.
+    pub info_buffer_offset: U32,
+}
+const_assert_eq!(size_of::<RndisQueryComplete>(), 24);
+
+/// SET / KEEPALIVE completion (16 bytes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisSetComplete {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8: echoed.
+    pub request_id: U32,
+    /// @12: RNDIS status.
+    pub status: U32,
+}
+const_assert_eq!(size_of::<RndisSetComplete>(), 16);
+
+/// KEEPALIVE request / HALT (12 bytes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisKeepalive {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8.
+    pub request_id: U32,
+}
+const_assert_eq!(size_of::<RndisKeepalive>(), 12);
+
+/// INDICATE_STATUS (20 bytes, status buffer follows).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisIndicateStatus {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8: indication code.
+    pub status: U32,
+    /// @12.
+    pub status_buffer_length: U32,
+    /// @16: relative to offset 8.
+    pub status_buffer_offset: U32,
+}
+const_assert_eq!(size_of::<RndisIndicateStatus>(), 20);
+
+/// PACKET header (44 bytes).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct RndisPacket {
+    /// Common header.
+    pub header: RndisHeader,
+    /// @8: relative to offset 8.
+    pub data_offset: U32,
+    /// @12: frame length.
+    pub data_length: U32,
+    /// @16: 0.
+    pub oob_data_offset: U32,
+    /// @20: 0.
+    pub oob_data_length: U32,
+    /// @24: 0.
+    pub num_oob_data_elements: U32,
+    /// @28: relative to offset 8.
+    pub per_packet_info_offset: U32,
+    /// @32: total PPI bytes.
+    pub per_packet_info_length: U32,
+    /// @36: 0.
+    pub vc_handle: U32,
+    /// @40: 0.
+    pub reserved: U32,
+}
+const_assert_eq!(size_of::<RndisPacket>(), 44);
+const_assert_eq!(offset_of!(RndisPacket, per_packet_info_offset), 28);
+const_assert_eq!(offset_of!(RndisPacket, vc_handle), 36);
+
+/// Header of one per-packet-info element (devices §2.14).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct PpiHeader {
+    /// @0: whole element including this header.
+    pub size: U32,
+    /// @4: bits 0–30 type, bit 31 internal.
+    pub ppi_type: U32,
+    /// @8: payload offset inside the element (normally 12).
+    pub ppi_offset: U32,
+}
+const_assert_eq!(size_of::<PpiHeader>(), 12);
+
+/// PPI type 0: TCP/IP checksum info.
+pub const PPI_CHECKSUM: u32 = 0;
+/// PPI type 6: IEEE 802.1Q info.
+pub const PPI_8021Q: u32 = 6;
+
+/// RNDIS offsets in PACKET, QUERY, SET and INDICATE_STATUS are relative to offset 8.
+pub const RNDIS_OFFSET_BASE: usize = 8;

@@ -1,0 +1,969 @@
+//! Mock network VSP: the host side of the synthetic NIC (devices §2, §7.1, §7.7), a
+//! [`DeviceModel`] for the mock VMBus host, written from the protocol document independently
+//! of the guest driver (it parses and builds every message byte by byte here).
+//!
+//! It behaves like OpenVMM's netvsp where the facts describe it: accepts the six NVSP versions
+//! up to a configured maximum; stays in its init phase until it has the NDIS version, the
+//! receive buffer and (NVSP ≥ 2) SEND_NDIS_CONFIG, which must precede the receive buffer;
+//! places received frames at offset 256 of 1806-byte slots with `msg_len` covering the slot
+//! and a checksum PPI; keeps 16 slots for control messages; answers RNDIS INITIALIZE / QUERY /
+//! SET through the receive buffer; completes every SEND_RNDIS_PKT with 108.
+//!
+//! What it rejects (each recorded in [`NetworkVsp::rejections`], tests assert on them):
+//! - fatal, the channel is no longer serviced ([`NetworkVsp::fatal`]): an RNDIS packet before
+//!   the init phase is over (`UnexpectedRndisPacket`), another NVSP type during it
+//!   (`InvalidPacketData`), a repeated 100/101/104/125, RESET/SET_EX/INDICATE_STATUS or a
+//!   second INITIALIZE (`RndisMessageTypeNotImplemented` / `InvalidRndisState`);
+//! - completed with status 2: RNDIS control on a sub-channel (`NotSupportedOnSubChannel`), a
+//!   PACKET with OOB fields, a VC handle or no data (`UnsupportedRndisBehavior`), a GPA-direct
+//!   RNDIS message whose header or PPIs are not inside the first range (`HeaderSplit`);
+//! - not processed at all: SEND_RNDIS_PKT without completion requested
+//!   (`MissingTransactionId`).
+//!
+//! Faults: link down/up ([`NetworkVsp::set_link`]), withheld send completions
+//! ([`NetworkVsp::withhold_completions`]), raw RNDIS messages ([`NetworkVsp::inject_rndis`])
+//! and raw transfer-page packets with arbitrary ranges ([`NetworkVsp::inject_transfer_pages`]).
+
+mod switch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::vmbus::{
+    DeviceModel, HostChannel, HostPacket, PACKET_TYPE_COMPLETION, PACKET_TYPE_GPA_DIRECT,
+    PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
+};
+
+pub use switch::{SwitchStats, VirtualSwitch};
+
+/// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
+pub const NETWORK_CLASS: vmbus_guest::protocol::Guid =
+    vmbus_guest::protocol::Guid::from_str_const("f8615163-df3e-46c5-913f-f2d2f965ed0e");
+
+/// The six NVSP versions (devices §2.2), oldest first.
+pub const NVSP_VERSIONS: [u32; 6] = [0x2, 0x3_0002, 0x4_0000, 0x5_0000, 0x6_0000, 0x6_0001];
+
+const SECTION_SIZE: u32 = 6144;
+const CONTROL_SLOTS: usize = 16;
+const FRAME_OFFSET_IN_SLOT: usize = 256;
+/// The receive buffer id the host expects back as the transfer page set id is whatever the
+/// guest registered; frames per transfer-page packet when several wait.
+const FRAMES_PER_PACKET: usize = 4;
+
+/// How the mock NIC behaves.
+#[derive(Clone, Debug)]
+pub struct NetVspConfig {
+    /// Highest NVSP version accepted (one of [`NVSP_VERSIONS`]).
+    pub max_version: u32,
+    /// The NIC's permanent MAC.
+    pub mac: [u8; 6],
+    /// Sub-channels the host can create (queue count − 1).
+    pub max_subchannels: u32,
+    /// Link state at start.
+    pub link_up: bool,
+    /// Send section size reported in SEND_SEND_BUF_COMPLETE (6144 on Hyper-V; other values
+    /// test the guest's validation).
+    pub section_size: u32,
+}
+
+impl Default for NetVspConfig {
+    fn default() -> Self {
+        Self {
+            max_version: 0x6_0001,
+            mac: [0x00, 0x15, 0x5D, 0x00, 0x00, 0x01],
+            max_subchannels: 4,
+            link_up: true,
+            section_size: SECTION_SIZE,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RecvBuffer {
+    gpadl: u32,
+    id: u16,
+    slot_size: usize,
+    free: VecDeque<usize>,
+}
+
+#[derive(Debug)]
+struct SendBuffer {
+    gpadl: u32,
+    sections: u32,
+}
+
+#[derive(Debug)]
+enum Outgoing {
+    /// An RNDIS control message (reply or indication), any slot.
+    Control(Vec<u8>),
+    /// Raw bytes as one range (fault injection).
+    Raw(Vec<u8>),
+}
+
+/// A hostile transfer-page packet: page set id, ranges (byte count, offset), payload.
+type RawTransfer = (u16, Vec<(u32, u32)>, Vec<u8>);
+
+#[derive(Debug)]
+struct State {
+    config: NetVspConfig,
+    version: Option<u32>,
+    ndis_version: Option<(u32, u32)>,
+    ndis_config: Option<(u32, u64)>,
+    recv: Option<RecvBuffer>,
+    send: Option<SendBuffer>,
+    rndis_initialized: bool,
+    filter: u32,
+    link_up: bool,
+    fatal: Option<String>,
+    rejections: Vec<String>,
+    switch: Option<(VirtualSwitch, usize)>,
+    /// Type-7 packets the guest has not completed: tid → slots.
+    outstanding: BTreeMap<u64, Vec<usize>>,
+    next_tid: u64,
+    to_guest: VecDeque<Outgoing>,
+    raw_xfer: VecDeque<RawTransfer>,
+    withhold: bool,
+    withheld: Vec<(u32, u64)>,
+    refuse_control: bool,
+    frames_from_guest: Vec<Vec<u8>>,
+    frames_to_guest: u64,
+    subchannels: u32,
+    completions_from_guest: u64,
+}
+
+/// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
+#[derive(Clone, Debug)]
+pub struct NetworkVsp {
+    shared: Arc<Mutex<State>>,
+    /// Sub-channel index of the channel this model serves (0 = primary).
+    index: u16,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn words(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl NetworkVsp {
+    /// A NIC not attached to a switch (frames the guest sends are only recorded).
+    pub fn new(config: NetVspConfig) -> Self {
+        let link_up = config.link_up;
+        Self {
+            shared: Arc::new(Mutex::new(State {
+                config,
+                version: None,
+                ndis_version: None,
+                ndis_config: None,
+                recv: None,
+                send: None,
+                rndis_initialized: false,
+                filter: 0,
+                link_up,
+                fatal: None,
+                rejections: Vec::new(),
+                switch: None,
+                outstanding: BTreeMap::new(),
+                next_tid: 1,
+                to_guest: VecDeque::new(),
+                raw_xfer: VecDeque::new(),
+                withhold: false,
+                withheld: Vec::new(),
+                refuse_control: false,
+                frames_from_guest: Vec::new(),
+                frames_to_guest: 0,
+                subchannels: 0,
+                completions_from_guest: 0,
+            })),
+            index: 0,
+        }
+    }
+
+    /// Plugs the NIC into `switch` (a new port with the NIC's MAC).
+    pub fn on_switch(self, switch: &VirtualSwitch) -> Self {
+        {
+            let mut s = self.lock();
+            let port = switch.add_port(s.config.mac);
+            switch.set_link(port, s.link_up);
+            s.switch = Some((switch.clone(), port));
+        }
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The negotiated NVSP version.
+    pub fn version(&self) -> Option<u32> {
+        self.lock().version
+    }
+
+    /// The NDIS version the guest announced.
+    pub fn ndis_version(&self) -> Option<(u32, u32)> {
+        self.lock().ndis_version
+    }
+
+    /// SEND_NDIS_CONFIG (frame MTU, capabilities), if received.
+    pub fn ndis_config(&self) -> Option<(u32, u64)> {
+        self.lock().ndis_config
+    }
+
+    /// The packet filter the guest set.
+    pub fn filter(&self) -> u32 {
+        self.lock().filter
+    }
+
+    /// Every guest action a real host rejects, in order.
+    pub fn rejections(&self) -> Vec<String> {
+        self.lock().rejections.clone()
+    }
+
+    /// Why the host stopped servicing the channel, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.lock().fatal.clone()
+    }
+
+    /// Frames the guest sent, in order.
+    pub fn frames_from_guest(&self) -> Vec<Vec<u8>> {
+        self.lock().frames_from_guest.clone()
+    }
+
+    /// Frames delivered to the guest.
+    pub fn frames_to_guest(&self) -> u64 {
+        self.lock().frames_to_guest
+    }
+
+    /// Transfer-page packets the guest has not completed yet.
+    pub fn receives_outstanding(&self) -> usize {
+        self.lock().outstanding.len()
+    }
+
+    /// Receive completions the guest sent.
+    pub fn receive_completions(&self) -> u64 {
+        self.lock().completions_from_guest
+    }
+
+    /// Sub-channels created on request.
+    pub fn subchannels(&self) -> u32 {
+        self.lock().subchannels
+    }
+
+    /// Changes the link state: an INDICATE_STATUS MEDIA_CONNECT / MEDIA_DISCONNECT goes to
+    /// the guest and the switch port follows.
+    pub fn set_link(&self, up: bool) {
+        let mut s = self.lock();
+        s.link_up = up;
+        if let Some((sw, port)) = &s.switch {
+            sw.set_link(*port, up);
+        }
+        let code = if up { 0x4001_000B } else { 0x4001_000C };
+        s.to_guest
+            .push_back(Outgoing::Control(indicate_status(code, &[])));
+    }
+
+    /// Sends an INDICATE_STATUS with `code` and `buffer` (e.g. NETWORK_CHANGE 0x40010018).
+    pub fn indicate(&self, code: u32, buffer: &[u8]) {
+        self.lock()
+            .to_guest
+            .push_back(Outgoing::Control(indicate_status(code, buffer)));
+    }
+
+    /// Holds SEND_RNDIS_PKT completions (on) or releases the held ones (off).
+    pub fn withhold_completions(&self, on: bool) {
+        self.lock().withhold = on;
+    }
+
+    /// Completes every RNDIS control message with NVSP status 2 without processing it (a
+    /// host that refuses control, as on a sub-channel).
+    pub fn refuse_control(&self, on: bool) {
+        self.lock().refuse_control = on;
+    }
+
+    /// Completions currently held back.
+    pub fn withheld(&self) -> usize {
+        self.lock().withheld.len()
+    }
+
+    /// Delivers `bytes` as one receive range, whatever they hold (malformed RNDIS).
+    pub fn inject_rndis(&self, bytes: &[u8]) {
+        self.lock()
+            .to_guest
+            .push_back(Outgoing::Raw(bytes.to_vec()));
+    }
+
+    /// Sends a transfer-page packet with the given page set id, ranges and in-band payload,
+    /// without checking anything (hostile host). It expects a completion like any other.
+    pub fn inject_transfer_pages(&self, set_id: u16, ranges: &[(u32, u32)], payload: &[u8]) {
+        self.lock()
+            .raw_xfer
+            .push_back((set_id, ranges.to_vec(), payload.to_vec()));
+    }
+
+    /// A sub-channel model sharing this NIC's state.
+    fn sub(&self, index: u16) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            index,
+        }
+    }
+}
+
+fn indicate_status(code: u32, buffer: &[u8]) -> Vec<u8> {
+    let len = 20 + buffer.len() as u32;
+    let off = if buffer.is_empty() { 0 } else { 12 };
+    let mut m = words(&[7, len, code, buffer.len() as u32, off]);
+    m.extend_from_slice(buffer);
+    m
+}
+
+impl State {
+    fn nvsp_size(&self) -> usize {
+        if self.version == Some(0x6_0001) {
+            40
+        } else {
+            32
+        }
+    }
+
+    fn padded(&self, w: &[u32]) -> Vec<u8> {
+        let mut b = words(w);
+        b.resize(self.nvsp_size().max(b.len()), 0);
+        b
+    }
+
+    fn reject(&mut self, ch: &HostChannel, what: String) {
+        log::warn!("network VSP channel {}: {what}", ch.relid());
+        self.rejections.push(what);
+    }
+
+    fn die(&mut self, ch: &HostChannel, what: String) {
+        self.reject(ch, what.clone());
+        self.fatal = Some(what);
+    }
+
+    fn init_phase_over(&self) -> bool {
+        let v = self.version.unwrap_or(0);
+        self.ndis_version.is_some()
+            && self.recv.is_some()
+            && (v < 0x3_0002 || self.ndis_config.is_some())
+    }
+
+    fn complete(&mut self, ch: &mut HostChannel, tid: u64, payload: &[u8]) {
+        if let Err(e) = ch.send_completion(tid, payload) {
+            log::warn!("network VSP: completion not sent: {e}");
+        }
+    }
+
+    fn on_packet(&mut self, ch: &mut HostChannel, p: &HostPacket, index: u16) -> Option<u32> {
+        if self.fatal.is_some() {
+            return None;
+        }
+        if p.packet_type == PACKET_TYPE_COMPLETION {
+            self.completions_from_guest += 1;
+            match self.outstanding.remove(&p.transaction_id) {
+                Some(slots) => {
+                    if u32_at(&p.payload, 0) != Some(108) {
+                        self.reject(
+                            ch,
+                            "receive completion is not SEND_RNDIS_PKT_COMPLETE".into(),
+                        );
+                    }
+                    if let Some(r) = self.recv.as_mut() {
+                        r.free.extend(slots);
+                    }
+                }
+                None => ch.protocol_error(format!(
+                    "completion for unknown transfer-page packet {:#x}",
+                    p.transaction_id
+                )),
+            }
+            return None;
+        }
+        if p.packet_type != PACKET_TYPE_INBAND && p.packet_type != PACKET_TYPE_GPA_DIRECT {
+            self.die(
+                ch,
+                format!("InvalidPacketData: packet type {}", p.packet_type),
+            );
+            return None;
+        }
+        let Some(t) = u32_at(&p.payload, 0) else {
+            self.die(ch, "InvalidPacketData: no NVSP header".into());
+            return None;
+        };
+        if index != 0 && t != 107 {
+            self.die(ch, format!("InvalidPacketData: NVSP {t} on a sub-channel"));
+            return None;
+        }
+        let Some(version) = self.version else {
+            if t != 1 {
+                self.die(ch, format!("InvalidPacketData: NVSP {t} before INIT"));
+                return None;
+            }
+            let v = u32_at(&p.payload, 4).unwrap_or(0);
+            let ok = NVSP_VERSIONS.contains(&v) && v <= self.config.max_version;
+            if ok {
+                self.version = Some(v);
+            }
+            let neg = if v == 0x2 && ok { 2 } else { 0xFFFF_FFFF };
+            let m = self.padded(&[2, neg, 34, if ok { 1 } else { 2 }]);
+            if !p.completion_requested() {
+                ch.protocol_error("NVSP INIT without completion requested");
+                return None;
+            }
+            self.complete(ch, p.transaction_id, &m);
+            return None;
+        };
+        if !self.init_phase_over() {
+            match t {
+                100 if self.ndis_version.is_none() => {
+                    self.ndis_version = Some((
+                        u32_at(&p.payload, 4).unwrap_or(0),
+                        u32_at(&p.payload, 8).unwrap_or(0),
+                    ));
+                }
+                125 if self.ndis_config.is_none() && version >= 0x3_0002 => {
+                    let mtu = u32_at(&p.payload, 4).unwrap_or(0);
+                    let caps = u64::from(u32_at(&p.payload, 12).unwrap_or(0))
+                        | u64::from(u32_at(&p.payload, 16).unwrap_or(0)) << 32;
+                    let mtu = if (1514..=9216).contains(&mtu) {
+                        mtu
+                    } else {
+                        1514
+                    };
+                    self.ndis_config = Some((mtu, caps));
+                }
+                101 if self.recv.is_none() => {
+                    if version >= 0x3_0002 && self.ndis_config.is_none() {
+                        self.die(
+                            ch,
+                            "InvalidPacketData: receive buffer before NDIS config".into(),
+                        );
+                        return None;
+                    }
+                    self.on_recv_buffer(ch, p);
+                }
+                104 if self.send.is_none() => self.on_send_buffer(ch, p),
+                107 => self.die(
+                    ch,
+                    "UnexpectedRndisPacket: RNDIS before the init phase ended".into(),
+                ),
+                other => self.die(
+                    ch,
+                    format!("InvalidPacketData: NVSP {other} in the init phase"),
+                ),
+            }
+            return None;
+        }
+        match t {
+            107 => self.on_rndis(ch, p, index),
+            104 if self.send.is_none() => {
+                // The send buffer must come before the first RNDIS message; accepted here
+                // only while RNDIS has not started.
+                if self.rndis_initialized {
+                    self.die(
+                        ch,
+                        "InvalidPacketData: send buffer after RNDIS started".into(),
+                    );
+                } else {
+                    self.on_send_buffer(ch, p);
+                }
+            }
+            103 | 106 => {}
+            133 => return self.on_subchannel(ch, p, version),
+            100 | 101 | 104 | 125 => self.die(ch, format!("InvalidPacketData: repeated NVSP {t}")),
+            other => self.die(ch, format!("InvalidPacketData: NVSP {other}")),
+        }
+        None
+    }
+
+    fn on_recv_buffer(&mut self, ch: &mut HostChannel, p: &HostPacket) {
+        let gpadl = u32_at(&p.payload, 4).unwrap_or(0);
+        let id = u16_at(&p.payload, 8).unwrap_or(0);
+        let frame = self.ndis_config.map_or(1514, |c| c.0) as usize;
+        let slot_size = FRAME_OFFSET_IN_SLOT + frame + 36;
+        let len = ch.gpadl_len(gpadl).unwrap_or(0) as usize;
+        let slots = len / slot_size;
+        let m = if slots > CONTROL_SLOTS {
+            self.recv = Some(RecvBuffer {
+                gpadl,
+                id,
+                slot_size,
+                free: (0..slots).collect(),
+            });
+            let (s, n) = (slot_size as u32, slots as u32);
+            self.padded(&[102, 1, 1, 0, s, n, s * n])
+        } else {
+            self.reject(
+                ch,
+                format!("receive buffer of {len} bytes holds no data slot"),
+            );
+            self.padded(&[102, 2, 0])
+        };
+        if p.completion_requested() {
+            self.complete(ch, p.transaction_id, &m);
+        } else {
+            ch.protocol_error("SEND_RECV_BUF without completion requested");
+        }
+    }
+
+    fn on_send_buffer(&mut self, ch: &mut HostChannel, p: &HostPacket) {
+        let gpadl = u32_at(&p.payload, 4).unwrap_or(0);
+        let len = ch.gpadl_len(gpadl).unwrap_or(0);
+        let size = self.config.section_size.max(1);
+        let sections = (len / u64::from(size)) as u32;
+        let m = if sections > 0 {
+            self.send = Some(SendBuffer { gpadl, sections });
+            self.padded(&[105, 1, size])
+        } else {
+            self.padded(&[105, 2, 0])
+        };
+        if p.completion_requested() {
+            self.complete(ch, p.transaction_id, &m);
+        } else {
+            ch.protocol_error("SEND_SEND_BUF without completion requested");
+        }
+    }
+
+    fn on_subchannel(&mut self, ch: &mut HostChannel, p: &HostPacket, version: u32) -> Option<u32> {
+        let op = u32_at(&p.payload, 4).unwrap_or(0);
+        let n = u32_at(&p.payload, 8).unwrap_or(0);
+        let slots = self.recv.as_ref().map_or(0, |r| r.free.len());
+        let ok = version >= 0x5_0000
+            && op == 1
+            && n > 0
+            && n <= self.config.max_subchannels
+            && self.subchannels == 0
+            && slots.saturating_sub(CONTROL_SLOTS) / (n as usize + 1) >= 1;
+        let m = self.padded(&[133, if ok { 1 } else { 2 }, if ok { n } else { 0 }]);
+        self.complete(ch, p.transaction_id, &m);
+        if ok {
+            self.subchannels = n;
+            Some(n)
+        } else {
+            None
+        }
+    }
+
+    /// Reads the RNDIS bytes of a SEND_RNDIS_PKT (section or GPA ranges) and handles each
+    /// message; completes the NVSP packet.
+    fn on_rndis(&mut self, ch: &mut HostChannel, p: &HostPacket, index: u16) {
+        if !p.completion_requested() {
+            self.reject(
+                ch,
+                "MissingTransactionId: SEND_RNDIS_PKT without completion requested".into(),
+            );
+            return;
+        }
+        let channel_type = u32_at(&p.payload, 4).unwrap_or(u32::MAX);
+        if channel_type == 1 && self.refuse_control {
+            let m = self.padded(&[108, 2]);
+            self.complete(ch, p.transaction_id, &m);
+            return;
+        }
+        let section = u32_at(&p.payload, 8).unwrap_or(u32::MAX);
+        let size = u32_at(&p.payload, 12).unwrap_or(0);
+        let (bytes, first_range) = if section != 0xFFFF_FFFF {
+            let Some(sb) = self.send.as_ref() else {
+                self.die(
+                    ch,
+                    "InvalidPacketData: section index without a send buffer".into(),
+                );
+                return;
+            };
+            let section_size = self.config.section_size.max(1);
+            if section >= sb.sections || !(8..=section_size).contains(&size) {
+                self.die(
+                    ch,
+                    format!("InvalidPacketData: section {section} size {size}"),
+                );
+                return;
+            }
+            let mut b = vec![0u8; size as usize];
+            if let Err(e) = ch.read_gpadl(
+                sb.gpadl,
+                u64::from(section) * u64::from(SECTION_SIZE),
+                &mut b,
+            ) {
+                self.die(ch, format!("send section unreadable: {e}"));
+                return;
+            }
+            let n = b.len();
+            (b, n)
+        } else {
+            if p.packet_type != PACKET_TYPE_GPA_DIRECT || p.gpa_ranges.is_empty() {
+                self.die(
+                    ch,
+                    "InvalidPacketData: no section and no page buffers".into(),
+                );
+                return;
+            }
+            let mut b = Vec::new();
+            let mut first = 0;
+            for (i, (count, offset, pfns)) in p.gpa_ranges.iter().enumerate() {
+                let mut part = vec![0u8; *count as usize];
+                let mut done = 0usize;
+                let mut page_off = *offset as usize;
+                for pfn in pfns {
+                    let n = (4096 - page_off).min(part.len() - done);
+                    if ch
+                        .read_gpa(pfn * 4096 + page_off as u64, &mut part[done..done + n])
+                        .is_err()
+                    {
+                        self.die(ch, "page buffer outside guest RAM".into());
+                        return;
+                    }
+                    done += n;
+                    page_off = 0;
+                }
+                if i == 0 {
+                    first = part.len();
+                }
+                b.extend_from_slice(&part);
+            }
+            (b, first)
+        };
+        let mut ok = true;
+        let mut at = 0usize;
+        while at + 8 <= bytes.len() {
+            let msg_type = u32_at(&bytes, at).unwrap_or(0);
+            let msg_len = u32_at(&bytes, at + 4).unwrap_or(0) as usize;
+            if msg_len < 8 || at + msg_len > bytes.len() {
+                self.reject(ch, format!("RNDIS message length {msg_len} at {at}"));
+                ok = false;
+                break;
+            }
+            let m = &bytes[at..at + msg_len];
+            if msg_type != 1 && (channel_type != 1 || index != 0) {
+                if index != 0 {
+                    self.reject(
+                        ch,
+                        "NotSupportedOnSubChannel: RNDIS control on a sub-channel".into(),
+                    );
+                } else {
+                    self.reject(
+                        ch,
+                        format!("RNDIS control message {msg_type:#x} on the data channel type"),
+                    );
+                }
+                ok = false;
+            } else if msg_type == 1 {
+                ok &= self.on_data(ch, m, at, first_range);
+            } else if !self.on_control(ch, m) {
+                return;
+            }
+            if section == 0xFFFF_FFFF {
+                break;
+            }
+            at += msg_len;
+        }
+        let payload = self.padded(&[108, if ok { 1 } else { 2 }]);
+        if self.withhold {
+            let st = if ok { 1 } else { 2 };
+            self.withheld.push((st, p.transaction_id));
+        } else {
+            self.complete(ch, p.transaction_id, &payload);
+        }
+    }
+
+    fn on_data(&mut self, ch: &mut HostChannel, m: &[u8], at: usize, first_range: usize) -> bool {
+        let f = |o| u32_at(m, o).unwrap_or(0);
+        if m.len() < 44 {
+            self.reject(
+                ch,
+                "UnsupportedRndisBehavior: PACKET shorter than its header".into(),
+            );
+            return false;
+        }
+        let (data_off, data_len) = (f(8) as usize + 8, f(12) as usize);
+        let (ppi_off, ppi_len) = (f(28) as usize + 8, f(32) as usize);
+        if f(16) != 0 || f(20) != 0 || f(24) != 0 || f(36) != 0 {
+            self.reject(ch, "UnsupportedRndisBehavior: OOB data or VC handle".into());
+            return false;
+        }
+        if data_len == 0 || data_off + data_len > m.len() {
+            self.reject(
+                ch,
+                format!("UnsupportedRndisBehavior: data {data_off}+{data_len}"),
+            );
+            return false;
+        }
+        let header_end = if ppi_len > 0 { ppi_off + ppi_len } else { 44 };
+        if at + header_end > first_range {
+            self.reject(
+                ch,
+                "HeaderSplit: RNDIS header or PPIs beyond the first range".into(),
+            );
+            return false;
+        }
+        let frame = m[data_off..data_off + data_len].to_vec();
+        if let Some((sw, port)) = &self.switch {
+            sw.forward(*port, &frame);
+        }
+        self.frames_from_guest.push(frame);
+        true
+    }
+
+    /// Handles an RNDIS control message; false if it was fatal.
+    fn on_control(&mut self, ch: &mut HostChannel, m: &[u8]) -> bool {
+        let msg_type = u32_at(m, 0).unwrap_or(0);
+        let request_id = u32_at(m, 8).unwrap_or(0);
+        match msg_type {
+            2 => {
+                if self.rndis_initialized {
+                    self.die(ch, "InvalidRndisState: second INITIALIZE".into());
+                    return false;
+                }
+                self.rndis_initialized = true;
+                let reply = words(&[
+                    0x8000_0002,
+                    52,
+                    request_id,
+                    0,
+                    1,
+                    0,
+                    1,
+                    0,
+                    8,
+                    0xEFFF_FFFF,
+                    3,
+                    0,
+                    0,
+                ]);
+                self.to_guest.push_back(Outgoing::Control(reply));
+            }
+            3 => {} // HALT: ignored.
+            4 | 5 if !self.rndis_initialized => {
+                self.die(ch, "InvalidRndisState: QUERY/SET before INITIALIZE".into());
+                return false;
+            }
+            4 => {
+                let oid = u32_at(m, 12).unwrap_or(0);
+                let mac = self.config.mac;
+                let frame = self.ndis_config.map_or(1514, |c| c.0);
+                let info: Option<Vec<u8>> = match oid {
+                    0x0001_0106 => Some(words(&[frame - 14])),
+                    0x0001_0107 => Some(words(&[100_000_000])),
+                    0x0001_010C => Some(words(&[0x155D])),
+                    0x0001_0114 => Some(words(&[if self.link_up { 0 } else { 1 }])),
+                    0x0101_0101 | 0x0101_0102 => Some(mac.to_vec()),
+                    _ => None,
+                };
+                let (status, info) = match info {
+                    Some(i) => (0, i),
+                    None => (0xC000_00BB, Vec::new()),
+                };
+                let mut reply = words(&[
+                    0x8000_0004,
+                    24 + info.len() as u32,
+                    request_id,
+                    status,
+                    info.len() as u32,
+                    if info.is_empty() { 0 } else { 16 },
+                ]);
+                reply.extend_from_slice(&info);
+                self.to_guest.push_back(Outgoing::Control(reply));
+            }
+            5 => {
+                let oid = u32_at(m, 12).unwrap_or(0);
+                let len = u32_at(m, 16).unwrap_or(0) as usize;
+                let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
+                let value = m.get(off..off + len).and_then(|v| u32_at(v, 0));
+                let status = match (oid, value) {
+                    (0x0001_010E, Some(f)) => {
+                        self.filter = f;
+                        if let Some((sw, port)) = &self.switch {
+                            sw.set_filter(*port, f);
+                        }
+                        0
+                    }
+                    _ => 0xC000_00BB,
+                };
+                let reply = words(&[0x8000_0005, 16, request_id, status]);
+                self.to_guest.push_back(Outgoing::Control(reply));
+            }
+            8 => {
+                let reply = words(&[0x8000_0008, 16, request_id, 0]);
+                self.to_guest.push_back(Outgoing::Control(reply));
+            }
+            other => {
+                self.die(ch, format!("RndisMessageTypeNotImplemented: {other:#x}"));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends what waits for the guest: held completions when released, raw packets, control
+    /// messages (any free slot) and frames from the switch (keeping the control slots).
+    fn deliver(&mut self, ch: &mut HostChannel) {
+        if self.fatal.is_some() {
+            return;
+        }
+        if !self.withhold {
+            for (st, tid) in std::mem::take(&mut self.withheld) {
+                let m = self.padded(&[108, st]);
+                self.complete(ch, tid, &m);
+            }
+        }
+        while let Some((set, ranges, payload)) = self.raw_xfer.pop_front() {
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, Vec::new());
+            send_xfer(ch, tid, set, &ranges, &payload);
+        }
+        let Some(recv) = self.recv.as_ref() else {
+            return;
+        };
+        let (gpadl, id, slot_size) = (recv.gpadl, recv.id, recv.slot_size);
+        while !self.to_guest.is_empty() {
+            let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
+                break;
+            };
+            let bytes = match self.to_guest.pop_front() {
+                Some(Outgoing::Control(b) | Outgoing::Raw(b)) => b,
+                None => break,
+            };
+            let offset = slot * slot_size;
+            let len = bytes.len().min(slot_size);
+            if ch.write_gpadl(gpadl, offset as u64, &bytes[..len]).is_err() {
+                self.reject(ch, "receive buffer unwritable".into());
+                return;
+            }
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, vec![slot]);
+            let payload = self.padded(&[107, 1, 0xFFFF_FFFF, 0]);
+            send_xfer(ch, tid, id, &[(len as u32, offset as u32)], &payload);
+        }
+        if !self.rndis_initialized || self.filter == 0 {
+            return;
+        }
+        let Some((sw, port)) = self.switch.clone() else {
+            return;
+        };
+        loop {
+            let mut ranges = Vec::new();
+            let mut slots = Vec::new();
+            while ranges.len() < FRAMES_PER_PACKET {
+                let free = self.recv.as_ref().map_or(0, |r| r.free.len());
+                if free <= CONTROL_SLOTS {
+                    break;
+                }
+                let Some(frame) = sw.take(port) else {
+                    break;
+                };
+                if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
+                    self.reject(ch, "frame larger than a receive slot dropped".into());
+                    continue;
+                }
+                let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
+                    sw.unget(port, frame);
+                    break;
+                };
+                // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
+                // covering the whole slot (OpenVMM's layout, devices §2.8).
+                let mut m = words(&[
+                    1,
+                    slot_size as u32,
+                    (FRAME_OFFSET_IN_SLOT - 8) as u32,
+                    frame.len() as u32,
+                    0,
+                    0,
+                    0,
+                    36,
+                    16,
+                    0,
+                    0,
+                ]);
+                m.extend_from_slice(&words(&[16, 0, 12, 0x28]));
+                m.resize(FRAME_OFFSET_IN_SLOT, 0);
+                m.extend_from_slice(&frame);
+                let offset = slot * slot_size;
+                if ch.write_gpadl(gpadl, offset as u64, &m).is_err() {
+                    self.reject(ch, "receive buffer unwritable".into());
+                    return;
+                }
+                ranges.push((slot_size as u32, offset as u32));
+                slots.push(slot);
+                self.frames_to_guest += 1;
+            }
+            if ranges.is_empty() {
+                break;
+            }
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, slots);
+            let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
+            send_xfer(ch, tid, id, &ranges, &payload);
+        }
+    }
+
+    fn take_tid(&mut self) -> u64 {
+        let t = self.next_tid;
+        self.next_tid += 1;
+        t
+    }
+}
+
+fn send_xfer(ch: &mut HostChannel, tid: u64, set: u16, ranges: &[(u32, u32)], payload: &[u8]) {
+    let mut header = Vec::with_capacity(8 + ranges.len() * 8);
+    header.extend_from_slice(&set.to_le_bytes());
+    header.extend_from_slice(&[0, 0]);
+    header.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (count, offset) in ranges {
+        header.extend_from_slice(&count.to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+    }
+    if let Err(e) = ch.send_packet(PACKET_TYPE_XFER_PAGES, 1, tid, &header, payload) {
+        log::warn!("network VSP: transfer-page packet not sent: {e}");
+    }
+}
+
+impl DeviceModel for NetworkVsp {
+    fn on_packet(&mut self, ch: &mut HostChannel, packet: &HostPacket) {
+        let subs = {
+            let mut s = self.lock();
+            let r = s.on_packet(ch, packet, self.index);
+            if self.index == 0 {
+                s.deliver(ch);
+            }
+            r
+        };
+        if let Some(n) = subs {
+            for i in 1..=n as u16 {
+                let mut offer = ch.offer().clone();
+                offer.sub_channel_index = i;
+                ch.add_offer(offer, Box::new(self.sub(i)));
+            }
+        }
+    }
+
+    fn poll(&mut self, ch: &mut HostChannel) {
+        if self.index == 0 {
+            self.lock().deliver(ch);
+        }
+    }
+
+    fn on_close(&mut self) {
+        if self.index == 0 {
+            let mut s = self.lock();
+            s.version = None;
+            s.ndis_version = None;
+            s.ndis_config = None;
+            s.recv = None;
+            s.send = None;
+            s.rndis_initialized = false;
+            s.filter = 0;
+            s.outstanding.clear();
+            s.withheld.clear();
+            s.subchannels = 0;
+            if let Some((sw, port)) = &s.switch {
+                sw.set_filter(*port, 0);
+            }
+        }
+    }
+}
