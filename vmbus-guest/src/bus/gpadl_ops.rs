@@ -147,7 +147,10 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
         if epoch != self.epoch() {
             return self.ended_epoch_release(epoch);
         }
-        if let Err(e) = self.lock().start_gpadl_teardown(handle) {
+        // The guard is a temporary of this statement only: as the scrutinee of an `if let`
+        // it would live through the block below, which locks again (a self-deadlock).
+        let started = self.lock().start_gpadl_teardown(handle);
+        if let Err(e) = started {
             log::warn!("GPADL {handle:#x} teardown not sent: {e}");
             self.lock().gpadls.remove(handle);
             return Released::Leaked;
