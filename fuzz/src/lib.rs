@@ -9,6 +9,23 @@
 pub mod host;
 pub mod ring;
 
+/// Whether `FUZZ_TRACE` is set: the targets then narrate what they do (for triage of a
+/// crash input with `cargo fuzz run TARGET crash-file`).
+pub fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
+}
+
+/// Prints a line when [`tracing`].
+#[macro_export]
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if $crate::tracing() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 use libfuzzer_sys::arbitrary::Unstructured;
 
 /// Reads from the fuzz input; an exhausted input reads as zeros (so every target ends).
