@@ -2,7 +2,7 @@
 //! scenario through the public API with a small scripted host.
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -19,7 +19,7 @@ use winhv::{HvError, HypercallError, SynicError};
 /// A host that answers INITIATE_CONTACT (accept), REQUESTOFFERS (one offer, relid 1),
 /// GPADL_HEADER (created) and OPENCHANNEL (opened) — and never UNLOAD or GPADL_TEARDOWN.
 #[derive(Clone, Default)]
-struct Host(Rc<RefCell<VecDeque<Vec<u8>>>>);
+struct Host(Rc<RefCell<VecDeque<Vec<u8>>>>, Rc<Cell<u64>>);
 
 fn msg(ty: u32, words: &[u32]) -> Vec<u8> {
     let mut m = ty.to_le_bytes().to_vec();
@@ -49,8 +49,12 @@ impl Transport for Host {
                 q.push_back(o);
                 q.push_back(msg(4, &[]));
             }
-            // GPADL_HEADER -> GPADL_CREATED(relid, handle, 0)
-            8 => q.push_back(msg(10, &[word(p, 8), word(p, 12), 0])),
+            // GPADL_HEADER -> GPADL_CREATED(relid, handle, 0); remember the first page
+            8 => {
+                self.1
+                    .set(u64::from_le_bytes(p[28..36].try_into().unwrap()) * 4096);
+                q.push_back(msg(10, &[word(p, 8), word(p, 12), 0]));
+            }
             // OPENCHANNEL -> OPENCHANNEL_RESULT(relid, open id, 0)
             5 => q.push_back(msg(6, &[word(p, 8), word(p, 12), 0])),
             _ => {}
@@ -140,4 +144,56 @@ fn close_while_unloading_does_not_deadlock() {
             "the unsendable teardown's handle is forgotten"
         );
     });
+}
+
+/// A request whose write finds the ring corrupt: the channel dies during `request`, which
+/// fails every request in flight — the new one included — and then tried to cancel it, but
+/// `cancel` only took back pending requests. `request` returned the error (the caller's
+/// context is gone) and the same request was reported again as `Received::Failed` by the next
+/// `recv` (or handed to `close_with`): failed twice. Found by the `channel_recv` fuzz target.
+#[test]
+fn request_that_kills_the_channel_is_reported_once() {
+    let host = Host::default();
+    let ring_base = host.1.clone();
+    let config = ConnectionConfig {
+        versions: &V3_0,
+        ..ConnectionConfig::default()
+    };
+    let bus = Vmbus::new(host, StdHal, config);
+    bus.connect(&mut BoundedWait::new(8, || {}))
+        .expect("connect");
+    let cfg = ChannelConfig {
+        outbound_pages: 2,
+        inbound_pages: 2,
+        ..ChannelConfig::default()
+    };
+    let mut ch: Channel<'_, Host, StdHal, u32> =
+        Channel::open(&bus, 1, &cfg, &mut BoundedWait::new(8, || {})).expect("open");
+    // Fill most of the 4 KiB outbound ring, so the next write must read the read index.
+    ch.send(&[&[0u8; 3000]]).expect("first send");
+    // The host corrupts the outbound ring's read index (control page offset 4).
+    let read_index = ring_base.get() as usize + 4;
+    // SAFETY: the outbound control page of the open channel (the first ring page, GPA = address
+    // with StdHal); the word is only accessed atomically.
+    unsafe { std::sync::atomic::AtomicU32::from_ptr(read_index as *mut u32) }
+        .store(5, std::sync::atomic::Ordering::SeqCst);
+    let r = ch.request(&[&[0u8; 2000]], 7);
+    assert!(
+        matches!(r, Err(vmbus_guest::ChannelError::Corrupt(_))),
+        "{r:?}"
+    );
+    let mut buf = [0u8; 256];
+    match ch.recv(&mut buf) {
+        Err(vmbus_guest::ChannelError::Corrupt(_)) => {}
+        Ok(Some(vmbus_guest::Received::Failed { context, .. })) => {
+            panic!("request {context} failed twice: its request() already returned the error")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut reported = 0;
+    let _ = ch.close_with(&mut BoundedWait::new(2, || {}), |_, _, _| reported += 1);
+    assert_eq!(
+        reported, 0,
+        "close reported a request that request() had failed"
+    );
 }
