@@ -262,9 +262,10 @@ impl World {
 
     /// A random-ish offer from the tape.
     pub fn tape_offer(&mut self) -> Vec<u8> {
+        // Zeros (an exhausted tape) give a valid primary offer on relid 1.
         let relid = match self.tape() % 16 {
-            0 => self.tape() as u32 * 16,
-            1 => 0,
+            15 => self.tape() as u32 * 16,
+            14 => 0,
             _ => 1 + self.tape() as u32 % 8,
         };
         let class = self.tape() as usize % (DEVICE_CLASSES.len() + 1);
