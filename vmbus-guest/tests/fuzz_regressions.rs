@@ -19,7 +19,11 @@ use winhv::{HvError, HypercallError, SynicError};
 /// A host that answers INITIATE_CONTACT (accept), REQUESTOFFERS (one offer, relid 1),
 /// GPADL_HEADER (created) and OPENCHANNEL (opened) — and never UNLOAD or GPADL_TEARDOWN.
 #[derive(Clone, Default)]
-struct Host(Rc<RefCell<VecDeque<Vec<u8>>>>, Rc<Cell<u64>>);
+struct Host(
+    Rc<RefCell<VecDeque<Vec<u8>>>>,
+    Rc<Cell<u64>>,
+    Rc<Cell<bool>>,
+);
 
 fn msg(ty: u32, words: &[u32]) -> Vec<u8> {
     let mut m = ty.to_le_bytes().to_vec();
@@ -62,6 +66,9 @@ impl Transport for Host {
         Ok(())
     }
     fn signal_event(&self, _connection_id: u32) -> Result<(), HvError> {
+        if self.2.get() {
+            return Err(HvError(winhv::HvStatus::INVALID_CONNECTION_ID));
+        }
         Ok(())
     }
     fn take_message(&self) -> Result<Option<RawMessage>, SynicError> {
@@ -196,4 +203,63 @@ fn request_that_kills_the_channel_is_reported_once() {
         reported, 0,
         "close reported a request that request() had failed"
     );
+}
+
+/// HvSignalEvent failing after the request's packet was committed to the ring (the offer's
+/// connection id is the host's, and a bad one makes every signal fail): `request` used to
+/// cancel the request and return the error although the packet was already the host's to
+/// read. The host then worked on a request the guest had forgotten — its completion matched
+/// nothing, and for `request_dma` the buffer was marked quiet while the host could still be
+/// writing it. Found by the `channel_recv` fuzz target ("reached the host although request()
+/// failed"). Now the request stays in flight and the failed signal is counted.
+#[test]
+fn request_whose_signal_fails_stays_in_flight() {
+    let host = Host::default();
+    let (ring_base, signal_fails) = (host.1.clone(), host.2.clone());
+    let config = ConnectionConfig {
+        versions: &V3_0,
+        ..ConnectionConfig::default()
+    };
+    let bus = Vmbus::new(host, StdHal, config);
+    bus.connect(&mut BoundedWait::new(8, || {}))
+        .expect("connect");
+    let mut ch: Channel<'_, Host, StdHal, u32> = Channel::open(
+        &bus,
+        1,
+        &ChannelConfig::default(),
+        &mut BoundedWait::new(8, || {}),
+    )
+    .expect("open");
+    signal_fails.set(true);
+    let id = ch
+        .request(&[b"req"], 42)
+        .expect("the packet is in the ring: the request is in flight");
+    assert_eq!(ch.requests_in_flight(), 1);
+    assert_eq!(ch.stats().signal_failures, 1);
+    // The host completes it from the inbound ring (the second ring of the GPADL, 16 pages in).
+    let inbound = ring_base.get() as usize + 16 * 4096;
+    // SAFETY: the open channel's inbound ring (StdHal: GPA = address); this test is its only
+    // writer, and the guest's reader copies out with volatile reads.
+    let mem = unsafe {
+        vmbus_guest::ring::RawRingMemory::from_pages(
+            NonNull::new(inbound as *mut u8).unwrap(),
+            15 * 4096,
+        )
+    }
+    .unwrap();
+    let mut host_w = vmbus_guest::ring::RingWriter::new(mem).unwrap();
+    let _ = host_w
+        .send(&vmbus_guest::ring::OutgoingPacket::completion(
+            id.transaction_id(),
+            &[b"done"],
+        ))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    match ch.recv(&mut buf) {
+        Ok(Some(vmbus_guest::Received::Completion {
+            request, context, ..
+        })) => assert_eq!((request, context), (id, 42)),
+        other => panic!("expected the completion, got {other:?}"),
+    }
+    signal_fails.set(false);
 }
