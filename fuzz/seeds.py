@@ -75,9 +75,13 @@ seeds['vmbus_bus'] = [
         + connect + open_ch + u8(3) + u8(1),
 ]
 
-# channel_recv: offer monitor id/allocated, teardown answered, versions, features, ring
+# channel_recv: offer monitor id/allocated, teardown answered, failing signals, versions, features, ring
 # pages; then ops: request, host reads, host completes (a real id), guest receives.
-def chan(ops, version=1): return u8(3) + u8(1) + u8(1) + u8(version) + u8(0) + u8(0) + u8(0) + ops
+def chan(ops, version=1, fail_signals=None):
+    sig = u8(0) + u64(fail_signals) if fail_signals is not None else u8(1)
+    # a monitored offer signals by a monitor bit; with failing signals use HvSignalEvent
+    allocated = u8(0) if fail_signals is not None else u8(1)
+    return u8(3) + allocated + u8(1) + sig + u8(version) + u8(0) + u8(0) + u8(0) + ops
 req = u8(0) + blob(b'get', 96)
 host_read = u8(7)
 complete_real = u8(9) + u8(3) + u8(0) + blob(b'done', 64)
@@ -87,6 +91,7 @@ seeds['channel_recv'] = [
     chan(req + req + host_read + complete_real + complete_real + recv_all + u8(6) + u8(1)),
     chan(req + host_read + complete_forged + u8(12) + u8(0) + blob(b'data', 128) + u64(3)
          + u8(1) + recv_all + u8(15) + u8(0) + recv_all, 8),
+    chan(req + host_read + complete_real + recv_all, 2, fail_signals=0b1),
     chan(req + u8(14) + u8(1) + u8(0) + idx(4) + recv_all + u8(13) + u32(0) + blob(b'\xff' * 16, 48)
          + recv_all + u8(16) + u8(1) + recv_all),
 ]

@@ -101,6 +101,9 @@ fn run(data: &[u8]) {
         let allocated = inp.u8() % 2;
         world.accept_offers = vec![host::offer(relid, 1, 0, 0, monitor, allocated, 0, 0x10)];
         world.answer_teardown = inp.u8() % 8 != 0;
+        if inp.u8() % 4 == 0 {
+            world.signal_failures = inp.u64();
+        }
     }
     let config = ConnectionConfig {
         versions: &CANDIDATE_VERSIONS[inp.below(CANDIDATE_VERSIONS.len())..],
@@ -164,6 +167,8 @@ fn run(data: &[u8]) {
 
     let mut pending: Vec<(RequestId, u64)> = Vec::new();
     let mut tids: Vec<u64> = Vec::new();
+    // Transaction ids of every request `request` accepted: only those may reach the ring.
+    let mut accepted: std::collections::BTreeSet<u64> = Default::default();
     let mut ctx = 0u64;
     let mut buf = vec![0u8; 16384];
     let mut hbuf = vec![0u8; 16384];
@@ -184,6 +189,7 @@ fn run(data: &[u8]) {
                         "id reused while live"
                     );
                     pending.push((id, ctx));
+                    accepted.insert(id.transaction_id());
                 }
             }
             2 => {
@@ -226,6 +232,11 @@ fn run(data: &[u8]) {
                     match host_r.read(&mut hbuf) {
                         Ok(p) => {
                             if p.completion_requested() {
+                                assert!(
+                                    accepted.contains(&p.transaction_id()),
+                                    "request {:#x} reached the host although request() failed",
+                                    p.transaction_id()
+                                );
                                 tids.push(p.transaction_id());
                             }
                         }

@@ -104,6 +104,8 @@ pub struct World {
     pub take_errs: usize,
     /// Signal-event calls (connection ids).
     pub signals: Vec<u32>,
+    /// Bit i: the i-th signal-event call fails (INVALID_CONNECTION_ID).
+    pub signal_failures: u64,
     /// Allocation requests failed on purpose (bit i: the i-th allocation fails).
     pub alloc_failures: u64,
     allocs_seen: u32,
@@ -140,6 +142,7 @@ impl World {
             takes_ok: 0,
             take_errs: 0,
             signals: Vec::new(),
+            signal_failures: 0,
             alloc_failures: 0,
             allocs_seen: 0,
             accept_offers: Vec::new(),
@@ -505,7 +508,12 @@ impl Transport for Scripted {
     }
 
     fn signal_event(&self, connection_id: u32) -> Result<(), HvError> {
-        self.0.borrow_mut().signals.push(connection_id);
+        let mut w = self.0.borrow_mut();
+        let i = w.signals.len();
+        w.signals.push(connection_id);
+        if i < 64 && w.signal_failures & (1 << i) != 0 {
+            return Err(HvError(HvStatus::INVALID_CONNECTION_ID));
+        }
         Ok(())
     }
 
