@@ -22,12 +22,13 @@ use libfuzzer_sys::fuzz_target;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use vmbus_guest::protocol::{CANDIDATE_VERSIONS, FeatureFlags};
+use vmbus_guest::ring::PacketKind;
 use vmbus_guest::ring::{
     GpaRange, OutgoingPacket, RawRingMemory, RingReader, RingWriter, TransferPageRange,
 };
 use vmbus_guest::wait::BoundedWait;
 use vmbus_guest::{
-    Channel, ChannelConfig, ChannelError, ConnectionConfig, Received, RequestId, Vmbus,
+    Channel, ChannelConfig, ChannelError, ConnectionConfig, HostBuffer, Received, RequestId, Vmbus,
 };
 
 fuzz_target!(|data: &[u8]| run(data));
@@ -60,7 +61,12 @@ impl RawRing {
     }
 }
 
-fn check_received(pending: &mut Vec<(RequestId, u64)>, r: Received<'_, u64>) {
+fn check_received(
+    pending: &mut Vec<(RequestId, u64)>,
+    r: Received<'_, u64>,
+    host_read: &std::collections::BTreeSet<u64>,
+) -> bool {
+    let mut lie = false;
     match r {
         Received::Completion {
             request,
@@ -73,6 +79,8 @@ fn check_received(pending: &mut Vec<(RequestId, u64)>, r: Received<'_, u64>) {
                 .expect("completion of a request not in flight");
             assert_eq!(pending.swap_remove(i).1, context, "wrong context");
             assert_eq!(packet.transaction_id(), request.transaction_id());
+            // Completed by a host that never read it: a forged (predicted) id.
+            lie = !host_read.contains(&request.transaction_id());
             trace!("  completed {request:?}");
         }
         Received::Failed {
@@ -89,6 +97,7 @@ fn check_received(pending: &mut Vec<(RequestId, u64)>, r: Received<'_, u64>) {
             assert_ne!(p.packet_type().0, 11, "completion returned as data");
         }
     }
+    lie
 }
 
 fn run(data: &[u8]) {
@@ -165,8 +174,15 @@ fn run(data: &[u8]) {
         size: out_size,
     };
 
+    let mut hb: Option<HostBuffer<'_, Scripted, TrackingHal>> = None;
     let mut pending: Vec<(RequestId, u64)> = Vec::new();
     let mut tids: Vec<u64> = Vec::new();
+    // Requests the host read, and completions it sent for requests it had not read (forged
+    // or predicted ids: transaction ids are predictable). A forged completion that matches a
+    // request is the host lying about what it is done with (see `World::lied`).
+    let mut host_read: std::collections::BTreeSet<u64> = Default::default();
+    let mut forged: std::collections::BTreeSet<u64> = Default::default();
+    let mut out_tampered = false;
     // Transaction ids of every request `request` accepted: only those may reach the ring.
     let mut accepted: std::collections::BTreeSet<u64> = Default::default();
     let mut ctx = 0u64;
@@ -177,7 +193,7 @@ fn run(data: &[u8]) {
         if inp.is_empty() {
             break;
         }
-        let op = inp.u8() % 18;
+        let op = inp.u8() % 21;
         trace!("op {op}");
         match op {
             0 | 1 => {
@@ -203,7 +219,10 @@ fn run(data: &[u8]) {
                 };
                 for _ in 0..8 {
                     match ch.recv(&mut buf[..cap]) {
-                        Ok(Some(r)) => check_received(&mut pending, r),
+                        Ok(Some(r)) => {
+                            let lie = check_received(&mut pending, r, &host_read);
+                            w.borrow_mut().lied |= lie;
+                        }
                         Ok(None) => break,
                         Err(ChannelError::BufferTooSmall { needed }) => {
                             assert!(needed > cap);
@@ -232,12 +251,36 @@ fn run(data: &[u8]) {
                     match host_r.read(&mut hbuf) {
                         Ok(p) => {
                             if p.completion_requested() {
+                                let fresh = host_read.insert(p.transaction_id());
+                                if forged.contains(&p.transaction_id()) {
+                                    w.borrow_mut().lied = true;
+                                }
+                                // Unless the host moved the outbound read index past what it
+                                // read (then it reads whatever the guest overwrote).
                                 assert!(
-                                    accepted.contains(&p.transaction_id()),
+                                    out_tampered || fresh,
+                                    "request {:#x} sent twice",
+                                    p.transaction_id()
+                                );
+                                assert!(
+                                    out_tampered || accepted.contains(&p.transaction_id()),
                                     "request {:#x} reached the host although request() failed",
                                     p.transaction_id()
                                 );
                                 tids.push(p.transaction_id());
+                                if let PacketKind::GpaDirect(g) = p.kind {
+                                    let mut pfns = Vec::new();
+                                    for r in g.ranges() {
+                                        pfns.extend(r.pfns());
+                                    }
+                                    let mut world = w.borrow_mut();
+                                    if world.stopped_serving {
+                                        // DMA for a channel the host said it released.
+                                        world.lied = true;
+                                    } else {
+                                        world.dma.insert(p.transaction_id(), pfns);
+                                    }
+                                }
                             }
                         }
                         Err(_) => break,
@@ -262,7 +305,16 @@ fn run(data: &[u8]) {
                     }
                 };
                 let payload = inp.bytes(64);
-                let _ = host_w.send(&OutgoingPacket::completion(tid, &[&payload]));
+                trace!("  host completes {tid:#x}");
+                if !host_read.contains(&tid) {
+                    forged.insert(tid);
+                }
+                if host_w
+                    .send(&OutgoingPacket::completion(tid, &[&payload]))
+                    .is_ok()
+                {
+                    w.borrow_mut().dma.remove(&tid);
+                }
             }
             12 => {
                 let payload = inp.bytes(128);
@@ -308,6 +360,7 @@ fn run(data: &[u8]) {
             }
             14 => {
                 let (ring, size) = if inp.u8() % 4 == 0 {
+                    out_tampered = true;
                     (&raw_out, out_size)
                 } else {
                     (&raw_in, in_size)
@@ -337,8 +390,36 @@ fn run(data: &[u8]) {
                     w.borrow_mut().abandon(true);
                 }
             }
-            _ => {
+            17 => {
                 let _ = ch.is_alive();
+            }
+            18 => {
+                if hb.is_none() {
+                    hb = HostBuffer::new(&bus, 1 + inp.below(3)).ok();
+                }
+            }
+            19 => {
+                // A GPA-direct request naming part of the host buffer.
+                if let Some(b) = &hb {
+                    let off = inp.below(b.len());
+                    let len = 1 + inp.below(b.len() - off);
+                    ctx += 1;
+                    let payload = inp.bytes(32);
+                    if let Ok(d) = b.dma(off, len)
+                        && let Ok(id) = ch.request_dma(&[d], &[&payload], ctx)
+                    {
+                        trace!("  request_dma {id:?} {off:#x}+{len:#x}");
+                        pending.push((id, ctx));
+                        accepted.insert(id.transaction_id());
+                    }
+                }
+            }
+            _ => {
+                if let Some(b) = hb.take() {
+                    trace!("  release host buffer: host DMA {:x?}", w.borrow().dma);
+                    let r = b.release(&mut wait(inp.u8() as u32 % 4));
+                    trace!("  -> {r:?}");
+                }
             }
         }
         assert!(ch.requests_in_flight() <= pending.len());
@@ -355,4 +436,7 @@ fn run(data: &[u8]) {
         assert_eq!(pending.swap_remove(i).1, c);
     }
     assert!(pending.is_empty(), "requests lost at close: {pending:?}");
+    if let Some(b) = hb.take() {
+        let _ = b.release(&mut wait(2));
+    }
 }

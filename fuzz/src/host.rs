@@ -68,6 +68,13 @@ pub struct World {
     /// Monitor/interrupt PFNs of every INITIATE_CONTACT the host did not refuse (it answers
     /// each contact as it arrives, or never): it may use them until UNLOAD_RESPONSE.
     pub contacts: Vec<Vec<u64>>,
+    /// Guest pages named by GPA-direct requests the host read (transaction id → PFNs): the
+    /// host may DMA into them until it completes the request, or stops serving the channel
+    /// (its ring GPADL torn down, or UNLOAD_RESPONSE).
+    pub dma: BTreeMap<u64, Vec<u64>>,
+    /// The host stopped serving channels (a ring GPADL torn down, or UNLOAD_RESPONSE): it
+    /// must not start DMA for their requests any more.
+    pub stopped_serving: bool,
     /// GPADL handles the guest asked to tear down and the host has not answered.
     pub teardowns: BTreeSet<u32>,
     /// UNLOADs not answered yet.
@@ -125,6 +132,8 @@ impl World {
             gpadls: BTreeMap::new(),
             orphans: BTreeSet::new(),
             contacts: Vec::new(),
+            dma: BTreeMap::new(),
+            stopped_serving: false,
             teardowns: BTreeSet::new(),
             unloads: 0,
             lied: false,
@@ -169,6 +178,7 @@ impl World {
     pub fn mapped(&self, pfn: u64) -> bool {
         self.contacts.iter().any(|c| c.contains(&pfn))
             || self.orphans.contains(&pfn)
+            || self.dma.values().any(|p| p.contains(&pfn))
             || self.gpadls.values().any(|g| g.pfns.contains(&pfn))
     }
 
@@ -227,6 +237,11 @@ impl World {
                 let h = le32(msg, 8);
                 if self.teardowns.remove(&h) {
                     self.gpadls.remove(&h);
+                    if self.opens.iter().any(|o| o.gpadl == h) {
+                        // The channel's rings are gone: no request of it is served any more.
+                        self.dma.clear();
+                        self.stopped_serving = true;
+                    }
                 } else {
                     self.lied = true;
                 }
@@ -238,6 +253,8 @@ impl World {
                     self.orphans.clear();
                     self.contacts.clear();
                     self.teardowns.clear();
+                    self.dma.clear();
+                    self.stopped_serving = true;
                 } else {
                     self.lied = true;
                 }
