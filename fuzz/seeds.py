@@ -60,18 +60,20 @@ seeds['vmbus_messages'] = [
     u32(15) + u8(1),
 ]
 
-# vmbus_bus: an empty tape (a correct host), no failures, VP 0, versions from index k.
-def bus(k, ops): return blob(b'', 128) + u8(1) + u8(1) + u8(0) + u8(k) + u32(0) + u8(0) + ops
+# vmbus_bus: an empty tape (a correct host), no take/alloc/signal failures, VP 0, versions
+# from index k.
+def bus(k, ops): return blob(b'', 128) + u8(1) + u8(1) + u8(1) + u8(0) + u8(k) + u32(0) + u8(0) + ops
 connect = u8(17) + u8(5)
 open_ch = u8(12) + u8(0) + u8(0) + u8(0) + u8(5)
-request = u8(16) + u8(0) + u8(0) + blob(b'request', 64)
-recv = u8(16) + u8(0) + u8(1)
-close = u8(13) + u8(0) + u8(5)
+# (with one channel open, picking it reads no byte)
+request = u8(16) + u8(0) + blob(b'request', 64)
+recv = u8(16) + u8(1)
+close = u8(13) + u8(5)
 seeds['vmbus_bus'] = [
-    bus(2, connect + open_ch + request + u8(6) + u8(0) + u8(3) + recv + close + u8(18) + u8(5)),
+    bus(2, connect + open_ch + request + u8(3) + u8(1) + recv + close + u8(18) + u8(5)),
     bus(9, connect + u8(14) + u8(0) + u8(40) + u8(5) + u8(15) + u8(0) + u8(5) + u8(4) + connect),
     bus(0, u8(0) + u8(1) + u8(1) + u8(11) + open_ch + u8(5) + u8(1) + close),
-    blob(bytes([3, 1, 2, 0, 0xF1, 0, 2]), 128) + u8(1) + u8(1) + u8(0) + u8(4) + u32(0) + u8(0)
+    blob(bytes([3, 1, 2, 0, 0xF1, 0, 2]), 128) + u8(1) + u8(1) + u8(1) + u8(0) + u8(4) + u32(0) + u8(0)
         + connect + open_ch + u8(3) + u8(1),
 ]
 

@@ -424,6 +424,7 @@ fn run(data: &[u8]) {
         }
         assert!(ch.requests_in_flight() <= pending.len());
     }
+    trace!("end: host lied = {}", w.borrow().lied);
     drop(host_w);
     drop(host_r);
     let mut failed = Vec::new();

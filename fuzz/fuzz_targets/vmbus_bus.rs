@@ -173,6 +173,9 @@ fn run(data: &[u8]) {
         if inp.u8() % 4 == 0 {
             world.alloc_failures = inp.u64();
         }
+        if inp.u8() % 4 == 0 {
+            world.signal_failures = inp.u64();
+        }
         world.vp = inp.u8() as u32 % 4;
     }
     let versions: &'static [VmbusVersion] = match inp.u8() % 16 {
@@ -396,6 +399,7 @@ fn run(data: &[u8]) {
         }
         check_state(&bus);
     }
+    trace!("end: host lied = {}", w.borrow().lied);
     for o in opens.drain(..) {
         let mut wt = BoundedWait::new(2, (|| {}) as fn());
         let mut n = 0;
