@@ -313,7 +313,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// (one GPA range each, translated page by page through [`Hal::virt_to_phys`]) followed
     /// by the in-band `payload`. Safe: a [`Dma`] is either bus memory that is not freed while
     /// the request may be in flight, or caller memory whose owner promised that when making
-    /// it ([`Dma::from_raw`]).
+    /// it ([`Dma::from_raw`]). Errors as for [`Channel::request`]: an error means the packet
+    /// never reached the ring, so the host never saw the memory.
     pub fn request_dma(
         &mut self,
         dma: &[Dma<'_>],
