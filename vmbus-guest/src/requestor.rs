@@ -138,18 +138,25 @@ impl<C, const N: usize> RequestTable<C, N> {
         core::mem::replace(&mut e.slot, Slot::Free)
     }
 
-    /// Takes back a request whose packet was never sent (the write failed).
+    /// Takes back a request whose packet was never sent (the write failed). The write may
+    /// have failed because the ring was found corrupt, which fails every request in flight —
+    /// this one included: it is taken back from the failed ones too, so a request its sender
+    /// saw fail is never reported again by `take_failed`.
     pub fn cancel(&mut self, id: RequestId) -> Option<C> {
         let e = self
             .entries
             .get_mut(usize::from(id.index))
-            .filter(|e| e.generation == id.generation && matches!(e.slot, Slot::Pending { .. }))?;
+            .filter(|e| e.generation == id.generation && !matches!(e.slot, Slot::Free))?;
         match Self::free(e) {
             Slot::Pending { context, .. } => {
                 self.pending -= 1;
                 Some(context)
             }
-            _ => None,
+            Slot::Failed { context, .. } => {
+                self.failed -= 1;
+                Some(context)
+            }
+            Slot::Free => None,
         }
     }
 
@@ -261,5 +268,20 @@ mod tests {
         got.sort();
         assert_eq!(got, [1, 2, 3, 10]);
         assert!(!t.is_full());
+    }
+
+    #[test]
+    fn cancel_takes_back_a_failed_request() {
+        let mut t: RequestTable<u32, 2> = RequestTable::new();
+        let a = t.insert(1, false).unwrap();
+        let b = t.insert(2, false).unwrap();
+        t.fail_all(ChannelError::Rescinded);
+        assert_eq!(t.cancel(a), Some(1));
+        assert_eq!(t.cancel(a), None);
+        assert_eq!(t.failed(), 1);
+        let (id, ctx, _) = t.take_failed().unwrap();
+        assert_eq!((id, ctx), (b, 2));
+        assert!(t.take_failed().is_none());
+        assert_eq!(t.cancel(b), None, "already reported");
     }
 }

@@ -22,7 +22,7 @@ use crate::offers::OfferInfo;
 use crate::requestor::{DEFAULT_REQUESTS, RequestId, RequestTable};
 use crate::ring::{
     Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketDescriptor, PacketKind, RawRingMemory,
-    ReadError, RingReader, RingWriter, WriteError,
+    ReadError, RingReader, RingWriter, Signal, WriteError,
 };
 use crate::shared::SharedPages;
 use crate::transport::Transport;
@@ -86,6 +86,9 @@ pub struct ChannelStats {
     pub signals: u64,
     /// Receive batches ended with [`Channel::end_batch`].
     pub batches: u64,
+    /// Signals that failed after a request's packet was already in the ring (the request
+    /// stays in flight; the host sees it the next time it looks at the ring).
+    pub signal_failures: u64,
 }
 
 /// An open VMBus channel, owned by its device driver, borrowing the bus it was opened on.
@@ -205,15 +208,16 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     }
 
     fn write_and_signal(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
-        if self.write(packet)? {
+        if self.write_packet(packet)?.is_needed() {
             self.signal()?;
         }
         Ok(())
     }
 
-    /// Writes `packet` into the outbound ring; returns whether the host must be signalled.
-    /// Once this succeeds the host can see the packet, whatever happens to the signal.
-    fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool, ChannelError> {
+    /// Writes and commits `packet` (asking for space once if the ring is full) and says
+    /// whether the host must be signalled. `Ok` means the packet is in the ring: the host may
+    /// act on it whatever happens to the signal.
+    fn write_packet(&mut self, packet: &OutgoingPacket<'_>) -> Result<Signal, ChannelError> {
         let signal = match self.writer.send(packet) {
             Ok(signal) => signal,
             Err(WriteError::Full { needed }) => {
@@ -230,19 +234,21 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             Err(e) => return Err(self.write_error(e)),
         };
         self.stats.sent += 1;
-        Ok(signal.is_needed())
+        Ok(signal)
     }
 
-    /// Writes a request's packet: if that fails the request never reached the ring and is
-    /// taken back (`Err`); once written it stays in flight even if the signal fails — the
-    /// host may already be working on it (and on the memory it names), so its completion or
-    /// failure must still come back through `recv`.
-    fn write_request(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
-        if self.write(packet)?
+    /// Sends a request's packet: `Err` only if it never reached the ring (the caller then
+    /// takes the request back). Once the packet is in the ring the request is in flight — the
+    /// host may complete it, and may be using the memory it names — so a failed signal does
+    /// not fail it: it is logged and counted, and the request completes, or fails at close,
+    /// like any other.
+    fn send_request(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        if self.write_packet(packet)?.is_needed()
             && let Err(e) = self.signal()
         {
+            self.stats.signal_failures += 1;
             log::warn!(
-                "channel {}: signal failed after queueing a request ({e}); it stays in flight",
+                "channel {}: request queued but signalling the host failed ({e})",
                 self.info.relid
             );
         }
@@ -289,12 +295,14 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     }
 
     /// Sends an in-band packet with completion requested. The completion (or the failure)
-    /// comes back from [`Channel::recv`] with `context`. On error the context is dropped.
+    /// comes back from [`Channel::recv`] with `context`. On error the packet was not sent and
+    /// the context is dropped; a packet that reached the ring is in flight even if signalling
+    /// the host failed ([`ChannelStats::signal_failures`]).
     pub fn request(&mut self, payload: &[&[u8]], context: C) -> Result<RequestId, ChannelError> {
         self.check()?;
         let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
         let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
-        if let Err(e) = self.write_request(&packet) {
+        if let Err(e) = self.send_request(&packet) {
             self.requests.cancel(id);
             return Err(e);
         }
@@ -305,7 +313,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// (one GPA range each, translated page by page through [`Hal::virt_to_phys`]) followed
     /// by the in-band `payload`. Safe: a [`Dma`] is either bus memory that is not freed while
     /// the request may be in flight, or caller memory whose owner promised that when making
-    /// it ([`Dma::from_raw`]).
+    /// it ([`Dma::from_raw`]). Errors as for [`Channel::request`]: an error means the packet
+    /// never reached the ring, so the host never saw the memory.
     pub fn request_dma(
         &mut self,
         dma: &[Dma<'_>],
@@ -359,7 +368,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             self.bus.slots.dma_started(self.slot);
         }
         let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
-        if let Err(e) = self.write_request(&packet) {
+        if let Err(e) = self.send_request(&packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
                 self.bus.slots.dma_completed(self.slot);
