@@ -188,8 +188,26 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
         handler: H,
         waiter: &mut impl Wait,
     ) -> Result<Self, IcChannelError> {
+        let mut slot = None;
+        Self::open_in(&mut slot, bus, instance, config, handler, waiter)?;
+        slot.take()
+            .ok_or(IcChannelError::Channel(ChannelError::NotOpen))
+    }
+
+    /// Like [`IcChannel::open_with`], building the service channel in caller-provided storage
+    /// (a `static`, or a slot in a larger structure) instead of returning it by value, so a
+    /// kernel's stack never holds a second copy of its buffer while it opens. Thread context
+    /// only.
+    pub fn open_in<'s>(
+        slot: &'s mut Option<Self>,
+        bus: &'b Vmbus<T, A>,
+        instance: Option<&Guid>,
+        config: &ChannelConfig,
+        handler: H,
+        waiter: &mut impl Wait,
+    ) -> Result<&'s mut Self, IcChannelError> {
         let channel = Channel::open_class(bus, H::DEVICE_CLASS, instance, config, waiter)?;
-        Ok(Self {
+        Ok(slot.insert(Self {
             channel,
             service: IcService::new(handler),
             buf: [0; BUF],
@@ -197,7 +215,7 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
             budget: DEFAULT_POLL_BUDGET,
             more: false,
             stats: IcStats::default(),
-        })
+        }))
     }
 
     /// The service (negotiated versions, the handler's state).

@@ -267,9 +267,25 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
     pub fn open_with(
         bus: &'b Vmbus<T, H>,
         relid: u32,
-        mut waiter: W,
+        waiter: W,
         options: ControllerOptions,
     ) -> Result<Self, StorError> {
+        let mut slot = None;
+        Self::open_in(&mut slot, bus, relid, waiter, options)?;
+        slot.take()
+            .ok_or(StorError::InvalidArgument("controller not stored"))
+    }
+
+    /// Like [`Self::open_with`], building the controller in caller-provided storage (a
+    /// `static`, or a slot in a larger structure) instead of returning it by value, so a
+    /// kernel's stack never holds a second copy of it while it opens. Returns it in place.
+    pub fn open_in<'s>(
+        slot: &'s mut Option<Self>,
+        bus: &'b Vmbus<T, H>,
+        relid: u32,
+        mut waiter: W,
+        options: ControllerOptions,
+    ) -> Result<&'s mut Self, StorError> {
         const {
             assert!(CHANNELS >= 1 && CHANNELS <= 32, "1 to 32 channels");
             assert!(
@@ -366,7 +382,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             negotiated.sub_channels_allowed(),
             opened - 1
         );
-        Ok(Self {
+        Ok(slot.insert(Self {
             bus,
             channels,
             opened,
@@ -387,7 +403,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             last: 0,
             spill_depth: options.spill_depth,
             bus_changed,
-        })
+        }))
     }
 
     /// The bus the controller's channels are open on.
