@@ -153,6 +153,7 @@ fn run(data: &[u8]) {
     let inbound = unsafe { base.add(out_pages * 4096) };
     let in_size = ((cfg.inbound_pages - 1) * 4096) as u32;
     let out_size = ((cfg.outbound_pages - 1) * 4096) as u32;
+    // SAFETY: as above: this channel's ring pages, live until the close, one host end each.
     let (mut host_w, mut host_r) = unsafe {
         (
             RingWriter::new(

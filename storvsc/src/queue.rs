@@ -219,12 +219,13 @@ impl CallerMemory {
     /// The buffer as a GPA-direct descriptor (the host accesses it directly).
     #[allow(unsafe_code)]
     pub(crate) fn dma(&self) -> Result<Dma<'static>, StorError> {
-        // SAFETY: the type's invariant is `Dma::from_raw`'s obligation: the memory stays
-        // valid, unmoved and unreferenced by Rust until the request completes, or, if it fails
-        // without a completion, until the channel's close frees it — the controller reports
-        // such a request with `Memory::HeldUntilClose` and gives the buffer back only when
+        // The type's invariant is `Dma::from_raw`'s obligation: the memory stays valid, unmoved
+        // and unreferenced by Rust until the request completes, or, if it fails without a
+        // completion, until the channel's close frees it — the controller reports such a
+        // request with `Memory::HeldUntilClose` and gives the buffer back only when
         // `close_with` says `Released::Freed`. Host-visibility was checked page by page with
         // `Hal::virt_to_phys` before the controller chose this path.
+        // SAFETY: this type's invariant, as above, is exactly that obligation.
         unsafe { Dma::from_raw(self.ptr, self.len) }
             .map_err(|_| StorError::InvalidArgument("buffer larger than 4 GiB"))
     }
