@@ -207,6 +207,42 @@ fn open_close_loop() {
 }
 
 #[test]
+fn a_channel_closed_in_place_is_a_dead_handle() {
+    let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    let id = ch.request(&[b"never answered"], 7).expect("request");
+    let mut failed = Vec::new();
+    let released = ch.close_in_place(&mut step(&mut host), |request, ctx, e| {
+        failed.push((request, ctx, e))
+    });
+    assert_eq!(released, Released::Freed);
+    assert_eq!(failed, [(id, 7, ChannelError::Closed)]);
+    host.step();
+    assert_eq!(host.gpadls(), 0, "the ring GPADL is torn down");
+    assert_eq!(host.channel_state(relid), Some(ChannelState::Closed));
+    // Its memory is gone: every call fails without touching the ring.
+    let mut rx = vec![0u8; RX];
+    assert!(matches!(ch.recv(&mut rx), Err(ChannelError::Closed)));
+    assert!(matches!(ch.skip(), Err(ChannelError::Closed)));
+    assert_eq!(ch.end_batch(), Ok(false));
+    assert_eq!(ch.yield_batch(), Ok(()));
+    assert_eq!(ch.send(&[b"late"]), Err(ChannelError::Closed));
+    assert_eq!(ch.request(&[b"late"], 8).err(), Some(ChannelError::Closed));
+    assert!(!ch.is_alive());
+    // A second close has nothing left to give back; dropping it does nothing.
+    assert_eq!(
+        ch.close_in_place(&mut step(&mut host), |_, _, _| panic!("no request left")),
+        Released::Leaked
+    );
+    drop(ch);
+    // The offer is reusable by a new open.
+    let mut ch = open_echo_channel(&guest, &mut host, relid);
+    echo_round_trip(&mut host, &mut ch);
+    assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
+    assert_clean(&host);
+}
+
+#[test]
 fn completions_carry_their_context_and_the_interrupt_reports_work() {
     let (_hv, mut host, guest, relid) = connected_echo(HostRelease::Ws2022);
     let mut ch = open_echo_channel(&guest, &mut host, relid);

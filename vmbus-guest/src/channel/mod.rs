@@ -387,9 +387,9 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// After a rescind, unload or ring corruption, each request in flight is returned once as
     /// [`Received::Failed`], then the channel error; close the channel.
     pub fn recv<'a>(&mut self, buf: &'a mut [u8]) -> Result<Option<Received<'a, C>>, ChannelError> {
-        if !self.in_batch {
-            // Liveness is checked once per batch, not per packet.
-            let _ = self.check();
+        // Liveness is checked once per batch, not per packet; a dead channel's ring is left
+        // alone (after `close_in_place` its memory is no longer ours).
+        if !self.in_batch && self.check().is_ok() {
             self.reader.begin_drain();
             self.in_batch = true;
         }
@@ -478,8 +478,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// a driver whose completions can be that large must size its buffer for them.
     /// Interrupt-safe.
     pub fn skip(&mut self) -> Result<Option<PacketDescriptor>, ChannelError> {
-        if !self.in_batch {
-            let _ = self.check();
+        if !self.in_batch && self.check().is_ok() {
             self.reader.begin_drain();
             self.in_batch = true;
         }
@@ -640,6 +639,20 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     pub fn close_with(
         mut self,
         waiter: &mut impl Wait,
+        on_failed: impl FnMut(RequestId, C, ChannelError),
+    ) -> Released {
+        self.close_in_place(waiter, on_failed)
+    }
+
+    /// Like [`Channel::close_with`], closing the channel where it lies: for a driver that
+    /// keeps its channel inside a larger structure (a `static`, a slot) and would otherwise
+    /// move all of it onto the stack to close by value. Afterwards the channel is a dead
+    /// handle: every call fails with [`ChannelError::Closed`] without touching the ring, and
+    /// dropping it does nothing. Only the first call releases anything; a later one returns
+    /// [`Released::Leaked`] (nothing left to give back). Thread context only.
+    pub fn close_in_place(
+        &mut self,
+        waiter: &mut impl Wait,
         mut on_failed: impl FnMut(RequestId, C, ChannelError),
     ) -> Released {
         let _ = self.check();
@@ -649,6 +662,11 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         while let Some((id, ctx, err)) = self.requests.take_failed() {
             on_failed(id, ctx, err);
         }
+        // Whatever it died of, a closed channel reports `Closed` from now on, and no batch
+        // is open on a ring that is about to go.
+        self.health = Health::Gone;
+        self.in_batch = false;
+        self.more = false;
         let Some(pages) = self.pages.take() else {
             return Released::Leaked;
         };
