@@ -482,15 +482,29 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
 
     /// Closes the channel (see [`Channel::close`]) and gives the handler back, with whether
     /// the ring memory was freed. A reply still waiting for ring space is dropped.
-    pub fn close(self, waiter: &mut impl Wait) -> (H, Released) {
-        if let Some(p) = self.pending {
+    pub fn close(mut self, waiter: &mut impl Wait) -> (H, Released) {
+        let released = self.close_channel(waiter);
+        (self.service.into_handler(), released)
+    }
+
+    /// Like [`IcChannel::close`], closing the service channel where it lies (the storage of
+    /// [`IcChannel::open_in`]) and emptying the slot: the handler is dropped there instead of
+    /// being returned, so the stack never holds a copy of the channel and its buffer.
+    /// Returns `None` if the slot was empty. Thread context only.
+    pub fn close_in(slot: &mut Option<Self>, waiter: &mut impl Wait) -> Option<Released> {
+        let released = slot.as_mut()?.close_channel(waiter);
+        *slot = None;
+        Some(released)
+    }
+
+    fn close_channel(&mut self, waiter: &mut impl Wait) -> Released {
+        if let Some(p) = self.pending.take() {
             log::warn!(
                 "IC channel {}: closed with reply {:#x} unsent",
                 self.channel.relid(),
                 p.transaction_id
             );
         }
-        let released = self.channel.close(waiter);
-        (self.service.into_handler(), released)
+        self.channel.close_in_place(waiter, |_, _, _| {})
     }
 }
