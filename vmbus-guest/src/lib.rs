@@ -51,7 +51,10 @@ pub mod wait;
 #[cfg(not(loom))]
 pub use bitmap::ChannelBitmap;
 #[cfg(not(loom))]
-pub use bus::{ConnectionConfig, ConnectionState, Event, Negotiated, Released, Stats, Vmbus, Work};
+pub use bus::{
+    ConnectionConfig, ConnectionState, Event, MAX_LEAKED_MONITOR_SETS, Negotiated, Released, Stats,
+    Vmbus, Work,
+};
 #[cfg(not(loom))]
 pub use channel::{Channel, ChannelConfig, ChannelStats, Received};
 #[cfg(not(loom))]

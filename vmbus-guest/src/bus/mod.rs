@@ -41,7 +41,7 @@ use heapless::Deque;
 
 pub(crate) use control::Ctl;
 pub(crate) use gpadl_ops::Created;
-pub use negotiate::SUPPORTED_FEATURES;
+pub use negotiate::{MAX_LEAKED_MONITOR_SETS, SUPPORTED_FEATURES};
 pub use slots::MAX_OPEN_CHANNELS;
 pub(crate) use slots::{Liveness, SlotRef, Slots};
 
@@ -217,6 +217,8 @@ pub(crate) struct Control {
     pub(crate) monitor_shared: bool,
     /// The last epoch that ended with UNLOAD_RESPONSE (the host released everything).
     pub(crate) cleanly_ended: Option<u32>,
+    /// Monitor page sets left to the host so far (at most [`MAX_LEAKED_MONITOR_SETS`]).
+    pub(crate) monitor_sets_leaked: u32,
 }
 
 /// The guest end of the VMBus control connection, shared by every driver.
@@ -264,6 +266,7 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
                 next_open_id: 1,
                 monitor_shared: false,
                 cleanly_ended: None,
+                monitor_sets_leaked: 0,
             }),
             inbox: inbox::Inbox::new(),
             taking: AtomicBool::new(false),
@@ -509,7 +512,7 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
         }
     }
 
-    fn dequeue(&self) -> Option<RawMessage> {
+    pub(super) fn dequeue(&self) -> Option<RawMessage> {
         self.inbox.pop()
     }
 

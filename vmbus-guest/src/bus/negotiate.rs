@@ -23,6 +23,12 @@ use zerocopy::IntoBytes;
 /// pinning are not implemented, so they are never requested whatever the configuration says.
 pub const SUPPORTED_FEATURES: FeatureFlags = FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS;
 
+/// How many sets of monitor and interrupt pages ([`SHARED_PAGES`] pages each) one bus leaves
+/// to the host over its life, for connections the host failed or the guest abandoned after
+/// sharing them; later connections reuse the last set. The bound on what a hostile host can
+/// make the guest leak this way: 4 × 3 pages = 48 KiB.
+pub const MAX_LEAKED_MONITOR_SETS: u32 = 4;
+
 impl<T: Transport, H: Hal> Ctl<'_, T, H> {
     /// Starts negotiation: allocates (or re-zeroes) the monitor pages and posts
     /// INITIATE_CONTACT for the highest candidate version.
@@ -209,12 +215,23 @@ impl<T: Transport, H: Hal> Ctl<'_, T, H> {
         self.push_event(Event::Unloaded);
     }
 
+    /// Leaves the monitor and interrupt pages to the host, which may still use them, and
+    /// takes fresh ones for the next connection — at most [`MAX_LEAKED_MONITOR_SETS`] times
+    /// per bus. After that a hostile host that keeps failing connections gets the same pages
+    /// back (re-zeroed by the next connect): they were only ever VMBus's and are never freed
+    /// while shared, so reuse costs at most stale monitor bits, where leaking would cost
+    /// memory without limit.
     fn leak_shared_pages(&mut self) {
+        self.monitor_shared = false;
+        if self.monitor_sets_leaked >= MAX_LEAKED_MONITOR_SETS {
+            log::warn!("the host failed connection after connection: reusing the monitor pages");
+            return;
+        }
         if let Some(p) = self.monitor_pages.take() {
+            self.monitor_sets_leaked += 1;
             self.stats.pages_leaked += p.pages() as u64;
             p.leak();
         }
-        self.monitor_shared = false;
     }
 }
 
@@ -276,8 +293,17 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
     /// offer and GPADL is forgotten, and every channel and host buffer of the old epoch leaks
     /// its memory when closed or released. Linux does the same when UNLOAD times out before
     /// kexec.
+    ///
+    /// Host messages already copied into the inbox belong to the old connection and are
+    /// discarded (counted in [`super::Stats::stale_discarded`]), so they cannot pass for
+    /// answers to the next INITIATE_CONTACT. VMBus messages carry no connection identity, so
+    /// one still in the SynIC slot, or sent late by the host, can: a guest that abandons
+    /// because the host went silent should let it settle before reconnecting.
     pub fn abandon(&self) {
         let mut c = self.lock();
+        while self.dequeue().is_some() {
+            c.stats.stale_discarded += 1;
+        }
         c.leak_shared_pages();
         c.on_unloaded(false);
     }

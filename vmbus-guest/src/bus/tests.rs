@@ -421,3 +421,62 @@ fn unload_then_reconnect() {
             .count();
     assert_eq!(requests, 1);
 }
+
+/// A host that accepts every connection and then lets it fail (here: the guest gives up on
+/// each) makes the guest leave it at most MAX_LEAKED_MONITOR_SETS sets of monitor pages;
+/// later attempts reuse the last set, and a connection still works after any number of them.
+#[test]
+fn failed_connections_leak_a_bounded_number_of_monitor_pages() {
+    let (c, t) = new_conn();
+    for _ in 0..20 {
+        c.start_connect().unwrap();
+        c.abandon();
+    }
+    let bound = u64::from(MAX_LEAKED_MONITOR_SETS) * SHARED_PAGES as u64;
+    assert_eq!(c.stats().pages_leaked, bound);
+    c.start_connect().unwrap();
+    t.0.borrow_mut()
+        .inbox
+        .push_back(version_response(true, 1, Some(0)));
+    c.poll();
+    assert!(matches!(c.state(), ConnectionState::Connected));
+    // Every contact named monitor pages; after the bound, always the same ones.
+    let gpas: Vec<u64> =
+        t.0.borrow()
+            .posted
+            .iter()
+            .filter(|p| p.1[0] == MessageType::INITIATE_CONTACT.0 as u8)
+            .map(|p| u64::from_le_bytes(p.1[24..32].try_into().unwrap()))
+            .collect();
+    assert_eq!(gpas.len(), 21);
+    let reused = &gpas[MAX_LEAKED_MONITOR_SETS as usize..];
+    assert!(reused.iter().all(|&g| g == reused[0]), "{gpas:x?}");
+    let distinct: std::collections::BTreeSet<u64> = gpas.iter().copied().collect();
+    assert_eq!(distinct.len(), MAX_LEAKED_MONITOR_SETS as usize + 1);
+}
+
+/// Replies of an abandoned connection already taken from the SynIC are dropped with it: they
+/// cannot answer the next INITIATE_CONTACT.
+#[test]
+fn abandon_discards_the_old_connections_messages() {
+    let (c, t) = connected();
+    t.0.borrow_mut()
+        .inbox
+        .push_back(version_response(true, 1, Some(0)));
+    t.0.borrow_mut().inbox.push_back(offer(5, 1, 0));
+    // The interrupt path copies both into the inbox; nothing processes them yet.
+    let work = c.handle_interrupt();
+    assert!(work.control);
+    let before = c.stats().stale_discarded;
+    c.abandon();
+    assert_eq!(c.stats().stale_discarded, before + 2);
+    c.start_connect().unwrap();
+    c.poll();
+    assert!(matches!(c.state(), ConnectionState::Contacting { .. }));
+    assert!(c.offer(5).is_none());
+    t.0.borrow_mut()
+        .inbox
+        .push_back(version_response(true, 1, Some(0)));
+    c.poll();
+    assert_eq!(c.state(), ConnectionState::Connected);
+}
