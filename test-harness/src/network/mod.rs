@@ -25,6 +25,7 @@
 //! and raw transfer-page packets with arbitrary ranges ([`NetworkVsp::inject_transfer_pages`]).
 
 mod switch;
+pub mod tap;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,7 +35,7 @@ use crate::vmbus::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 
-pub use switch::{SwitchStats, VirtualSwitch};
+pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
 /// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
 pub const NETWORK_CLASS: vmbus_guest::protocol::Guid =
