@@ -9,15 +9,9 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         id
     }
 
-    /// Sends an RNDIS control message through a send section and waits for its RNDIS reply
-    /// in the receive path (the NVSP completion frees the section whenever it comes).
-    pub(super) fn rndis_request(
-        &mut self,
-        id: u32,
-        message: &[u8],
-        waiter: &mut impl Wait,
-    ) -> Result<Reply, NetError> {
-        waiter.restart();
+    /// Puts an RNDIS control message into a send section and sends it (channel type
+    /// control, completion requested); the NVSP completion frees the section.
+    fn send_control(&mut self, message: &[u8]) -> Result<(), NetError> {
         let section = self
             .core
             .sections
@@ -25,6 +19,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             .ok_or(NetError::Busy(Busy::NoSection))?;
         let size = self.core.info.section_size as usize;
         let Some(sb) = self.send_buf.as_ref() else {
+            self.core.sections.release(section);
             return Err(NetError::InvalidArgument("no send buffer"));
         };
         if message.len() > size || sb.write_at(usize::from(section) * size, message).is_err() {
@@ -46,6 +41,19 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             self.core.sections.release(section);
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    /// Sends an RNDIS control message through a send section and waits for its RNDIS reply
+    /// in the receive path (the NVSP completion frees the section whenever it comes).
+    pub(super) fn rndis_request(
+        &mut self,
+        id: u32,
+        message: &[u8],
+        waiter: &mut impl Wait,
+    ) -> Result<Reply, NetError> {
+        waiter.restart();
+        self.send_control(message)?;
         self.core.awaiting = Some(id);
         self.core.reply = None;
         self.core.control_refused = None;
@@ -127,7 +135,56 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         Ok(())
     }
 
-    /// Closes the NIC (devices §2.18): packet filter 0, REVOKE_RECV_BUF and REVOKE_SEND_BUF,
+    /// RNDIS KEEPALIVE (devices §2.10): asks the host's RNDIS side whether it is alive and
+    /// waits for the KEEPALIVE completion. Thread context only.
+    pub fn keepalive(&mut self, waiter: &mut impl Wait) -> Result<(), NetError> {
+        let id = self.next_id();
+        let m = RndisKeepalive {
+            header: RndisHeader {
+                msg_type: rndis_msg::KEEPALIVE.into(),
+                msg_len: (size_of::<RndisKeepalive>() as u32).into(),
+            },
+            request_id: id.into(),
+        };
+        let r = self.rndis_request(id, m.as_bytes(), waiter)?;
+        if r.msg_type != rndis_msg::KEEPALIVE_CMPLT {
+            return Err(NetError::HostValue("KEEPALIVE answered with another type"));
+        }
+        if r.status != rndis_status::SUCCESS {
+            return Err(NetError::HostStatus {
+                what: "RNDIS KEEPALIVE",
+                status: r.status,
+            });
+        }
+        Ok(())
+    }
+
+    /// RNDIS HALT (devices §2.10, §2.18): no reply comes; waits (bounded) until the host
+    /// completed it and every other request in flight, so the send buffer is idle before it
+    /// is revoked.
+    fn halt(&mut self, waiter: &mut impl Wait) -> Result<(), NetError> {
+        let id = self.next_id();
+        let m = RndisKeepalive {
+            header: RndisHeader {
+                msg_type: rndis_msg::HALT.into(),
+                msg_len: (size_of::<RndisKeepalive>() as u32).into(),
+            },
+            request_id: id.into(),
+        };
+        waiter.restart();
+        self.send_control(m.as_bytes())?;
+        while self.channel.requests_in_flight() > 0 {
+            self.pump(64, &mut |_| true)?;
+            if self.channel.requests_in_flight() == 0 {
+                break;
+            }
+            self.channel.bus().poll();
+            waiter.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the NIC (devices §2.18): packet filter 0, RNDIS HALT, REVOKE_RECV_BUF and REVOKE_SEND_BUF,
     /// both buffer GPADLs torn down, then the channel closed. The buffers are freed only when the bus
     /// confirms the host let go of them; any `Leaked` part makes the result `Leaked`. Thread
     /// context only.
@@ -150,6 +207,9 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                 "netvsc {}: packet filter 0 not confirmed",
                 self.channel.relid()
             );
+        }
+        if graceful && let Err(e) = self.halt(waiter) {
+            log::warn!("netvsc {}: HALT not completed: {e}", self.channel.relid());
         }
         for (present, revoke, id) in [
             (

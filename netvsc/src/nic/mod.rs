@@ -20,11 +20,12 @@ use vmbus_guest::{
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::protocol::{
-    CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, NVSP_MESSAGE_SIZE, NvspHeader, NvspInit,
-    NvspInitComplete, NvspNdisConfig, NvspNdisVersion, NvspRecvBufComplete, NvspRevokeBuffer,
-    NvspRndisPacket, NvspRndisPacketComplete, NvspSendBufComplete, NvspSendBuffer, NvspVersion,
-    RECV_BUFFER_ID, RndisInitComplete, RndisPacket, SEND_BUFFER_ID, filter, msg, oid, padded,
-    rndis_msg, rndis_status, status,
+    CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, DATA_PATH_SYNTHETIC, DATA_PATH_VF, NVSP_MESSAGE_SIZE,
+    NvspHeader, NvspInit, NvspInitComplete, NvspNdisConfig, NvspNdisVersion, NvspRecvBufComplete,
+    NvspRevokeBuffer, NvspRndisPacket, NvspRndisPacketComplete, NvspSendBufComplete,
+    NvspSendBuffer, NvspSwitchDataPath, NvspVersion, NvspVfAssociation, RECV_BUFFER_ID,
+    RndisHeader, RndisInitComplete, RndisKeepalive, RndisPacket, SEND_BUFFER_ID, filter, msg, oid,
+    padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
 
@@ -240,6 +241,8 @@ pub enum Ctx {
         /// The section.
         section: u16,
     },
+    /// A SWITCH_DATA_PATH request.
+    DataPath,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -276,10 +279,13 @@ impl Sections {
     }
 }
 
-/// Receive completions waiting for ring space: (transaction id, NVSP status).
+/// A completion the guest owes the host: transaction id, NVSP message type, status.
+type Owed = (u64, u32, u32);
+
+/// Completions waiting for ring space (receive completions, VF messages).
 #[derive(Clone, Copy, Debug)]
 struct PendingCompletions {
-    items: [(u64, u32); PENDING_COMPLETIONS],
+    items: [Owed; PENDING_COMPLETIONS],
     head: usize,
     len: usize,
 }
@@ -287,7 +293,7 @@ struct PendingCompletions {
 impl PendingCompletions {
     const fn new() -> Self {
         Self {
-            items: [(0, 0); PENDING_COMPLETIONS],
+            items: [(0, 0, 0); PENDING_COMPLETIONS],
             head: 0,
             len: 0,
         }
@@ -295,7 +301,7 @@ impl PendingCompletions {
     fn is_full(&self) -> bool {
         self.len == PENDING_COMPLETIONS
     }
-    fn push(&mut self, item: (u64, u32)) -> bool {
+    fn push(&mut self, item: Owed) -> bool {
         if self.is_full() {
             return false;
         }
@@ -303,7 +309,7 @@ impl PendingCompletions {
         self.len += 1;
         true
     }
-    fn front(&self) -> Option<(u64, u32)> {
+    fn front(&self) -> Option<Owed> {
         (self.len > 0).then(|| self.items[self.head])
     }
     fn pop(&mut self) {
@@ -352,6 +358,23 @@ struct Core {
     cursor: Option<Cursor>,
     /// NVSP status of a refused control message while a reply is awaited.
     control_refused: Option<u32>,
+    /// What the host said about an SR-IOV VF.
+    vf: VfState,
+    /// A SWITCH_DATA_PATH (synthetic) is owed to the host.
+    switch_owed: bool,
+}
+
+/// The SR-IOV VF as the host announced it (devices §2.17). This driver has no VF driver:
+/// it keeps (or puts back) the data path on the synthetic NIC and tells the host so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfState {
+    /// The last SEND_VF_ASSOCIATION: (allocated, serial number).
+    pub association: Option<(bool, u32)>,
+    /// The host confirmed the guest's SWITCH_DATA_PATH to synthetic (its completion, empty
+    /// on OpenVMM, arrived).
+    pub synthetic_confirmed: bool,
+    /// The data path the host last switched to itself (SWITCH_DATA_PATH from the host).
+    pub host_data_path: Option<u32>,
 }
 
 /// A bounds-checked reader of the receive buffer, so receive handling does not need the
@@ -431,6 +454,11 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
     /// a rescind reaches the NIC once the bus has processed it).
     pub fn bus(&self) -> &'b Vmbus<T, H> {
         self.channel.bus()
+    }
+
+    /// What the host said about an SR-IOV VF, and whether it confirmed the synthetic path.
+    pub fn vf(&self) -> VfState {
+        self.core.vf
     }
 
     /// The channel's relid.

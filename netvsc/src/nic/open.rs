@@ -64,6 +64,8 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                 reply: None,
                 control_refused: None,
                 cursor: None,
+                vf: VfState::default(),
+                switch_owed: false,
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; MAX_RECEIVE_MESSAGE],

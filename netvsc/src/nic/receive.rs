@@ -46,10 +46,13 @@ impl Core {
                     let t = NvspHeader::read_from_prefix(p.payload())
                         .map(|(h, _)| h.msg_type.get())
                         .unwrap_or(0);
+                    let reply = p.completion_requested().then(|| p.transaction_id());
                     match t {
                         // The send table only matters with sub-channels, which this driver
-                        // does not open; the VF association needs a VF driver. Both ignored.
-                        msg::SEND_INDIRECTION_TABLE | msg::SEND_VF_ASSOCIATION => {}
+                        // does not open.
+                        msg::SEND_INDIRECTION_TABLE => {}
+                        msg::SEND_VF_ASSOCIATION => self.on_vf_association(p.payload(), reply),
+                        msg::SWITCH_DATA_PATH => self.on_host_switch(p.payload(), reply),
                         other => {
                             log::warn!("netvsc: unexpected NVSP message {other}");
                             self.stats.unexpected += 1;
@@ -63,6 +66,9 @@ impl Core {
                 context, packet, ..
             } => match context {
                 Ctx::Handshake => {}
+                // OpenVMM completes SWITCH_DATA_PATH with an empty payload (devices §2.5);
+                // whatever it carries, the host has seen the switch.
+                Ctx::DataPath => self.vf.synthetic_confirmed = true,
                 Ctx::Control { section } => {
                     self.sections.release(section);
                     // The host refused the message (e.g. control on a sub-channel): no RNDIS
@@ -102,6 +108,48 @@ impl Core {
         }
     }
 
+    /// SEND_VF_ASSOCIATION (devices §2.17): recorded; with no VF driver the data path stays
+    /// synthetic, which the guest tells the host with SWITCH_DATA_PATH (sent by the next
+    /// poll). Completed when the host asked for it.
+    fn on_vf_association(&mut self, payload: &[u8], reply: Option<u64>) {
+        let st = match NvspVfAssociation::read_from_prefix(payload) {
+            Ok((m, _)) if m.allocated.get() <= 1 => {
+                let allocated = m.allocated.get() == 1;
+                self.vf.association = Some((allocated, m.serial_number.get()));
+                if allocated && self.info.version >= NvspVersion::V4 {
+                    self.switch_owed = true;
+                    self.vf.synthetic_confirmed = false;
+                }
+                status::SUCCESS
+            }
+            _ => {
+                self.stats.unexpected += 1;
+                status::FAILURE
+            }
+        };
+        if let Some(tid) = reply {
+            self.queue_nvsp_completion(tid, msg::SEND_VF_ASSOCIATION, st);
+        }
+    }
+
+    /// SWITCH_DATA_PATH from the host (OpenVMM sends it before a VF goes away): recorded and
+    /// completed when asked.
+    fn on_host_switch(&mut self, payload: &[u8], reply: Option<u64>) {
+        let st = match NvspSwitchDataPath::read_from_prefix(payload) {
+            Ok((m, _)) if m.active_data_path.get() <= DATA_PATH_VF => {
+                self.vf.host_data_path = Some(m.active_data_path.get());
+                status::SUCCESS
+            }
+            _ => {
+                self.stats.unexpected += 1;
+                status::FAILURE
+            }
+        };
+        if let Some(tid) = reply {
+            self.queue_nvsp_completion(tid, msg::SWITCH_DATA_PATH, st);
+        }
+    }
+
     /// Validates a transfer-page packet's header (NVSP message, page set id, range count).
     pub(super) fn check_transfer_pages(
         &self,
@@ -120,7 +168,11 @@ impl Core {
     }
 
     pub(super) fn queue_completion(&mut self, transaction_id: u64, st: u32) {
-        if !self.pending.push((transaction_id, st)) {
+        self.queue_nvsp_completion(transaction_id, msg::SEND_RNDIS_PKT_COMPLETE, st);
+    }
+
+    fn queue_nvsp_completion(&mut self, transaction_id: u64, msg_type: u32, st: u32) {
+        if !self.pending.push((transaction_id, msg_type, st)) {
             // Only possible during a handshake wait (the receive loop keeps room): the host
             // never gets these ranges back.
             log::warn!("netvsc: receive completion queue full");
@@ -375,14 +427,15 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
     }
 }
 
-/// Sends queued receive completions while the ring takes them.
+/// Sends queued completions while the ring takes them, then a SWITCH_DATA_PATH the host
+/// is owed.
 pub(super) fn flush_completions<T: Transport, H: Hal, const N: usize>(
     channel: &mut Channel<'_, T, H, Ctx, N>,
     core: &mut Core,
 ) {
-    while let Some((tid, st)) = core.pending.front() {
+    while let Some((tid, msg_type, st)) = core.pending.front() {
         let c = NvspRndisPacketComplete {
-            msg_type: msg::SEND_RNDIS_PKT_COMPLETE.into(),
+            msg_type: msg_type.into(),
             status: st.into(),
         };
         match channel.send_completion(tid, &[c.as_bytes()]) {
@@ -393,6 +446,17 @@ pub(super) fn flush_completions<T: Transport, H: Hal, const N: usize>(
             }
             // A dead channel: the host's use of the ranges ends with it.
             Err(_) => core.pending.pop(),
+        }
+    }
+    if core.switch_owed && !channel.requests_full() {
+        let m = NvspSwitchDataPath {
+            msg_type: msg::SWITCH_DATA_PATH.into(),
+            active_data_path: DATA_PATH_SYNTHETIC.into(),
+        };
+        match channel.request(&[&padded(m.as_bytes())], Ctx::DataPath) {
+            // Ring full: tried again on the next poll.
+            Err(ChannelError::Full) => {}
+            _ => core.switch_owed = false,
         }
     }
 }

@@ -428,6 +428,60 @@ pub struct NvspSubchannel {
 }
 const_assert_eq!(size_of::<NvspSubchannel>(), 12);
 
+/// SEND_VF_ASSOCIATION (128), host → guest (devices §2.6, §2.17).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspVfAssociation {
+    /// 128.
+    pub msg_type: U32,
+    /// @4: 1 = a VF is present, 0 = removed.
+    pub allocated: U32,
+    /// @8: serial of the vPCI device carrying the VF.
+    pub serial_number: U32,
+}
+const_assert_eq!(size_of::<NvspVfAssociation>(), 12);
+const_assert_eq!(offset_of!(NvspVfAssociation, serial_number), 8);
+
+/// SWITCH_DATA_PATH (129), both directions (devices §2.6, §2.17).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NvspSwitchDataPath {
+    /// 129.
+    pub msg_type: U32,
+    /// @4: [`DATA_PATH_SYNTHETIC`] or [`DATA_PATH_VF`].
+    pub active_data_path: U32,
+}
+const_assert_eq!(size_of::<NvspSwitchDataPath>(), 8);
+
+/// SWITCH_DATA_PATH value: traffic through the synthetic NIC.
+pub const DATA_PATH_SYNTHETIC: u32 = 0;
+/// SWITCH_DATA_PATH value: traffic through the SR-IOV VF.
+pub const DATA_PATH_VF: u32 = 1;
+
 /// Copies `msg` into a zero-padded [`NVSP_MESSAGE_SIZE`]-byte message.
 pub fn padded(msg: &[u8]) -> [u8; NVSP_MESSAGE_SIZE] {
     let mut out = [0u8; NVSP_MESSAGE_SIZE];

@@ -21,8 +21,13 @@
 //!   (`MissingTransactionId`).
 //!
 //! Faults: link down/up ([`NetworkVsp::set_link`]), withheld send completions
-//! ([`NetworkVsp::withhold_completions`]), raw RNDIS messages ([`NetworkVsp::inject_rndis`])
-//! and raw transfer-page packets with arbitrary ranges ([`NetworkVsp::inject_transfer_pages`]).
+//! ([`NetworkVsp::withhold_completions`]), revoked buffers ([`NetworkVsp::revoke_buffers`]),
+//! zero-length completions ([`NetworkVsp::empty_completions`]), raw RNDIS messages
+//! ([`NetworkVsp::inject_rndis`]) and raw transfer-page packets with arbitrary ranges
+//! ([`NetworkVsp::inject_transfer_pages`]). Host requests: a VF association
+//! ([`NetworkVsp::announce_vf`]) and a host-side data-path switch
+//! ([`NetworkVsp::host_switch_data_path`]); the guest's SWITCH_DATA_PATH gets OpenVMM's empty
+//! completion.
 
 mod switch;
 pub mod tap;
@@ -130,6 +135,20 @@ struct State {
     frames_to_guest: u64,
     subchannels: u32,
     completions_from_guest: u64,
+    /// The guest sent RNDIS HALT.
+    halted: bool,
+    /// The host forgot both buffers ([`NetworkVsp::revoke_buffers`]).
+    revoked: bool,
+    /// SEND_RNDIS_PKT completions carry no payload (OpenVMM does so for some messages).
+    empty_completions: bool,
+    /// In-band NVSP messages for the guest, with completion requested: (tid, message).
+    nvsp_to_guest: VecDeque<(u64, Vec<u8>)>,
+    /// Host-initiated requests (VF association, data-path switch) the guest has not completed.
+    host_requests: Vec<u64>,
+    /// Completions the guest sent to host-initiated requests: (tid, payload).
+    host_request_completions: Vec<(u64, Vec<u8>)>,
+    /// SWITCH_DATA_PATH values the guest sent.
+    data_path_requests: Vec<u32>,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -181,6 +200,13 @@ impl NetworkVsp {
                 frames_to_guest: 0,
                 subchannels: 0,
                 completions_from_guest: 0,
+                halted: false,
+                revoked: false,
+                empty_completions: false,
+                nvsp_to_guest: VecDeque::new(),
+                host_requests: Vec::new(),
+                host_request_completions: Vec::new(),
+                data_path_requests: Vec::new(),
             })),
             index: 0,
         }
@@ -307,6 +333,53 @@ impl NetworkVsp {
             .push_back((set_id, ranges.to_vec(), payload.to_vec()));
     }
 
+    /// Whether the guest sent RNDIS HALT.
+    pub fn halted(&self) -> bool {
+        self.lock().halted
+    }
+
+    /// Fault: the host forgets the guest's receive and send buffers (as after a revocation).
+    /// Nothing more reaches the guest; sends through a section are completed with status 2.
+    pub fn revoke_buffers(&self) {
+        let mut s = self.lock();
+        s.revoked = true;
+        s.recv = None;
+        s.send = None;
+        s.outstanding.clear();
+    }
+
+    /// Completes every SEND_RNDIS_PKT with a zero-length completion (no NVSP header), which
+    /// hosts may send (devices §2.5).
+    pub fn empty_completions(&self, on: bool) {
+        self.lock().empty_completions = on;
+    }
+
+    /// Announces an SR-IOV VF (devices §2.17): SEND_VF_ASSOCIATION {allocated, serial} with
+    /// completion requested and OpenVMM's transaction id 0x8000_0000_0000_0000.
+    pub fn announce_vf(&self, allocated: bool, serial: u32) {
+        let mut s = self.lock();
+        let m = s.padded(&[128, u32::from(allocated), serial]);
+        s.nvsp_to_guest.push_back((0x8000_0000_0000_0000, m));
+    }
+
+    /// The host switches the data path itself (OpenVMM, before a VF goes away): SWITCH_DATA_PATH
+    /// {path} with completion requested, transaction id 0x8000_0000_0000_0001.
+    pub fn host_switch_data_path(&self, path: u32) {
+        let mut s = self.lock();
+        let m = s.padded(&[129, path]);
+        s.nvsp_to_guest.push_back((0x8000_0000_0000_0001, m));
+    }
+
+    /// Completions the guest sent to host-initiated NVSP requests: (tid, payload).
+    pub fn host_request_completions(&self) -> Vec<(u64, Vec<u8>)> {
+        self.lock().host_request_completions.clone()
+    }
+
+    /// SWITCH_DATA_PATH values the guest sent.
+    pub fn data_path_requests(&self) -> Vec<u32> {
+        self.lock().data_path_requests.clone()
+    }
+
     /// A sub-channel model sharing this NIC's state.
     fn sub(&self, index: u16) -> Self {
         Self {
@@ -351,9 +424,11 @@ impl State {
 
     fn init_phase_over(&self) -> bool {
         let v = self.version.unwrap_or(0);
-        self.ndis_version.is_some()
-            && self.recv.is_some()
-            && (v < 0x3_0002 || self.ndis_config.is_some())
+        // Buffers revoked by the host do not put the channel back into its init phase.
+        self.revoked
+            || self.ndis_version.is_some()
+                && self.recv.is_some()
+                && (v < 0x3_0002 || self.ndis_config.is_some())
     }
 
     fn complete(&mut self, ch: &mut HostChannel, tid: u64, payload: &[u8]) {
@@ -367,7 +442,21 @@ impl State {
             return None;
         }
         if p.packet_type == PACKET_TYPE_COMPLETION {
+            if let Some(i) = self
+                .host_requests
+                .iter()
+                .position(|t| *t == p.transaction_id)
+            {
+                self.host_requests.remove(i);
+                self.host_request_completions
+                    .push((p.transaction_id, p.payload.clone()));
+                return None;
+            }
             self.completions_from_guest += 1;
+            if self.revoked {
+                // Completions of packets sent before the revocation: nothing to return.
+                return None;
+            }
             match self.outstanding.remove(&p.transaction_id) {
                 Some(slots) => {
                     if u32_at(&p.payload, 0) != Some(108) {
@@ -478,6 +567,18 @@ impl State {
             }
             103 | 106 => {}
             133 => return self.on_subchannel(ch, p, version),
+            // NVSP ≥ 4 (devices §2.17): OpenVMM answers with an empty completion.
+            129 if version >= 0x4_0000 => {
+                let path = u32_at(&p.payload, 4).unwrap_or(u32::MAX);
+                if path > 1 {
+                    self.die(ch, format!("InvalidPacketData: data path {path}"));
+                    return None;
+                }
+                self.data_path_requests.push(path);
+                if p.completion_requested() {
+                    self.complete(ch, p.transaction_id, &[]);
+                }
+            }
             100 | 101 | 104 | 125 => self.die(ch, format!("InvalidPacketData: repeated NVSP {t}")),
             other => self.die(ch, format!("InvalidPacketData: NVSP {other}")),
         }
@@ -570,6 +671,11 @@ impl State {
         }
         let section = u32_at(&p.payload, 8).unwrap_or(u32::MAX);
         let size = u32_at(&p.payload, 12).unwrap_or(0);
+        if self.revoked && section != 0xFFFF_FFFF {
+            let m = self.padded(&[108, 2]);
+            self.complete(ch, p.transaction_id, &m);
+            return;
+        }
         let (bytes, first_range) = if section != 0xFFFF_FFFF {
             let Some(sb) = self.send.as_ref() else {
                 self.die(
@@ -589,7 +695,7 @@ impl State {
             let mut b = vec![0u8; size as usize];
             if let Err(e) = ch.read_gpadl(
                 sb.gpadl,
-                u64::from(section) * u64::from(SECTION_SIZE),
+                u64::from(section) * u64::from(section_size),
                 &mut b,
             ) {
                 self.die(ch, format!("send section unreadable: {e}"));
@@ -664,7 +770,11 @@ impl State {
             }
             at += msg_len;
         }
-        let payload = self.padded(&[108, if ok { 1 } else { 2 }]);
+        let payload = if self.empty_completions {
+            Vec::new()
+        } else {
+            self.padded(&[108, if ok { 1 } else { 2 }])
+        };
         if self.withhold {
             let st = if ok { 1 } else { 2 };
             self.withheld.push((st, p.transaction_id));
@@ -739,7 +849,8 @@ impl State {
                 ]);
                 self.to_guest.push_back(Outgoing::Control(reply));
             }
-            3 => {} // HALT: ignored.
+            // HALT: no reply (OpenVMM ignores it); recorded for the tests.
+            3 => self.halted = true,
             4 | 5 if !self.rndis_initialized => {
                 self.die(ch, "InvalidRndisState: QUERY/SET before INITIALIZE".into());
                 return false;
@@ -811,6 +922,12 @@ impl State {
             for (st, tid) in std::mem::take(&mut self.withheld) {
                 let m = self.padded(&[108, st]);
                 self.complete(ch, tid, &m);
+            }
+        }
+        while let Some((tid, m)) = self.nvsp_to_guest.pop_front() {
+            self.host_requests.push(tid);
+            if let Err(e) = ch.send_packet(PACKET_TYPE_INBAND, 1, tid, &[], &m) {
+                log::warn!("network VSP: NVSP message not sent: {e}");
             }
         }
         while let Some((set, ranges, payload)) = self.raw_xfer.pop_front() {
@@ -962,6 +1079,8 @@ impl DeviceModel for NetworkVsp {
             s.outstanding.clear();
             s.withheld.clear();
             s.subchannels = 0;
+            s.revoked = false;
+            s.host_requests.clear();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);
             }
