@@ -165,3 +165,104 @@ fn revoked_buffers_fail_sends_with_a_count_and_close_still_frees_them() {
     assert_eq!(vsp_a.fatal(), None);
     assert_clean(host_b, &vsp_b);
 }
+
+/// The receive copy buffer a 9000-byte MTU needs (a whole host slot).
+const JUMBO_M: usize = netvsc::nic::receive_message_for(9000);
+type JumboNic<'b> = netvsc::Nic<
+    'b,
+    vmbus_guest::SynicTransport<test_harness::hv::MockVp>,
+    test_harness::hv::MockHal,
+    64,
+    JUMBO_M,
+>;
+
+fn jumbo() -> netvsc::NicConfig {
+    netvsc::NicConfig {
+        mtu: 9000,
+        recv_buffer_bytes: 1 << 20,
+        send_buffer_bytes: 64 << 10,
+        channel: vmbus_guest::ChannelConfig::default(),
+        ..netvsc::NicConfig::default()
+    }
+}
+
+#[test]
+fn jumbo_frames_go_as_page_buffers_with_the_header_in_one_page_and_come_back_whole() {
+    let switch = VirtualSwitch::new();
+    let mac_a = [0x00, 0x15, 0x5D, 0, 6, 0xA];
+    let mac_b = [0x00, 0x15, 0x5D, 0, 6, 0xB];
+    let vsp_a = NetworkVsp::new(NetVspConfig {
+        mac: mac_a,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let vsp_b = NetworkVsp::new(NetVspConfig {
+        mac: mac_b,
+        ..Default::default()
+    })
+    .on_switch(&switch);
+    let mut a = rig_with(vsp_a.clone(), 16 << 20);
+    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let mut nic_a = JumboNic::open(&a.guest, a.relid, &jumbo(), &mut waiter(&mut a.host)).unwrap();
+    let mut nic_b = JumboNic::open(&b.guest, b.relid, &jumbo(), &mut waiter(&mut b.host)).unwrap();
+    let (host_a, host_b) = (&mut a.host, &mut b.host);
+    assert_eq!(nic_a.info().mtu, 9000);
+    assert_eq!(nic_a.max_frame_len(), 9014);
+    assert_eq!(vsp_a.ndis_config().map(|c| c.0), Some(9014));
+    // Largest, a page-crossing middle size, a small one through a section.
+    let sent = [
+        frame(mac_b, mac_a, 1, 9014),
+        frame(mac_b, mac_a, 2, 6200),
+        frame(mac_b, mac_a, 3, 200),
+    ];
+    for f in &sent {
+        nic_a.send_frame(f).unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        host_a.step();
+        host_b.step();
+        while nic_a.poll(64, |_| {}).unwrap() {}
+        while nic_b.poll(64, |f| got.push(f.to_vec())).unwrap() {}
+    }
+    assert_eq!(got, sent);
+    let s = nic_a.stats();
+    assert_eq!((s.tx_frames, s.tx_completed, s.tx_failed), (3, 3, 0));
+    assert_eq!(nic_b.stats().rx_too_large, 0);
+    // Every page-buffer slot came back: eight more large frames go out at once.
+    for i in 0..8 {
+        nic_a
+            .send_frame(&frame(mac_b, mac_a, 10 + i, 8000))
+            .unwrap();
+    }
+    assert_eq!(
+        nic_a.send_frame(&frame(mac_b, mac_a, 99, 8000)),
+        Err(netvsc::NetError::Busy(netvsc::Busy::NoSection))
+    );
+    for _ in 0..4 {
+        host_a.step();
+        while nic_a.poll(64, |_| {}).unwrap() {}
+    }
+    assert_eq!(nic_a.stats().tx_completed, 11);
+    assert_eq!(nic_a.close(&mut waiter(host_a)), Released::Freed);
+    assert_eq!(nic_b.close(&mut waiter(host_b)), Released::Freed);
+    assert_clean(host_a, &vsp_a);
+    assert_clean(host_b, &vsp_b);
+}
+
+#[test]
+fn a_jumbo_mtu_falls_back_to_1500_on_an_nvsp_1_host_and_needs_a_large_copy_buffer() {
+    let mut rig = rig(NetVspConfig {
+        max_version: NvspVersion::V1.0,
+        ..Default::default()
+    });
+    let vsp = rig.vsp.clone();
+    let nic = JumboNic::open(&rig.guest, rig.relid, &jumbo(), &mut waiter(&mut rig.host)).unwrap();
+    assert_eq!(nic.info().mtu, 1500);
+    assert_eq!(nic.max_frame_len(), 1514);
+    assert_eq!(nic.close(&mut waiter(&mut rig.host)), Released::Freed);
+    assert_clean(&rig.host, &vsp);
+    // The default copy buffer cannot hold a 9000-byte MTU's host slot: refused up front.
+    let r = GuestNic::open(&rig.guest, rig.relid, &jumbo(), &mut waiter(&mut rig.host));
+    assert!(matches!(r, Err(netvsc::NetError::InvalidArgument(_))));
+}

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     pub(super) fn next_id(&mut self) -> u32 {
         let id = self.core.next_request_id;
         self.core.next_request_id = id.wrapping_add(1).max(1);
@@ -238,12 +238,13 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             channel,
             recv_buf,
             send_buf,
+            large_buf,
             ..
         } = self;
         // Buffers first (devices §2.18, vmbus-core §10.1): closing the channel releases a
         // rescinded relid, after which the host no longer knows the channel's GPADLs.
         let mut released = Released::Freed;
-        for b in [recv_buf, send_buf].into_iter().flatten() {
+        for b in [recv_buf, send_buf, large_buf].into_iter().flatten() {
             waiter.restart();
             if b.release(waiter) == Released::Leaked {
                 released = Released::Leaked;

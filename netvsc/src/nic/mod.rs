@@ -20,17 +20,28 @@ use vmbus_guest::{
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::protocol::{
-    CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, DATA_PATH_SYNTHETIC, DATA_PATH_VF, NVSP_MESSAGE_SIZE,
-    NvspHeader, NvspInit, NvspInitComplete, NvspNdisConfig, NvspNdisVersion, NvspRecvBufComplete,
-    NvspRevokeBuffer, NvspRndisPacket, NvspRndisPacketComplete, NvspSendBufComplete,
-    NvspSendBuffer, NvspSwitchDataPath, NvspVersion, NvspVfAssociation, RECV_BUFFER_ID,
-    RndisHeader, RndisInitComplete, RndisKeepalive, RndisPacket, SEND_BUFFER_ID, filter, msg, oid,
-    padded, rndis_msg, rndis_status, status,
+    CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, DATA_PATH_SYNTHETIC, DATA_PATH_VF, NO_SECTION,
+    NVSP_MESSAGE_SIZE, NvspHeader, NvspInit, NvspInitComplete, NvspNdisConfig, NvspNdisVersion,
+    NvspRecvBufComplete, NvspRevokeBuffer, NvspRndisPacket, NvspRndisPacketComplete,
+    NvspSendBufComplete, NvspSendBuffer, NvspSwitchDataPath, NvspVersion, NvspVfAssociation,
+    RECV_BUFFER_ID, RndisHeader, RndisInitComplete, RndisKeepalive, RndisPacket, SEND_BUFFER_ID,
+    filter, msg, oid, padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
 pub const MAX_MTU: u16 = 1500;
+/// Largest jumbo MTU: frames of up to 9014 bytes (OpenVMM accepts 1514..=9216-byte frames in
+/// SEND_NDIS_CONFIG, devices §2.6); needs NVSP ≥ 2, whose NDIS config carries the MTU.
+pub const MAX_JUMBO_MTU: u16 = 9000;
+/// Bytes of a receive slot around the frame on OpenVMM (devices §2.7: 256 + frame + 36).
+pub const HOST_SLOT_OVERHEAD: usize = 256 + 36;
+/// The receive copy buffer (`Nic`'s `M`) an MTU needs: a whole host slot.
+pub const fn receive_message_for(mtu: u16) -> usize {
+    mtu as usize + ETHERNET_HEADER + HOST_SLOT_OVERHEAD
+}
+/// Page-buffer slots for frames too large for a send section (jumbo frames only).
+pub const LARGE_SLOTS: usize = 8;
 /// Ethernet header size.
 pub const ETHERNET_HEADER: usize = 14;
 /// Most send-buffer sections used (the rest of a larger buffer stays unused).
@@ -59,7 +70,9 @@ const PAGE: usize = 4096;
 pub struct NicConfig {
     /// NVSP versions to propose, in order (default: 6.1, 6, 5, 4, 2, 1).
     pub versions: &'static [NvspVersion],
-    /// MTU (without the Ethernet header), at most [`MAX_MTU`].
+    /// MTU (without the Ethernet header): 68 to [`MAX_MTU`], or up to [`MAX_JUMBO_MTU`] when
+    /// the receive copy buffer `M` holds [`receive_message_for`] it (lowered to 1500 on an
+    /// NVSP 1 host, and to the host's maximum frame size).
     pub mtu: u16,
     /// Receive buffer size in bytes (rounded up to pages; capped at 15 MiB for NVSP ≤ 2).
     pub recv_buffer_bytes: usize,
@@ -243,6 +256,11 @@ pub enum Ctx {
     },
     /// A SWITCH_DATA_PATH request.
     DataPath,
+    /// A frame sent as GPA-direct page buffers from page-buffer slot `slot`.
+    Large {
+        /// The slot.
+        slot: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -362,6 +380,8 @@ struct Core {
     vf: VfState,
     /// A SWITCH_DATA_PATH (synthetic) is owed to the host.
     switch_owed: bool,
+    /// Free page-buffer slots (bit per slot).
+    large_free: u16,
 }
 
 /// The SR-IOV VF as the host announced it (devices §2.17). This driver has no VF driver:
@@ -389,17 +409,23 @@ type ReadFn<'a> = dyn Fn(usize, &mut [u8]) -> Result<(), vmbus_guest::OutOfBound
 /// `N` is the request-table capacity (frames in flight + control requests).
 ///
 /// Close it with [`Nic::close`]; dropping it leaks the channel's rings and both buffers.
-pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64> {
+pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = MAX_RECEIVE_MESSAGE>
+{
     channel: Channel<'b, T, H, Ctx, N>,
     recv_buf: Option<HostBuffer<'b, T, H>>,
     send_buf: Option<HostBuffer<'b, T, H>>,
+    /// Page-buffer slots for frames larger than a section (no GPADL: named by GPA-direct
+    /// packets), allocated only when the MTU needs them.
+    large_buf: Option<HostBuffer<'b, T, H>>,
     core: Core,
     ring: [u8; RING_PACKET_BUFFER],
     /// Where one RNDIS message is copied out of the receive buffer.
-    msg: [u8; MAX_RECEIVE_MESSAGE],
+    msg: [u8; M],
 }
 
-impl<T: Transport, H: Hal, const N: usize> core::fmt::Debug for Nic<'_, T, H, N> {
+impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug
+    for Nic<'_, T, H, N, M>
+{
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Nic")
             .field("info", &self.core.info)
@@ -409,7 +435,7 @@ impl<T: Transport, H: Hal, const N: usize> core::fmt::Debug for Nic<'_, T, H, N>
     }
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     /// Whether a frame can be sent now (a free section and request slot).
     pub fn can_send(&self) -> bool {
         !self.channel.requests_full() && self.core.sections.free_count() > 0

@@ -2,9 +2,10 @@
 //! receive and send buffers, RNDIS initialisation and the first queries.
 
 use super::receive::flush_completions;
+use super::send::large_slot_bytes;
 use super::*;
 
-impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     /// Opens the first network adapter the host offered; see [`Nic::open`].
     pub fn open_first(
         bus: &'b Vmbus<T, H>,
@@ -28,8 +29,13 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         waiter: &mut impl Wait,
     ) -> Result<Self, NetError> {
         const { assert!(N >= 4, "room for the handshake and a few frames") };
-        if config.mtu < 68 || config.mtu > MAX_MTU {
-            return Err(NetError::InvalidArgument("MTU must be 68..=1500"));
+        if config.mtu < 68 || config.mtu > MAX_JUMBO_MTU {
+            return Err(NetError::InvalidArgument("MTU must be 68..=9000"));
+        }
+        if config.mtu > MAX_MTU && M < receive_message_for(config.mtu) {
+            return Err(NetError::InvalidArgument(
+                "a jumbo MTU needs a receive copy buffer (M) holding a host slot",
+            ));
         }
         if config.recv_buffer_bytes < PAGE || config.send_buffer_bytes < PAGE {
             return Err(NetError::InvalidArgument("buffers of at least one page"));
@@ -40,6 +46,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             channel,
             recv_buf: None,
             send_buf: None,
+            large_buf: None,
             core: Core {
                 info: NicInfo {
                     version: NvspVersion::V1,
@@ -66,9 +73,10 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
                 cursor: None,
                 vf: VfState::default(),
                 switch_owed: false,
+                large_free: 0,
             },
             ring: [0; RING_PACKET_BUFFER],
-            msg: [0; MAX_RECEIVE_MESSAGE],
+            msg: [0; M],
         };
         match nic.bring_up(bus, config, waiter) {
             Ok(()) => {
@@ -100,10 +108,15 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
     ) -> Result<(), NetError> {
         let version = self.negotiate(config.versions, waiter)?;
         self.core.info.version = version;
+        if version < NvspVersion::V2 && self.core.info.mtu > MAX_MTU {
+            // NVSP 1 has no NDIS config to announce a larger frame in.
+            self.core.info.mtu = MAX_MTU;
+            self.core.max_frame = usize::from(MAX_MTU) + ETHERNET_HEADER;
+        }
         if version >= NvspVersion::V2 {
             let m = NvspNdisConfig {
                 msg_type: msg::SEND_NDIS_CONFIG.into(),
-                mtu: (u32::from(config.mtu) + ETHERNET_HEADER as u32).into(),
+                mtu: (u32::from(self.core.info.mtu) + ETHERNET_HEADER as u32).into(),
                 reserved: 0.into(),
                 capabilities: version.ndis_capabilities().into(),
             };
@@ -203,6 +216,12 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
         self.core.info.section_size = size as u32;
         self.core.info.sections = count as u16;
         self.core.sections = Sections::new(count);
+        if rndis::packet_message_len(self.core.max_frame) > size {
+            // Frames that do not fit a section go as page buffers (devices §2.9).
+            let pages = large_slot_bytes(self.core.max_frame) / PAGE * LARGE_SLOTS;
+            self.large_buf = Some(HostBuffer::new(bus, pages)?);
+            self.core.large_free = ((1u32 << LARGE_SLOTS) - 1) as u16;
+        }
 
         // RNDIS.
         let id = self.next_id();
@@ -229,6 +248,7 @@ impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
             return Err(NetError::HostValue("maximum frame size below 68"));
         }
         if frame_size < u32::from(self.core.info.mtu) {
+            // Page-buffer slots sized for the configured MTU stay large enough.
             self.core.info.mtu = frame_size as u16;
             self.core.max_frame = frame_size as usize + ETHERNET_HEADER;
         }

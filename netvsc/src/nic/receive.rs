@@ -10,7 +10,7 @@ impl Core {
         &mut self,
         r: Received<'_, Ctx>,
         recv_buf: Option<&HostBufferView<'_>>,
-        scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
+        scratch: &mut [u8],
         defer: bool,
     ) {
         match r {
@@ -80,8 +80,12 @@ impl Core {
                         self.control_refused = Some(c.status.get());
                     }
                 }
-                Ctx::Data { section } => {
-                    self.sections.release(section);
+                Ctx::Data { .. } | Ctx::Large { .. } => {
+                    match context {
+                        Ctx::Data { section } => self.sections.release(section),
+                        Ctx::Large { slot } => self.large_free |= 1 << slot,
+                        _ => {}
+                    }
                     let p = packet.payload();
                     // A zero-length completion is legal (devices §2.5): treat as success.
                     let ok = match NvspRndisPacketComplete::read_from_prefix(p) {
@@ -101,7 +105,7 @@ impl Core {
             // The channel died with the request in flight: its section stays taken (the
             // memory is only reused after a confirmed release, i.e. never by this NIC).
             Received::Failed { context, .. } => {
-                if matches!(context, Ctx::Data { .. }) {
+                if matches!(context, Ctx::Data { .. } | Ctx::Large { .. }) {
                     self.stats.tx_failed += 1;
                 }
             }
@@ -188,7 +192,7 @@ impl Core {
         &mut self,
         ring: &[u8],
         buf: &HostBufferView<'_>,
-        scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
+        scratch: &mut [u8],
         on_frame: &mut dyn FnMut(&[u8]) -> bool,
     ) -> bool {
         while let Some(mut c) = self.cursor {
@@ -224,7 +228,7 @@ impl Core {
         offset: usize,
         count: usize,
         buf: &HostBufferView<'_>,
-        scratch: &mut [u8; MAX_RECEIVE_MESSAGE],
+        scratch: &mut [u8],
         on_frame: &mut dyn FnMut(&[u8]),
     ) {
         if count < size_of::<crate::protocol::RndisHeader>()
@@ -235,7 +239,7 @@ impl Core {
             self.stats.rx_bad_ranges += 1;
             return;
         }
-        let n = count.min(MAX_RECEIVE_MESSAGE);
+        let n = count.min(scratch.len());
         if (buf.read)(offset, &mut scratch[..n]).is_err() {
             self.stats.rx_bad_ranges += 1;
             return;
@@ -333,7 +337,7 @@ impl Core {
     }
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize> Nic<'b, T, H, N> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     pub(super) fn pump(
         &mut self,
         budget: usize,

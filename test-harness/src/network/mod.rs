@@ -711,6 +711,20 @@ impl State {
                 );
                 return;
             }
+            // Page buffers (devices §0.5, §2.9): single-page ranges, at most 32.
+            if p.gpa_ranges.len() > 32
+                || p.gpa_ranges
+                    .iter()
+                    .any(|(count, offset, pfns)| pfns.len() != 1 || offset + count > 4096)
+            {
+                self.reject(
+                    ch,
+                    "PageBuffer: a range crosses a page boundary or more than 32 ranges".into(),
+                );
+                let m = self.padded(&[108, 2]);
+                self.complete(ch, p.transaction_id, &m);
+                return;
+            }
             let mut b = Vec::new();
             let mut first = 0;
             for (i, (count, offset, pfns)) in p.gpa_ranges.iter().enumerate() {
