@@ -6,9 +6,12 @@
 use netvsc::Nic;
 use netvsc::phy::NetvscDevice;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::socket::{dhcpv4, icmp, tcp};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{DhcpRepr, EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{
+    DhcpRepr, EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    Ipv4Address, Ipv4Cidr,
+};
 use vmbus_guest::{Hal, Transport};
 
 /// The address configuration a DHCP server handed out.
@@ -172,5 +175,56 @@ impl GuestStack {
     /// The TCP socket `h`.
     pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    /// Adds an ICMP socket bound to echo identifier `ident`.
+    pub fn add_icmp(&mut self, ident: u16) -> SocketHandle {
+        let mut socket = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+        );
+        let _ = socket.bind(icmp::Endpoint::Ident(ident));
+        self.sockets.add(socket)
+    }
+
+    /// Queues an ICMP echo request (`ident`, `seq_no`, `data`) to `to` on socket `h`.
+    pub fn send_echo(
+        &mut self,
+        h: SocketHandle,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+        to: Ipv4Address,
+    ) {
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        };
+        let mut bytes = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut bytes),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        let _ = self
+            .sockets
+            .get_mut::<icmp::Socket>(h)
+            .send_slice(&bytes, IpAddress::Ipv4(to));
+    }
+
+    /// The sender of an echo reply carrying `data` that socket `h` received, if any (other
+    /// packets are consumed).
+    pub fn echo_reply(&mut self, h: SocketHandle, data: &[u8]) -> Option<IpAddress> {
+        let s = self.sockets.get_mut::<icmp::Socket>(h);
+        while let Ok((bytes, from)) = s.recv() {
+            if let Ok(p) = Icmpv4Packet::new_checked(bytes)
+                && let Ok(Icmpv4Repr::EchoReply { data: d, .. }) =
+                    Icmpv4Repr::parse(&p, &smoltcp::phy::ChecksumCapabilities::default())
+                && d == data
+            {
+                return Some(from);
+            }
+        }
+        None
     }
 }
