@@ -361,7 +361,6 @@ pub fn start_dhcp_server(ns: &NetNamespace, ifname: &str, verbose: bool) -> io::
     let ([a, b, c, d], [_, _, _, e]) = DHCP_RANGE;
     let range = format!("--dhcp-range={a}.{b}.{c}.{d},{a}.{b}.{c}.{e},255.255.255.0,1h");
     let interface = format!("--interface={ifname}");
-    let pid = format!("--pid-file=/tmp/{}.dnsmasq.pid", ns.name());
     ns.spawn_helper(
         "dnsmasq",
         &[
@@ -377,7 +376,6 @@ pub fn start_dhcp_server(ns: &NetNamespace, ifname: &str, verbose: bool) -> io::
             "--no-ping",
             "--leasefile-ro",
             "--log-dhcp",
-            &pid,
         ],
         verbose,
     )
