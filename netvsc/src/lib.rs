@@ -24,4 +24,4 @@ pub mod phy;
 pub mod protocol;
 pub mod rndis;
 
-pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats};
+pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats, VfState};

@@ -11,10 +11,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use vmbus_guest::{Hal, Transport};
 
-use crate::nic::{ETHERNET_HEADER, MAX_MTU, NetError, Nic};
-
-/// Largest frame the device carries.
-const MAX_FRAME: usize = MAX_MTU as usize + ETHERNET_HEADER;
+use crate::nic::{MAX_RECEIVE_MESSAGE, NetError, Nic};
 
 /// Packets (host packets, not frames) one `receive` may process looking for a frame.
 const RECEIVE_BUDGET: usize = 16;
@@ -29,26 +26,35 @@ pub struct DeviceStats {
 }
 
 /// smoltcp's view of a NIC. Borrow it for each `Interface::poll`.
-pub struct NetvscDevice<'n, 'b, T: Transport, H: Hal, const N: usize = 64> {
-    nic: &'n mut Nic<'b, T, H, N>,
-    rx: [u8; MAX_FRAME],
+pub struct NetvscDevice<
+    'n,
+    'b,
+    T: Transport,
+    H: Hal,
+    const N: usize = 64,
+    const M: usize = MAX_RECEIVE_MESSAGE,
+> {
+    nic: &'n mut Nic<'b, T, H, N, M>,
+    rx: [u8; M],
     stats: DeviceStats,
     last_error: Option<NetError>,
 }
 
-impl<'n, 'b, T: Transport, H: Hal, const N: usize> NetvscDevice<'n, 'b, T, H, N> {
+impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize>
+    NetvscDevice<'n, 'b, T, H, N, M>
+{
     /// Wraps `nic`.
-    pub fn new(nic: &'n mut Nic<'b, T, H, N>) -> Self {
+    pub fn new(nic: &'n mut Nic<'b, T, H, N, M>) -> Self {
         Self {
             nic,
-            rx: [0; MAX_FRAME],
+            rx: [0; M],
             stats: DeviceStats::default(),
             last_error: None,
         }
     }
 
     /// The NIC.
-    pub fn nic(&mut self) -> &mut Nic<'b, T, H, N> {
+    pub fn nic(&mut self) -> &mut Nic<'b, T, H, N, M> {
         self.nic
     }
 
@@ -78,21 +84,25 @@ impl phy::RxToken for RxToken<'_> {
 }
 
 /// Permission to send one frame.
-pub struct TxToken<'a, 'b, T: Transport, H: Hal, const N: usize> {
-    nic: &'a mut Nic<'b, T, H, N>,
+pub struct TxToken<'a, 'b, T: Transport, H: Hal, const N: usize, const M: usize> {
+    nic: &'a mut Nic<'b, T, H, N, M>,
     stats: &'a mut DeviceStats,
     last_error: &'a mut Option<NetError>,
 }
 
-impl<T: Transport, H: Hal, const N: usize> phy::TxToken for TxToken<'_, '_, T, H, N> {
+impl<T: Transport, H: Hal, const N: usize, const M: usize> phy::TxToken
+    for TxToken<'_, '_, T, H, N, M>
+{
     fn consume<R, F>(self, len: usize, f: F) -> R
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let mut buf = [0u8; MAX_FRAME];
-        let n = len.min(MAX_FRAME);
+        // The frame is built here and copied into host memory by the NIC (no reference to
+        // host memory exists); M holds the largest frame the NIC carries.
+        let mut buf = [0u8; M];
+        let n = len.min(M);
         let r = f(&mut buf[..n]);
-        let result = if len > MAX_FRAME {
+        let result = if len > M {
             Err(NetError::FrameSize(len))
         } else {
             self.nic.send_frame(&buf[..n])
@@ -106,13 +116,15 @@ impl<T: Transport, H: Hal, const N: usize> phy::TxToken for TxToken<'_, '_, T, H
     }
 }
 
-impl<'n, 'b, T: Transport, H: Hal, const N: usize> phy::Device for NetvscDevice<'n, 'b, T, H, N> {
+impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> phy::Device
+    for NetvscDevice<'n, 'b, T, H, N, M>
+{
     type RxToken<'a>
         = RxToken<'a>
     where
         Self: 'a;
     type TxToken<'a>
-        = TxToken<'a, 'b, T, H, N>
+        = TxToken<'a, 'b, T, H, N, M>
     where
         Self: 'a;
 

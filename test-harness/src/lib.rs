@@ -5,6 +5,7 @@ pub mod demo;
 pub mod disk_image;
 pub mod guest;
 pub mod guest_ics;
+pub mod guest_net;
 pub mod hv;
 pub mod ic;
 pub mod input;

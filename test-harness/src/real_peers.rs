@@ -16,7 +16,11 @@ pub fn available(test: &str, available: Result<(), String>, install: &str) -> bo
             panic!("{test}: its real peer is missing ({why}); {install} ({REQUIRE_ENV}=1)")
         }
         Err(why) => {
-            eprintln!(
+            // Straight to the process's stderr: the test harness captures `eprintln!` of
+            // passing tests, and a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n*** SKIPPED {test}: {why}\n*** {install}; set {REQUIRE_ENV}=1 to make this \
                  a failure\n"
             );

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use test_harness::demo::{
-    DemoOptions, STATUS_PNG, StepResult, TYPED_LINE, TYPED_PNG, parse_host, run,
+    DemoOptions, NetworkOptions, STATUS_PNG, StepResult, TYPED_LINE, TYPED_PNG, parse_host, run,
 };
 use test_harness::video::Screen;
 
@@ -23,6 +23,14 @@ fn screenshot_dir(name: &str) -> PathBuf {
 }
 
 fn demo_in(host: &str, screenshot_dir: &Path) -> (Vec<StepResult>, String) {
+    demo_with(host, screenshot_dir, NetworkOptions::default())
+}
+
+fn demo_with(
+    host: &str,
+    screenshot_dir: &Path,
+    network: NetworkOptions,
+) -> (Vec<StepResult>, String) {
     let mut out = Vec::new();
     let host = parse_host(host).expect("known host name");
     let steps = run(
@@ -30,6 +38,7 @@ fn demo_in(host: &str, screenshot_dir: &Path) -> (Vec<StepResult>, String) {
             host,
             colour: false,
             screenshot_dir: screenshot_dir.to_path_buf(),
+            network,
         },
         &mut out,
     )
@@ -69,7 +78,7 @@ fn click_position(detail: &str) -> (u32, u32) {
     (x.parse().unwrap(), y.parse().unwrap())
 }
 
-const STEPS: [&str; 18] = [
+const STEPS: [&str; 22] = [
     "detect Hyper-V",
     "bring-up",
     "reference clock",
@@ -84,6 +93,10 @@ const STEPS: [&str; 18] = [
     "host checks the image",
     "all devices at once",
     "rescind mid-I/O",
+    "network adapter",
+    "IPv4 address",
+    "ping",
+    "KVP IPv4 address",
     "screen",
     "keyboard",
     "mouse",
@@ -113,7 +126,7 @@ fn demo_succeeds_on_every_hyperv_host() {
             text.contains("OSName"),
             "{host}: the host read the guest's OS name"
         );
-        assert!(text.contains("18 of 18 steps succeeded"));
+        assert!(text.contains("22 of 22 steps succeeded"));
         assert!(
             text.contains("GUEST.TXT written and read back"),
             "{host}:\n{text}"
@@ -148,6 +161,66 @@ fn demo_succeeds_on_every_hyperv_host() {
             "{host}: ({x}, {y}) was already black"
         );
     }
+}
+
+/// Without the Linux peer (the default in these tests, deterministic): a second guest stands
+/// in, says why, and the host reads the guest's static address through KVP.
+#[test]
+fn demo_network_between_two_guests_says_why() {
+    let (steps, text) = demo("ws2016");
+    let step = |name: &str| steps.iter().find(|s| s.step == name).unwrap().clone();
+    assert!(
+        step("network adapter")
+            .detail
+            .contains("NVSP 6.1 / NDIS 6.30"),
+        "{text}"
+    );
+    assert!(text.contains("00:15:5D:00:07:01, MTU 1500"), "{text}");
+    assert!(text.contains("offloads: none negotiated"), "{text}");
+    assert!(step("IPv4 address").detail.contains("static 192.0.2.10/24"));
+    assert!(
+        step("ping").detail.contains("between two guests") && text.contains("no Linux peer ("),
+        "{text}"
+    );
+    assert_eq!(
+        step("KVP IPv4 address").detail,
+        "host sees 192.0.2.10 (static)"
+    );
+    assert!(text.contains("GET_IP_INFO 00:15:5D:00:07:01: 192.0.2.10 / 255.255.255.0"));
+}
+
+/// With root, `ip`, `dnsmasq` and `ping`: the switch's uplink is a TAP to Linux; the guest
+/// leases its address from dnsmasq, pings Linux and is pinged; KVP reports the lease.
+#[test]
+fn demo_network_with_the_linux_stack() {
+    if !test_harness::real_peers::available(
+        "demo network with Linux",
+        test_harness::network::tap::real_peer_check(&["dnsmasq", "ping"]),
+        "run as root with `apt-get install iproute2 iputils-ping dnsmasq`",
+    ) {
+        return;
+    }
+    let network = NetworkOptions {
+        real_peers: true,
+        serve: false,
+    };
+    let (steps, text) = demo_with("ws2022", &screenshot_dir("linux-peer"), network);
+    assert!(steps.iter().all(|s| s.ok), "{text}");
+    let step = |name: &str| steps.iter().find(|s| s.step == name).unwrap().clone();
+    let lease = step("IPv4 address").detail;
+    assert!(lease.starts_with("DHCP lease 192.0.2.1"), "{text}");
+    assert!(lease.ends_with("from dnsmasq (3600 s)"), "{text}");
+    assert!(step("ping").detail.contains("3 of 3 replies"), "{text}");
+    let address = lease
+        .trim_start_matches("DHCP lease ")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        step("KVP IPv4 address").detail,
+        format!("host sees {address} (the DHCP lease)")
+    );
 }
 
 /// The README shows the status screen of the default host from `docs/screenshot.png`: it must

@@ -2,90 +2,15 @@
 //! version, two guests exchanging frames through a virtual switch, link changes, withheld
 //! completions (back-pressure), hostile host messages, and the size of the user-held types.
 
+mod common;
+
+use common::net::*;
 use netvsc::nic::{ETHERNET_HEADER, MAX_RECEIVE_MESSAGE};
 use netvsc::protocol::{NvspVersion, filter};
-use netvsc::{Busy, NetError, Nic, NicConfig};
-use test_harness::guest::boot_vp;
-use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
-use test_harness::network::{
-    NETWORK_CLASS, NVSP_VERSIONS, NetVspConfig, NetworkVsp, VirtualSwitch,
-};
-use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
-use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, ConnectionConfig, Released, SynicTransport, Vmbus};
-
-type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
-type GuestNic<'b> = Nic<'b, SynicTransport<MockVp>, MockHal>;
-
-struct Rig {
-    _hv: MockHypervisor,
-    host: MockVmbusHost,
-    guest: Guest,
-    vsp: NetworkVsp,
-    relid: u32,
-}
-
-fn rig_with(vsp: NetworkVsp, memory: usize) -> Rig {
-    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(memory));
-    let vp = boot_vp(&hv, 0).unwrap();
-    let mut host = MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
-    let relid = host.add_device(
-        DeviceOffer::new(
-            NETWORK_CLASS,
-            Guid::from_str_const("11111111-2222-3333-4444-555555555555"),
-        ),
-        Box::new(vsp.clone()),
-    );
-    let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
-    guest
-        .connect(&mut BoundedWait::new(200, || {
-            host.step();
-        }))
-        .unwrap();
-    Rig {
-        _hv: hv,
-        host,
-        guest,
-        vsp,
-        relid,
-    }
-}
-
-fn rig(config: NetVspConfig) -> Rig {
-    rig_with(NetworkVsp::new(config), 16 << 20)
-}
-
-/// Small buffers for tests: 256 KiB receive (145 slots), 64 KiB send (10 sections).
-fn small() -> NicConfig {
-    NicConfig {
-        recv_buffer_bytes: 256 << 10,
-        send_buffer_bytes: 64 << 10,
-        channel: vmbus_guest::ChannelConfig::default(),
-        ..NicConfig::default()
-    }
-}
-
-fn waiter(host: &mut MockVmbusHost) -> BoundedWait<impl FnMut() + '_> {
-    BoundedWait::new(500, move || {
-        host.step();
-    })
-}
-
-fn open<'b>(rig: &'b mut Rig, config: &NicConfig) -> (GuestNic<'b>, &'b mut MockVmbusHost) {
-    let nic = Nic::open(&rig.guest, rig.relid, config, &mut waiter(&mut rig.host)).unwrap();
-    (nic, &mut rig.host)
-}
-
-fn assert_clean(host: &MockVmbusHost, vsp: &NetworkVsp) {
-    assert!(
-        host.protocol_errors().is_empty(),
-        "{:#?}",
-        host.protocol_errors()
-    );
-    assert!(vsp.rejections().is_empty(), "{:#?}", vsp.rejections());
-    assert_eq!(vsp.fatal(), None);
-}
+use netvsc::{Busy, NetError, NicConfig};
+use test_harness::network::{NVSP_VERSIONS, NetVspConfig, NetworkVsp, VirtualSwitch};
+use test_harness::vmbus::MockVmbusHost;
+use vmbus_guest::Released;
 
 fn frame(dst: [u8; 6], src: [u8; 6], seq: u16, len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(len);

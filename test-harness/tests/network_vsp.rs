@@ -237,6 +237,43 @@ fn an_rndis_header_split_across_page_buffers_is_completed_with_failure() {
 }
 
 #[test]
+fn a_page_buffer_crossing_a_page_boundary_is_completed_with_failure() {
+    let (_hv, mut host, guest, vsp, relid) = rig();
+    let mut up = bring_up(&guest, &mut host, relid);
+    let pages = HostBuffer::new(&guest, 2).unwrap();
+    let p = packet(0);
+    // The frame range runs from the end of page 0 into page 1: two pages in one range.
+    pages.write_at(0, &p[..44]).unwrap();
+    pages.write_at(4096 - 30, &p[44..]).unwrap();
+    let dma = [pages.dma(0, 44).unwrap(), pages.dma(4096 - 30, 60).unwrap()];
+    up.ch
+        .request_dma(&dma, &[&nvsp(&[107, 0, 0xFFFF_FFFF, 0])], 3)
+        .unwrap();
+    let (completions, _) = drain(&mut up.ch, &mut host);
+    assert_eq!(completions, vec![nvsp(&[108, 2])[..32].to_vec()]);
+    assert!(vsp.frames_from_guest().is_empty());
+    assert!(
+        vsp.rejections()[0].starts_with("PageBuffer"),
+        "{:?}",
+        vsp.rejections()
+    );
+    // Split at the boundary instead: accepted.
+    let dma = [
+        pages.dma(0, 44).unwrap(),
+        pages.dma(4096 - 30, 30).unwrap(),
+        pages.dma(4096, 30).unwrap(),
+    ];
+    up.ch
+        .request_dma(&dma, &[&nvsp(&[107, 0, 0xFFFF_FFFF, 0])], 4)
+        .unwrap();
+    let (completions, _) = drain(&mut up.ch, &mut host);
+    assert_eq!(completions, vec![nvsp(&[108, 1])[..32].to_vec()]);
+    assert_eq!(vsp.frames_from_guest(), vec![p[44..].to_vec()]);
+    assert_eq!(pages.release(&mut step(&mut host)), Released::Freed);
+    close(up, &mut host);
+}
+
+#[test]
 fn rndis_control_on_a_sub_channel_is_refused() {
     let (_hv, mut host, guest, vsp, relid) = rig();
     let mut up = bring_up(&guest, &mut host, relid);

@@ -7,6 +7,7 @@ mod bus;
 mod disk;
 mod live;
 mod narrator;
+mod network;
 mod platform;
 mod screen;
 mod services;
@@ -18,6 +19,7 @@ use vmbus_guest::protocol::DeviceClass;
 use vmbus_guest::{ConnectionConfig, SynicTransport, Vmbus};
 
 pub use narrator::StepResult;
+pub use network::{NetworkOptions, STATUS_PORT};
 pub use screen::{STATUS_PNG, TYPED_LINE, TYPED_PNG};
 pub use services::format_utc;
 
@@ -74,6 +76,8 @@ pub struct DemoOptions {
     /// Where the host saves its screenshots ([`STATUS_PNG`], [`TYPED_PNG`]); created if
     /// missing.
     pub screenshot_dir: PathBuf,
+    /// The network part: Linux as the peer when possible, `--serve`.
+    pub network: NetworkOptions,
 }
 
 /// Runs the demo, narrating to `out`, and returns each step's result.
@@ -85,8 +89,9 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         options.host.preset,
         options.host.release.name()
     ))?;
-    // 64 MiB of guest RAM: rings, the storvsc bounce buffer and KVP pages with room to spare.
-    let hv = MockHypervisor::new(MockConfig::new(options.host.preset).with_memory_bytes(64 << 20));
+    // 96 MiB of guest RAM: rings, the storvsc bounce buffer, KVP pages and the NICs' receive
+    // and send buffers (16 + 1 MiB and 1 + 0.25 MiB) with room to spare.
+    let hv = MockHypervisor::new(MockConfig::new(options.host.preset).with_memory_bytes(96 << 20));
     if platform::detect(&mut n, &hv)?.is_some()
         && let Some(vp) = platform::bring_up(&mut n, &hv)?
     {
@@ -95,6 +100,7 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
         let ics = IcHost::add_to(&mut host, IcHostConfig::default());
         let demo_disk = disk::offer(&mut host);
         let screen_host = screen::offer(&mut host, &hv, options.screenshot_dir.clone());
+        let demo_network = network::offer(&mut host, options.network);
         let (clock, cpu) = (vp.clock, vp.cpu.clone());
         let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
         // One bus for every driver: the services, the disk and the live section all borrow
@@ -119,6 +125,17 @@ pub fn run(options: DemoOptions, out: &mut impl Write) -> io::Result<Vec<StepRes
                         Err(e) => {
                             n.record("disk", Err(format!("no disk image: {e}")))?;
                         }
+                    }
+                    if let Some(v) = network::run(
+                        n,
+                        host,
+                        &ics,
+                        guest,
+                        services,
+                        &demo_network,
+                        options.network,
+                    )? {
+                        versions.push((DeviceClass::Network, v));
                     }
                     screen::run(n, host, guest, &screen_host, &versions)
                 };

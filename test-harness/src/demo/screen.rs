@@ -339,8 +339,10 @@ fn draw_status(fb: &mut Fb<'_>, s: &Status) {
     for (x, h) in columns.iter().zip(["relid", "device", "version", "state"]) {
         text(fb, h, right_x + x, PANEL_TOP + 38, &FONT_9X15, LABEL);
     }
+    // Rows closer together when many devices are offered, so all fit the panel.
+    let pitch = (19).min((PANEL_HEIGHT as i32 - 72) / s.devices.len().max(1) as i32);
     for (i, d) in s.devices.iter().enumerate() {
-        let y = PANEL_TOP + 60 + 19 * i as i32;
+        let y = PANEL_TOP + 60 + pitch * i as i32;
         let state_colour = if d.state == "open" { GOOD } else { WARN };
         text(
             fb,

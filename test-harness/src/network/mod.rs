@@ -21,10 +21,18 @@
 //!   (`MissingTransactionId`).
 //!
 //! Faults: link down/up ([`NetworkVsp::set_link`]), withheld send completions
-//! ([`NetworkVsp::withhold_completions`]), raw RNDIS messages ([`NetworkVsp::inject_rndis`])
-//! and raw transfer-page packets with arbitrary ranges ([`NetworkVsp::inject_transfer_pages`]).
+//! ([`NetworkVsp::withhold_completions`]), revoked buffers ([`NetworkVsp::revoke_buffers`]),
+//! zero-length completions ([`NetworkVsp::empty_completions`]), raw RNDIS messages
+//! ([`NetworkVsp::inject_rndis`]) and raw transfer-page packets with arbitrary ranges
+//! ([`NetworkVsp::inject_transfer_pages`]). Host requests: a VF association
+//! ([`NetworkVsp::announce_vf`]) and a host-side data-path switch
+//! ([`NetworkVsp::host_switch_data_path`]); the guest's SWITCH_DATA_PATH gets OpenVMM's empty
+//! completion.
 
+mod deliver;
+mod rndis;
 mod switch;
+pub mod tap;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,7 +42,7 @@ use crate::vmbus::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 
-pub use switch::{SwitchStats, VirtualSwitch};
+pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
 /// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
 pub const NETWORK_CLASS: vmbus_guest::protocol::Guid =
@@ -129,6 +137,20 @@ struct State {
     frames_to_guest: u64,
     subchannels: u32,
     completions_from_guest: u64,
+    /// The guest sent RNDIS HALT.
+    halted: bool,
+    /// The host forgot both buffers ([`NetworkVsp::revoke_buffers`]).
+    revoked: bool,
+    /// SEND_RNDIS_PKT completions carry no payload (OpenVMM does so for some messages).
+    empty_completions: bool,
+    /// In-band NVSP messages for the guest, with completion requested: (tid, message).
+    nvsp_to_guest: VecDeque<(u64, Vec<u8>)>,
+    /// Host-initiated requests (VF association, data-path switch) the guest has not completed.
+    host_requests: Vec<u64>,
+    /// Completions the guest sent to host-initiated requests: (tid, payload).
+    host_request_completions: Vec<(u64, Vec<u8>)>,
+    /// SWITCH_DATA_PATH values the guest sent.
+    data_path_requests: Vec<u32>,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -180,6 +202,13 @@ impl NetworkVsp {
                 frames_to_guest: 0,
                 subchannels: 0,
                 completions_from_guest: 0,
+                halted: false,
+                revoked: false,
+                empty_completions: false,
+                nvsp_to_guest: VecDeque::new(),
+                host_requests: Vec::new(),
+                host_request_completions: Vec::new(),
+                data_path_requests: Vec::new(),
             })),
             index: 0,
         }
@@ -306,6 +335,53 @@ impl NetworkVsp {
             .push_back((set_id, ranges.to_vec(), payload.to_vec()));
     }
 
+    /// Whether the guest sent RNDIS HALT.
+    pub fn halted(&self) -> bool {
+        self.lock().halted
+    }
+
+    /// Fault: the host forgets the guest's receive and send buffers (as after a revocation).
+    /// Nothing more reaches the guest; sends through a section are completed with status 2.
+    pub fn revoke_buffers(&self) {
+        let mut s = self.lock();
+        s.revoked = true;
+        s.recv = None;
+        s.send = None;
+        s.outstanding.clear();
+    }
+
+    /// Completes every SEND_RNDIS_PKT with a zero-length completion (no NVSP header), which
+    /// hosts may send (devices §2.5).
+    pub fn empty_completions(&self, on: bool) {
+        self.lock().empty_completions = on;
+    }
+
+    /// Announces an SR-IOV VF (devices §2.17): SEND_VF_ASSOCIATION {allocated, serial} with
+    /// completion requested and OpenVMM's transaction id 0x8000_0000_0000_0000.
+    pub fn announce_vf(&self, allocated: bool, serial: u32) {
+        let mut s = self.lock();
+        let m = s.padded(&[128, u32::from(allocated), serial]);
+        s.nvsp_to_guest.push_back((0x8000_0000_0000_0000, m));
+    }
+
+    /// The host switches the data path itself (OpenVMM, before a VF goes away): SWITCH_DATA_PATH
+    /// {path} with completion requested, transaction id 0x8000_0000_0000_0001.
+    pub fn host_switch_data_path(&self, path: u32) {
+        let mut s = self.lock();
+        let m = s.padded(&[129, path]);
+        s.nvsp_to_guest.push_back((0x8000_0000_0000_0001, m));
+    }
+
+    /// Completions the guest sent to host-initiated NVSP requests: (tid, payload).
+    pub fn host_request_completions(&self) -> Vec<(u64, Vec<u8>)> {
+        self.lock().host_request_completions.clone()
+    }
+
+    /// SWITCH_DATA_PATH values the guest sent.
+    pub fn data_path_requests(&self) -> Vec<u32> {
+        self.lock().data_path_requests.clone()
+    }
+
     /// A sub-channel model sharing this NIC's state.
     fn sub(&self, index: u16) -> Self {
         Self {
@@ -350,9 +426,11 @@ impl State {
 
     fn init_phase_over(&self) -> bool {
         let v = self.version.unwrap_or(0);
-        self.ndis_version.is_some()
-            && self.recv.is_some()
-            && (v < 0x3_0002 || self.ndis_config.is_some())
+        // Buffers revoked by the host do not put the channel back into its init phase.
+        self.revoked
+            || self.ndis_version.is_some()
+                && self.recv.is_some()
+                && (v < 0x3_0002 || self.ndis_config.is_some())
     }
 
     fn complete(&mut self, ch: &mut HostChannel, tid: u64, payload: &[u8]) {
@@ -366,7 +444,21 @@ impl State {
             return None;
         }
         if p.packet_type == PACKET_TYPE_COMPLETION {
+            if let Some(i) = self
+                .host_requests
+                .iter()
+                .position(|t| *t == p.transaction_id)
+            {
+                self.host_requests.remove(i);
+                self.host_request_completions
+                    .push((p.transaction_id, p.payload.clone()));
+                return None;
+            }
             self.completions_from_guest += 1;
+            if self.revoked {
+                // Completions of packets sent before the revocation: nothing to return.
+                return None;
+            }
             match self.outstanding.remove(&p.transaction_id) {
                 Some(slots) => {
                     if u32_at(&p.payload, 0) != Some(108) {
@@ -477,6 +569,18 @@ impl State {
             }
             103 | 106 => {}
             133 => return self.on_subchannel(ch, p, version),
+            // NVSP ≥ 4 (devices §2.17): OpenVMM answers with an empty completion.
+            129 if version >= 0x4_0000 => {
+                let path = u32_at(&p.payload, 4).unwrap_or(u32::MAX);
+                if path > 1 {
+                    self.die(ch, format!("InvalidPacketData: data path {path}"));
+                    return None;
+                }
+                self.data_path_requests.push(path);
+                if p.completion_requested() {
+                    self.complete(ch, p.transaction_id, &[]);
+                }
+            }
             100 | 101 | 104 | 125 => self.die(ch, format!("InvalidPacketData: repeated NVSP {t}")),
             other => self.die(ch, format!("InvalidPacketData: NVSP {other}")),
         }
@@ -550,377 +654,6 @@ impl State {
             None
         }
     }
-
-    /// Reads the RNDIS bytes of a SEND_RNDIS_PKT (section or GPA ranges) and handles each
-    /// message; completes the NVSP packet.
-    fn on_rndis(&mut self, ch: &mut HostChannel, p: &HostPacket, index: u16) {
-        if !p.completion_requested() {
-            self.reject(
-                ch,
-                "MissingTransactionId: SEND_RNDIS_PKT without completion requested".into(),
-            );
-            return;
-        }
-        let channel_type = u32_at(&p.payload, 4).unwrap_or(u32::MAX);
-        if channel_type == 1 && self.refuse_control {
-            let m = self.padded(&[108, 2]);
-            self.complete(ch, p.transaction_id, &m);
-            return;
-        }
-        let section = u32_at(&p.payload, 8).unwrap_or(u32::MAX);
-        let size = u32_at(&p.payload, 12).unwrap_or(0);
-        let (bytes, first_range) = if section != 0xFFFF_FFFF {
-            let Some(sb) = self.send.as_ref() else {
-                self.die(
-                    ch,
-                    "InvalidPacketData: section index without a send buffer".into(),
-                );
-                return;
-            };
-            let section_size = self.config.section_size.max(1);
-            if section >= sb.sections || !(8..=section_size).contains(&size) {
-                self.die(
-                    ch,
-                    format!("InvalidPacketData: section {section} size {size}"),
-                );
-                return;
-            }
-            let mut b = vec![0u8; size as usize];
-            if let Err(e) = ch.read_gpadl(
-                sb.gpadl,
-                u64::from(section) * u64::from(SECTION_SIZE),
-                &mut b,
-            ) {
-                self.die(ch, format!("send section unreadable: {e}"));
-                return;
-            }
-            let n = b.len();
-            (b, n)
-        } else {
-            if p.packet_type != PACKET_TYPE_GPA_DIRECT || p.gpa_ranges.is_empty() {
-                self.die(
-                    ch,
-                    "InvalidPacketData: no section and no page buffers".into(),
-                );
-                return;
-            }
-            let mut b = Vec::new();
-            let mut first = 0;
-            for (i, (count, offset, pfns)) in p.gpa_ranges.iter().enumerate() {
-                let mut part = vec![0u8; *count as usize];
-                let mut done = 0usize;
-                let mut page_off = *offset as usize;
-                for pfn in pfns {
-                    let n = (4096 - page_off).min(part.len() - done);
-                    if ch
-                        .read_gpa(pfn * 4096 + page_off as u64, &mut part[done..done + n])
-                        .is_err()
-                    {
-                        self.die(ch, "page buffer outside guest RAM".into());
-                        return;
-                    }
-                    done += n;
-                    page_off = 0;
-                }
-                if i == 0 {
-                    first = part.len();
-                }
-                b.extend_from_slice(&part);
-            }
-            (b, first)
-        };
-        let mut ok = true;
-        let mut at = 0usize;
-        while at + 8 <= bytes.len() {
-            let msg_type = u32_at(&bytes, at).unwrap_or(0);
-            let msg_len = u32_at(&bytes, at + 4).unwrap_or(0) as usize;
-            if msg_len < 8 || at + msg_len > bytes.len() {
-                self.reject(ch, format!("RNDIS message length {msg_len} at {at}"));
-                ok = false;
-                break;
-            }
-            let m = &bytes[at..at + msg_len];
-            if msg_type != 1 && (channel_type != 1 || index != 0) {
-                if index != 0 {
-                    self.reject(
-                        ch,
-                        "NotSupportedOnSubChannel: RNDIS control on a sub-channel".into(),
-                    );
-                } else {
-                    self.reject(
-                        ch,
-                        format!("RNDIS control message {msg_type:#x} on the data channel type"),
-                    );
-                }
-                ok = false;
-            } else if msg_type == 1 {
-                ok &= self.on_data(ch, m, at, first_range);
-            } else if !self.on_control(ch, m) {
-                return;
-            }
-            if section == 0xFFFF_FFFF {
-                break;
-            }
-            at += msg_len;
-        }
-        let payload = self.padded(&[108, if ok { 1 } else { 2 }]);
-        if self.withhold {
-            let st = if ok { 1 } else { 2 };
-            self.withheld.push((st, p.transaction_id));
-        } else {
-            self.complete(ch, p.transaction_id, &payload);
-        }
-    }
-
-    fn on_data(&mut self, ch: &mut HostChannel, m: &[u8], at: usize, first_range: usize) -> bool {
-        let f = |o| u32_at(m, o).unwrap_or(0);
-        if m.len() < 44 {
-            self.reject(
-                ch,
-                "UnsupportedRndisBehavior: PACKET shorter than its header".into(),
-            );
-            return false;
-        }
-        let (data_off, data_len) = (f(8) as usize + 8, f(12) as usize);
-        let (ppi_off, ppi_len) = (f(28) as usize + 8, f(32) as usize);
-        if f(16) != 0 || f(20) != 0 || f(24) != 0 || f(36) != 0 {
-            self.reject(ch, "UnsupportedRndisBehavior: OOB data or VC handle".into());
-            return false;
-        }
-        if data_len == 0 || data_off + data_len > m.len() {
-            self.reject(
-                ch,
-                format!("UnsupportedRndisBehavior: data {data_off}+{data_len}"),
-            );
-            return false;
-        }
-        let header_end = if ppi_len > 0 { ppi_off + ppi_len } else { 44 };
-        if at + header_end > first_range {
-            self.reject(
-                ch,
-                "HeaderSplit: RNDIS header or PPIs beyond the first range".into(),
-            );
-            return false;
-        }
-        let frame = m[data_off..data_off + data_len].to_vec();
-        if let Some((sw, port)) = &self.switch {
-            sw.forward(*port, &frame);
-        }
-        self.frames_from_guest.push(frame);
-        true
-    }
-
-    /// Handles an RNDIS control message; false if it was fatal.
-    fn on_control(&mut self, ch: &mut HostChannel, m: &[u8]) -> bool {
-        let msg_type = u32_at(m, 0).unwrap_or(0);
-        let request_id = u32_at(m, 8).unwrap_or(0);
-        match msg_type {
-            2 => {
-                if self.rndis_initialized {
-                    self.die(ch, "InvalidRndisState: second INITIALIZE".into());
-                    return false;
-                }
-                self.rndis_initialized = true;
-                let reply = words(&[
-                    0x8000_0002,
-                    52,
-                    request_id,
-                    0,
-                    1,
-                    0,
-                    1,
-                    0,
-                    8,
-                    0xEFFF_FFFF,
-                    3,
-                    0,
-                    0,
-                ]);
-                self.to_guest.push_back(Outgoing::Control(reply));
-            }
-            3 => {} // HALT: ignored.
-            4 | 5 if !self.rndis_initialized => {
-                self.die(ch, "InvalidRndisState: QUERY/SET before INITIALIZE".into());
-                return false;
-            }
-            4 => {
-                let oid = u32_at(m, 12).unwrap_or(0);
-                let mac = self.config.mac;
-                let frame = self.ndis_config.map_or(1514, |c| c.0);
-                let info: Option<Vec<u8>> = match oid {
-                    0x0001_0106 => Some(words(&[frame - 14])),
-                    0x0001_0107 => Some(words(&[100_000_000])),
-                    0x0001_010C => Some(words(&[0x155D])),
-                    0x0001_0114 => Some(words(&[if self.link_up { 0 } else { 1 }])),
-                    0x0101_0101 | 0x0101_0102 => Some(mac.to_vec()),
-                    _ => None,
-                };
-                let (status, info) = match info {
-                    Some(i) => (0, i),
-                    None => (0xC000_00BB, Vec::new()),
-                };
-                let mut reply = words(&[
-                    0x8000_0004,
-                    24 + info.len() as u32,
-                    request_id,
-                    status,
-                    info.len() as u32,
-                    if info.is_empty() { 0 } else { 16 },
-                ]);
-                reply.extend_from_slice(&info);
-                self.to_guest.push_back(Outgoing::Control(reply));
-            }
-            5 => {
-                let oid = u32_at(m, 12).unwrap_or(0);
-                let len = u32_at(m, 16).unwrap_or(0) as usize;
-                let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
-                let value = m.get(off..off + len).and_then(|v| u32_at(v, 0));
-                let status = match (oid, value) {
-                    (0x0001_010E, Some(f)) => {
-                        self.filter = f;
-                        if let Some((sw, port)) = &self.switch {
-                            sw.set_filter(*port, f);
-                        }
-                        0
-                    }
-                    _ => 0xC000_00BB,
-                };
-                let reply = words(&[0x8000_0005, 16, request_id, status]);
-                self.to_guest.push_back(Outgoing::Control(reply));
-            }
-            8 => {
-                let reply = words(&[0x8000_0008, 16, request_id, 0]);
-                self.to_guest.push_back(Outgoing::Control(reply));
-            }
-            other => {
-                self.die(ch, format!("RndisMessageTypeNotImplemented: {other:#x}"));
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Sends what waits for the guest: held completions when released, raw packets, control
-    /// messages (any free slot) and frames from the switch (keeping the control slots).
-    fn deliver(&mut self, ch: &mut HostChannel) {
-        if self.fatal.is_some() {
-            return;
-        }
-        if !self.withhold {
-            for (st, tid) in std::mem::take(&mut self.withheld) {
-                let m = self.padded(&[108, st]);
-                self.complete(ch, tid, &m);
-            }
-        }
-        while let Some((set, ranges, payload)) = self.raw_xfer.pop_front() {
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, Vec::new());
-            send_xfer(ch, tid, set, &ranges, &payload);
-        }
-        let Some(recv) = self.recv.as_ref() else {
-            return;
-        };
-        let (gpadl, id, slot_size) = (recv.gpadl, recv.id, recv.slot_size);
-        while !self.to_guest.is_empty() {
-            let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
-                break;
-            };
-            let bytes = match self.to_guest.pop_front() {
-                Some(Outgoing::Control(b) | Outgoing::Raw(b)) => b,
-                None => break,
-            };
-            let offset = slot * slot_size;
-            let len = bytes.len().min(slot_size);
-            if ch.write_gpadl(gpadl, offset as u64, &bytes[..len]).is_err() {
-                self.reject(ch, "receive buffer unwritable".into());
-                return;
-            }
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, vec![slot]);
-            let payload = self.padded(&[107, 1, 0xFFFF_FFFF, 0]);
-            send_xfer(ch, tid, id, &[(len as u32, offset as u32)], &payload);
-        }
-        if !self.rndis_initialized || self.filter == 0 {
-            return;
-        }
-        let Some((sw, port)) = self.switch.clone() else {
-            return;
-        };
-        loop {
-            let mut ranges = Vec::new();
-            let mut slots = Vec::new();
-            while ranges.len() < FRAMES_PER_PACKET {
-                let free = self.recv.as_ref().map_or(0, |r| r.free.len());
-                if free <= CONTROL_SLOTS {
-                    break;
-                }
-                let Some(frame) = sw.take(port) else {
-                    break;
-                };
-                if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
-                    self.reject(ch, "frame larger than a receive slot dropped".into());
-                    continue;
-                }
-                let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
-                    sw.unget(port, frame);
-                    break;
-                };
-                // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
-                // covering the whole slot (OpenVMM's layout, devices §2.8).
-                let mut m = words(&[
-                    1,
-                    slot_size as u32,
-                    (FRAME_OFFSET_IN_SLOT - 8) as u32,
-                    frame.len() as u32,
-                    0,
-                    0,
-                    0,
-                    36,
-                    16,
-                    0,
-                    0,
-                ]);
-                m.extend_from_slice(&words(&[16, 0, 12, 0x28]));
-                m.resize(FRAME_OFFSET_IN_SLOT, 0);
-                m.extend_from_slice(&frame);
-                let offset = slot * slot_size;
-                if ch.write_gpadl(gpadl, offset as u64, &m).is_err() {
-                    self.reject(ch, "receive buffer unwritable".into());
-                    return;
-                }
-                ranges.push((slot_size as u32, offset as u32));
-                slots.push(slot);
-                self.frames_to_guest += 1;
-            }
-            if ranges.is_empty() {
-                break;
-            }
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, slots);
-            let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
-            send_xfer(ch, tid, id, &ranges, &payload);
-        }
-    }
-
-    fn take_tid(&mut self) -> u64 {
-        let t = self.next_tid;
-        self.next_tid += 1;
-        t
-    }
-}
-
-fn send_xfer(ch: &mut HostChannel, tid: u64, set: u16, ranges: &[(u32, u32)], payload: &[u8]) {
-    let mut header = Vec::with_capacity(8 + ranges.len() * 8);
-    header.extend_from_slice(&set.to_le_bytes());
-    header.extend_from_slice(&[0, 0]);
-    header.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-    for (count, offset) in ranges {
-        header.extend_from_slice(&count.to_le_bytes());
-        header.extend_from_slice(&offset.to_le_bytes());
-    }
-    if let Err(e) = ch.send_packet(PACKET_TYPE_XFER_PAGES, 1, tid, &header, payload) {
-        log::warn!("network VSP: transfer-page packet not sent: {e}");
-    }
 }
 
 impl DeviceModel for NetworkVsp {
@@ -961,6 +694,8 @@ impl DeviceModel for NetworkVsp {
             s.outstanding.clear();
             s.withheld.clear();
             s.subchannels = 0;
+            s.revoked = false;
+            s.host_requests.clear();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);
             }

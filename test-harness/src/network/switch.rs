@@ -1,6 +1,7 @@
 //! A virtual switch joining mock NICs: each port has a MAC, the guest's packet filter and a
 //! link state; a frame sent on one port is delivered to every other port whose filter accepts
-//! it (directed to its MAC, broadcast, multicast or promiscuous).
+//! it (directed to its MAC, broadcast, multicast or promiscuous). An uplink port (a TAP
+//! bridge) takes every frame and hands it to its sink at once instead of queueing it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,12 +13,27 @@ const ALL_MULTICAST: u32 = 0x4;
 const BROADCAST: u32 = 0x8;
 const PROMISCUOUS: u32 = 0x20;
 
-#[derive(Debug)]
+/// Where an uplink port's frames go (called on the forwarding thread, outside the lock).
+pub type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 struct Port {
     mac: [u8; 6],
     filter: u32,
     link_up: bool,
     inbox: VecDeque<Vec<u8>>,
+    sink: Option<Arc<Sink>>,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port")
+            .field("mac", &self.mac)
+            .field("filter", &self.filter)
+            .field("link_up", &self.link_up)
+            .field("queued", &self.inbox.len())
+            .field("uplink", &self.sink.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,8 +77,30 @@ impl VirtualSwitch {
             filter: 0,
             link_up: true,
             inbox: VecDeque::new(),
+            sink: None,
         });
         s.ports.len() - 1
+    }
+
+    /// Adds a promiscuous uplink port whose frames go to `sink` as they are forwarded.
+    pub fn add_uplink(&self, sink: Sink) -> usize {
+        let mut s = self.lock();
+        s.ports.push(Port {
+            mac: [0; 6],
+            filter: PROMISCUOUS,
+            link_up: true,
+            inbox: VecDeque::new(),
+            sink: Some(Arc::new(sink)),
+        });
+        s.ports.len() - 1
+    }
+
+    /// Disconnects an uplink's sink (the port then takes no frames).
+    pub fn detach_uplink(&self, port: usize) {
+        if let Some(p) = self.lock().ports.get_mut(port) {
+            p.sink = None;
+            p.filter = 0;
+        }
     }
 
     pub(crate) fn set_filter(&self, port: usize, filter: u32) {
@@ -90,6 +128,7 @@ impl VirtualSwitch {
         let dst: [u8; 6] = frame[..6].try_into().unwrap_or([0; 6]);
         let mut n = 0;
         let mut down = 0;
+        let mut sinks = Vec::new();
         for (i, p) in s.ports.iter_mut().enumerate() {
             if i == from {
                 continue;
@@ -107,13 +146,20 @@ impl VirtualSwitch {
                 down += 1;
                 continue;
             }
-            p.inbox.push_back(frame.to_vec());
+            match &p.sink {
+                Some(sink) => sinks.push(sink.clone()),
+                None => p.inbox.push_back(frame.to_vec()),
+            }
             n += 1;
         }
         s.forwarded += n as u64;
         s.dropped_link_down += down;
         if n == 0 && down == 0 {
             s.unmatched += 1;
+        }
+        drop(s);
+        for sink in sinks {
+            sink(frame);
         }
         n
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::vmbus::{DeviceOffer, EchoDevice, HostRelease, MockVmbusHost};

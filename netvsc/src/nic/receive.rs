@@ -1,0 +1,466 @@
+//! The receive path (devices §2.8): transfer-page packets, one RNDIS message per range,
+//! completions batched at the end of a poll; control replies and indications.
+
+use super::*;
+
+impl Core {
+    /// Handles one received packet; never sends (receive completions are queued in
+    /// `pending`, which the caller checked has room).
+    pub(super) fn on_received(
+        &mut self,
+        r: Received<'_, Ctx>,
+        recv_buf: Option<&HostBufferView<'_>>,
+        scratch: &mut [u8],
+        defer: bool,
+    ) {
+        match r {
+            Received::Packet(p) => {
+                if let PacketKind::TransferPages(t) = p.kind {
+                    self.stats.rx_packets += 1;
+                    let valid = self.check_transfer_pages(&t, p.payload(), recv_buf.is_some());
+                    let reply = p.completion_requested();
+                    if !valid {
+                        self.stats.rx_bad_packets += 1;
+                        if reply {
+                            self.queue_completion(p.transaction_id(), status::FAILURE);
+                        }
+                    } else if defer {
+                        self.cursor = Some(Cursor {
+                            transaction_id: p.transaction_id(),
+                            reply,
+                            next: 0,
+                            count: t.range_count(),
+                        });
+                    } else {
+                        if let Some(buf) = recv_buf {
+                            for r in t.ranges() {
+                                let (off, n) = (r.byte_offset as usize, r.byte_count as usize);
+                                self.on_range(off, n, buf, scratch, &mut |_| {});
+                            }
+                        }
+                        if reply {
+                            self.queue_completion(p.transaction_id(), status::SUCCESS);
+                        }
+                    }
+                } else if p.packet_type() == PacketType::DATA_IN_BAND {
+                    let t = NvspHeader::read_from_prefix(p.payload())
+                        .map(|(h, _)| h.msg_type.get())
+                        .unwrap_or(0);
+                    let reply = p.completion_requested().then(|| p.transaction_id());
+                    match t {
+                        // The send table only matters with sub-channels, which this driver
+                        // does not open.
+                        msg::SEND_INDIRECTION_TABLE => {}
+                        msg::SEND_VF_ASSOCIATION => self.on_vf_association(p.payload(), reply),
+                        msg::SWITCH_DATA_PATH => self.on_host_switch(p.payload(), reply),
+                        other => {
+                            log::warn!("netvsc: unexpected NVSP message {other}");
+                            self.stats.unexpected += 1;
+                        }
+                    }
+                } else {
+                    self.stats.unexpected += 1;
+                }
+            }
+            Received::Completion {
+                context, packet, ..
+            } => match context {
+                Ctx::Handshake => {}
+                // OpenVMM completes SWITCH_DATA_PATH with an empty payload (devices §2.5);
+                // whatever it carries, the host has seen the switch.
+                Ctx::DataPath => self.vf.synthetic_confirmed = true,
+                Ctx::Control { section } => {
+                    self.sections.release(section);
+                    // The host refused the message (e.g. control on a sub-channel): no RNDIS
+                    // reply will come, so the waiter must not wait for one.
+                    if let Ok((c, _)) = NvspRndisPacketComplete::read_from_prefix(packet.payload())
+                        && c.status.get() != status::SUCCESS
+                        && self.awaiting.is_some()
+                    {
+                        self.control_refused = Some(c.status.get());
+                    }
+                }
+                Ctx::Data { .. } | Ctx::Large { .. } => {
+                    match context {
+                        Ctx::Data { section } => self.sections.release(section),
+                        Ctx::Large { slot } => self.large_free |= 1 << slot,
+                        _ => {}
+                    }
+                    let p = packet.payload();
+                    // A zero-length completion is legal (devices §2.5): treat as success.
+                    let ok = match NvspRndisPacketComplete::read_from_prefix(p) {
+                        Ok((c, _)) => {
+                            c.msg_type.get() == msg::SEND_RNDIS_PKT_COMPLETE
+                                && c.status.get() == status::SUCCESS
+                        }
+                        Err(_) => p.len() < 4,
+                    };
+                    if ok {
+                        self.stats.tx_completed += 1;
+                    } else {
+                        self.stats.tx_failed += 1;
+                    }
+                }
+            },
+            // The channel died with the request in flight: its section stays taken (the
+            // memory is only reused after a confirmed release, i.e. never by this NIC).
+            Received::Failed { context, .. } => {
+                if matches!(context, Ctx::Data { .. } | Ctx::Large { .. }) {
+                    self.stats.tx_failed += 1;
+                }
+            }
+        }
+    }
+
+    /// SEND_VF_ASSOCIATION (devices §2.17): recorded; with no VF driver the data path stays
+    /// synthetic, which the guest tells the host with SWITCH_DATA_PATH (sent by the next
+    /// poll). Completed when the host asked for it.
+    fn on_vf_association(&mut self, payload: &[u8], reply: Option<u64>) {
+        let st = match NvspVfAssociation::read_from_prefix(payload) {
+            Ok((m, _)) if m.allocated.get() <= 1 => {
+                let allocated = m.allocated.get() == 1;
+                self.vf.association = Some((allocated, m.serial_number.get()));
+                if allocated && self.info.version >= NvspVersion::V4 {
+                    self.switch_owed = true;
+                    self.vf.synthetic_confirmed = false;
+                }
+                status::SUCCESS
+            }
+            _ => {
+                self.stats.unexpected += 1;
+                status::FAILURE
+            }
+        };
+        if let Some(tid) = reply {
+            self.queue_nvsp_completion(tid, msg::SEND_VF_ASSOCIATION, st);
+        }
+    }
+
+    /// SWITCH_DATA_PATH from the host (OpenVMM sends it before a VF goes away): recorded and
+    /// completed when asked.
+    fn on_host_switch(&mut self, payload: &[u8], reply: Option<u64>) {
+        let st = match NvspSwitchDataPath::read_from_prefix(payload) {
+            Ok((m, _)) if m.active_data_path.get() <= DATA_PATH_VF => {
+                self.vf.host_data_path = Some(m.active_data_path.get());
+                status::SUCCESS
+            }
+            _ => {
+                self.stats.unexpected += 1;
+                status::FAILURE
+            }
+        };
+        if let Some(tid) = reply {
+            self.queue_nvsp_completion(tid, msg::SWITCH_DATA_PATH, st);
+        }
+    }
+
+    /// Validates a transfer-page packet's header (NVSP message, page set id, range count).
+    pub(super) fn check_transfer_pages(
+        &self,
+        t: &vmbus_guest::ring::TransferPages<'_>,
+        payload: &[u8],
+        have_buffer: bool,
+    ) -> bool {
+        let Ok((nvsp, _)) = NvspRndisPacket::read_from_prefix(payload) else {
+            return false;
+        };
+        have_buffer
+            && nvsp.msg_type.get() == msg::SEND_RNDIS_PKT
+            && t.transfer_page_set_id == RECV_BUFFER_ID
+            && t.range_count() != 0
+            && t.range_count() <= MAX_RANGES
+    }
+
+    pub(super) fn queue_completion(&mut self, transaction_id: u64, st: u32) {
+        self.queue_nvsp_completion(transaction_id, msg::SEND_RNDIS_PKT_COMPLETE, st);
+    }
+
+    fn queue_nvsp_completion(&mut self, transaction_id: u64, msg_type: u32, st: u32) {
+        if !self.pending.push((transaction_id, msg_type, st)) {
+            // Only possible during a handshake wait (the receive loop keeps room): the host
+            // never gets these ranges back.
+            log::warn!("netvsc: receive completion queue full");
+            self.stats.rx_completions_lost += 1;
+        }
+    }
+
+    /// Handles the remaining ranges of the current transfer-page packet, whose bytes are
+    /// still in `ring` (the last packet received). `on_frame` returns false to stop after a
+    /// frame (the rest is handled by the next call). Returns whether it stopped that way;
+    /// when the packet is done its completion is queued.
+    pub(super) fn drain_cursor(
+        &mut self,
+        ring: &[u8],
+        buf: &HostBufferView<'_>,
+        scratch: &mut [u8],
+        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> bool {
+        while let Some(mut c) = self.cursor {
+            if c.next >= c.count {
+                self.cursor = None;
+                if c.reply {
+                    self.queue_completion(c.transaction_id, status::SUCCESS);
+                }
+                break;
+            }
+            // The range array of a transfer-page packet starts at byte 24 (devices §0.4);
+            // the channel validated that `count` ranges fit before the payload.
+            let at = 24 + c.next * 8;
+            c.next += 1;
+            self.cursor = Some(c);
+            let Some(r) = ring.get(at..at + 8) else {
+                self.stats.rx_bad_ranges += 1;
+                continue;
+            };
+            let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+            let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize;
+            let mut stop = false;
+            self.on_range(offset, count, buf, scratch, &mut |f| stop = !on_frame(f));
+            if stop {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(super) fn on_range(
+        &mut self,
+        offset: usize,
+        count: usize,
+        buf: &HostBufferView<'_>,
+        scratch: &mut [u8],
+        on_frame: &mut dyn FnMut(&[u8]),
+    ) {
+        if count < size_of::<crate::protocol::RndisHeader>()
+            || offset
+                .checked_add(count)
+                .is_none_or(|end| end > self.recv_len)
+        {
+            self.stats.rx_bad_ranges += 1;
+            return;
+        }
+        let n = count.min(scratch.len());
+        if (buf.read)(offset, &mut scratch[..n]).is_err() {
+            self.stats.rx_bad_ranges += 1;
+            return;
+        }
+        let msg_len = u32::from_le_bytes([scratch[4], scratch[5], scratch[6], scratch[7]]);
+        if msg_len as usize > n && msg_len as usize <= count {
+            self.stats.rx_too_large += 1;
+            return;
+        }
+        match rndis::parse_message(&scratch[..n]) {
+            Ok(Message::Packet { frame, .. }) => {
+                if frame.len() > self.max_frame {
+                    self.stats.rx_too_large += 1;
+                } else if !self.ready {
+                    self.stats.rx_not_ready += 1;
+                } else {
+                    self.stats.rx_frames += 1;
+                    on_frame(frame);
+                }
+            }
+            Ok(Message::IndicateStatus { status, buffer }) => {
+                self.stats.indications += 1;
+                self.on_indication(status, buffer);
+            }
+            Ok(Message::InitComplete(c)) => self.on_reply(
+                c.request_id.get(),
+                rndis_msg::INITIALIZE_CMPLT,
+                c.status.get(),
+                &[],
+                Some(c),
+            ),
+            Ok(Message::QueryComplete {
+                request_id,
+                status,
+                info,
+            }) => self.on_reply(request_id, rndis_msg::QUERY_CMPLT, status, info, None),
+            Ok(Message::SetComplete { request_id, status }) => {
+                self.on_reply(request_id, rndis_msg::SET_CMPLT, status, &[], None)
+            }
+            Ok(Message::KeepaliveComplete { request_id, status }) => {
+                self.on_reply(request_id, rndis_msg::KEEPALIVE_CMPLT, status, &[], None)
+            }
+            Err(e) => {
+                log::warn!("netvsc: receive range {offset}+{count}: {e}");
+                self.stats.rx_bad_messages += 1;
+            }
+        }
+    }
+
+    pub(super) fn on_reply(
+        &mut self,
+        request_id: u32,
+        msg_type: u32,
+        status: u32,
+        info: &[u8],
+        init: Option<RndisInitComplete>,
+    ) {
+        if self.awaiting != Some(request_id) || self.reply.is_some() {
+            log::warn!("netvsc: RNDIS reply {msg_type:#x} for request {request_id} not pending");
+            self.stats.unexpected += 1;
+            return;
+        }
+        let mut r = Reply {
+            msg_type,
+            status,
+            info: [0; 64],
+            info_len: info.len().min(64),
+            init,
+        };
+        r.info[..r.info_len].copy_from_slice(&info[..r.info_len]);
+        self.reply = Some(r);
+    }
+
+    pub(super) fn on_indication(&mut self, code: u32, buffer: &[u8]) {
+        match code {
+            rndis_status::MEDIA_CONNECT => self.set_link(true),
+            rndis_status::MEDIA_DISCONNECT => self.set_link(false),
+            // "Moved to another network": report a change with the link still up, so the
+            // user renews its addresses (Linux bounces the carrier for the same reason).
+            rndis_status::NETWORK_CHANGE => self.link_changed = true,
+            rndis_status::LINK_SPEED_CHANGE => {
+                if let Some(s) = buffer.get(..4) {
+                    self.info.link_speed = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn set_link(&mut self, up: bool) {
+        if self.link_up != up {
+            self.link_up = up;
+            self.link_changed = true;
+        }
+    }
+}
+
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
+    pub(super) fn pump(
+        &mut self,
+        budget: usize,
+        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, NetError> {
+        let Self {
+            channel,
+            recv_buf,
+            core,
+            ring,
+            msg: scratch,
+            ..
+        } = self;
+        let rb = recv_buf.as_ref();
+        let read = |off: usize, b: &mut [u8]| match rb {
+            Some(r) => r.read_at(off, b),
+            None => Err(vmbus_guest::OutOfBounds {
+                offset: off,
+                len: b.len(),
+                size: 0,
+            }),
+        };
+        let view = HostBufferView { read: &read };
+        flush_completions(channel, core);
+        for _ in 0..budget {
+            if core.drain_cursor(ring, &view, scratch, on_frame) {
+                return Ok(true);
+            }
+            flush_completions(channel, core);
+            if core.pending.is_full() {
+                channel.yield_batch()?;
+                return Ok(true);
+            }
+            match channel.recv(ring) {
+                Ok(Some(r)) => core.on_received(r, Some(&view), scratch, true),
+                Ok(None) => return Ok(channel.end_batch()?),
+                Err(ChannelError::BufferTooSmall { .. }) => {
+                    // Larger than any valid netvsc packet: drop it, but give back the
+                    // receive ranges a transfer-page packet holds.
+                    if let Some(d) = channel.skip()? {
+                        core.stats.rx_bad_packets += 1;
+                        if d.packet_type == PacketType::DATA_USING_TRANSFER_PAGES
+                            && d.flags & 1 != 0
+                        {
+                            core.queue_completion(d.transaction_id, status::FAILURE);
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            flush_completions(channel, core);
+        }
+        channel.yield_batch()?;
+        Ok(true)
+    }
+
+    /// Receives up to `budget` packets from the host, handing each received Ethernet frame to
+    /// `on_frame`, reaping send completions and returning receive ranges to the host (one
+    /// completion per transfer-page packet). Returns whether packets may still be waiting
+    /// (poll again: no interrupt announces them). Interrupt-safe.
+    pub fn poll(
+        &mut self,
+        budget: usize,
+        mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<bool, NetError> {
+        self.pump(budget, &mut |f| {
+            on_frame(f);
+            true
+        })
+    }
+
+    /// Receives the next frame and hands it to `f` (pull style, for network stacks that
+    /// ask for one frame at a time): processes up to `budget` host packets (completions,
+    /// indications, refused messages) until a frame is found. `Ok(None)`: no frame now.
+    /// The rest of a multi-frame transfer-page packet is kept for the next call; its
+    /// completion goes to the host once all its frames were taken. Interrupt-safe.
+    pub fn receive_with<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, NetError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.pump(budget, &mut |frame| {
+            if let Some(f) = f.take() {
+                out = Some(f(frame));
+            }
+            false
+        })?;
+        Ok(out)
+    }
+}
+
+/// Sends queued completions while the ring takes them, then a SWITCH_DATA_PATH the host
+/// is owed.
+pub(super) fn flush_completions<T: Transport, H: Hal, const N: usize>(
+    channel: &mut Channel<'_, T, H, Ctx, N>,
+    core: &mut Core,
+) {
+    while let Some((tid, msg_type, st)) = core.pending.front() {
+        let c = NvspRndisPacketComplete {
+            msg_type: msg_type.into(),
+            status: st.into(),
+        };
+        match channel.send_completion(tid, &[c.as_bytes()]) {
+            Ok(()) => core.pending.pop(),
+            Err(ChannelError::Full) => {
+                core.stats.rx_completions_deferred += 1;
+                break;
+            }
+            // A dead channel: the host's use of the ranges ends with it.
+            Err(_) => core.pending.pop(),
+        }
+    }
+    if core.switch_owed && !channel.requests_full() {
+        let m = NvspSwitchDataPath {
+            msg_type: msg::SWITCH_DATA_PATH.into(),
+            active_data_path: DATA_PATH_SYNTHETIC.into(),
+        };
+        match channel.request(&[&padded(m.as_bytes())], Ctx::DataPath) {
+            // Ring full: tried again on the next poll.
+            Err(ChannelError::Full) => {}
+            _ => core.switch_owed = false,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Host → guest traffic (devices §2.8): held completions, host requests, raw fault packets,
+//! control messages and switch frames placed in receive slots and sent as transfer-page
+//! packets.
+
+use super::*;
+
+impl State {
+    /// Sends what waits for the guest: held completions when released, raw packets, control
+    /// messages (any free slot) and frames from the switch (keeping the control slots).
+    pub(super) fn deliver(&mut self, ch: &mut HostChannel) {
+        if self.fatal.is_some() {
+            return;
+        }
+        if !self.withhold {
+            for (st, tid) in std::mem::take(&mut self.withheld) {
+                let m = self.padded(&[108, st]);
+                self.complete(ch, tid, &m);
+            }
+        }
+        while let Some((tid, m)) = self.nvsp_to_guest.pop_front() {
+            self.host_requests.push(tid);
+            if let Err(e) = ch.send_packet(PACKET_TYPE_INBAND, 1, tid, &[], &m) {
+                log::warn!("network VSP: NVSP message not sent: {e}");
+            }
+        }
+        while let Some((set, ranges, payload)) = self.raw_xfer.pop_front() {
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, Vec::new());
+            send_xfer(ch, tid, set, &ranges, &payload);
+        }
+        let Some(recv) = self.recv.as_ref() else {
+            return;
+        };
+        let (gpadl, id, slot_size) = (recv.gpadl, recv.id, recv.slot_size);
+        while !self.to_guest.is_empty() {
+            let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
+                break;
+            };
+            let bytes = match self.to_guest.pop_front() {
+                Some(Outgoing::Control(b) | Outgoing::Raw(b)) => b,
+                None => break,
+            };
+            let offset = slot * slot_size;
+            let len = bytes.len().min(slot_size);
+            if ch.write_gpadl(gpadl, offset as u64, &bytes[..len]).is_err() {
+                self.reject(ch, "receive buffer unwritable".into());
+                return;
+            }
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, vec![slot]);
+            let payload = self.padded(&[107, 1, 0xFFFF_FFFF, 0]);
+            send_xfer(ch, tid, id, &[(len as u32, offset as u32)], &payload);
+        }
+        if !self.rndis_initialized || self.filter == 0 {
+            return;
+        }
+        let Some((sw, port)) = self.switch.clone() else {
+            return;
+        };
+        loop {
+            let mut ranges = Vec::new();
+            let mut slots = Vec::new();
+            while ranges.len() < FRAMES_PER_PACKET {
+                let free = self.recv.as_ref().map_or(0, |r| r.free.len());
+                if free <= CONTROL_SLOTS {
+                    break;
+                }
+                let Some(frame) = sw.take(port) else {
+                    break;
+                };
+                if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
+                    self.reject(ch, "frame larger than a receive slot dropped".into());
+                    continue;
+                }
+                let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
+                    sw.unget(port, frame);
+                    break;
+                };
+                // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
+                // covering the whole slot (OpenVMM's layout, devices §2.8).
+                let mut m = words(&[
+                    1,
+                    slot_size as u32,
+                    (FRAME_OFFSET_IN_SLOT - 8) as u32,
+                    frame.len() as u32,
+                    0,
+                    0,
+                    0,
+                    36,
+                    16,
+                    0,
+                    0,
+                ]);
+                m.extend_from_slice(&words(&[16, 0, 12, 0x28]));
+                m.resize(FRAME_OFFSET_IN_SLOT, 0);
+                m.extend_from_slice(&frame);
+                let offset = slot * slot_size;
+                if ch.write_gpadl(gpadl, offset as u64, &m).is_err() {
+                    self.reject(ch, "receive buffer unwritable".into());
+                    return;
+                }
+                ranges.push((slot_size as u32, offset as u32));
+                slots.push(slot);
+                self.frames_to_guest += 1;
+            }
+            if ranges.is_empty() {
+                break;
+            }
+            let tid = self.take_tid();
+            self.outstanding.insert(tid, slots);
+            let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
+            send_xfer(ch, tid, id, &ranges, &payload);
+        }
+    }
+
+    pub(super) fn take_tid(&mut self) -> u64 {
+        let t = self.next_tid;
+        self.next_tid += 1;
+        t
+    }
+}
+
+fn send_xfer(ch: &mut HostChannel, tid: u64, set: u16, ranges: &[(u32, u32)], payload: &[u8]) {
+    let mut header = Vec::with_capacity(8 + ranges.len() * 8);
+    header.extend_from_slice(&set.to_le_bytes());
+    header.extend_from_slice(&[0, 0]);
+    header.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (count, offset) in ranges {
+        header.extend_from_slice(&count.to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+    }
+    if let Err(e) = ch.send_packet(PACKET_TYPE_XFER_PAGES, 1, tid, &header, payload) {
+        log::warn!("network VSP: transfer-page packet not sent: {e}");
+    }
+}
