@@ -47,7 +47,7 @@ boot() {
   [ "$status" = 124 ] && failed="timed out after ${timeout_s}s"
   [ -z "$failed" ] && [ "$status" != "$expected" ] && failed="QEMU status $status, expected $expected"
   for line in "hyperv-kernel .*: reached Rust in long mode" "detect: CPUID leaf 1 " \
-    "not Hyper-V: ." "stopping: "; do
+    "not Hyper-V: ." "platform: self-check passed" "stopping: "; do
     [ -z "$failed" ] && ! grep -q "^$line" "$log.txt" && failed="no line \"$line\" on COM1"
   done
   [ -z "$failed" ] && grep -q "kernel panic" "$log.txt" && failed="the kernel panicked"

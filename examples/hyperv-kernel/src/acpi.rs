@@ -22,8 +22,9 @@ const MAX_TABLE: u32 = 1 << 20;
 /// PM1 control: SCI_EN (ACPI mode on), SLP_TYP at bits 10..12, SLP_EN.
 const PM1_SCI_EN: u16 = 1;
 const PM1_SLP_EN: u16 = 1 << 13;
-/// FADT flags: HW_REDUCED_ACPI.
+/// FADT flags: HW_REDUCED_ACPI, RESET_REG_SUP.
 const FADT_HW_REDUCED: u32 = 1 << 20;
+const FADT_RESET_REG_SUPPORTED: u32 = 1 << 10;
 
 /// Keeps the RSDP for a later [`power_off`].
 pub fn init(rsdp: Option<[u8; 36]>) {
@@ -163,6 +164,21 @@ pub fn power_off() -> bool {
         outw(pm1a, sleep(slp_typ_a));
     }
     true
+}
+
+/// Restarts through the FADT's reset register when it is an I/O port (Generation 2 VMs have
+/// no keyboard controller). Returns only if there is none.
+pub fn reset() {
+    let Some(fadt) = RSDP.get().and_then(|rsdp| find(rsdp, b"FACP")) else {
+        return;
+    };
+    if u32_at(fadt, 112).unwrap_or(0) & FADT_RESET_REG_SUPPORTED == 0 {
+        return;
+    }
+    if let (Some(port), Some(&value)) = (gas_port(fadt, 116), fadt.get(128)) {
+        // SAFETY: the FADT's reset register and value: writing it resets the machine.
+        unsafe { outb(port, value) };
+    }
 }
 
 /// Switches the chipset to ACPI mode through SMI_CMD if the firmware left it in legacy mode.

@@ -12,12 +12,24 @@
 #![no_main]
 
 mod acpi;
+mod apic;
 mod boot;
+mod disk;
+mod guest;
+mod hyperv;
+mod interrupts;
 mod mem;
+mod memory;
 mod multiboot2;
+mod net;
+mod pci;
 mod port;
 mod power;
+mod screen;
+mod selfcheck;
 mod serial;
+mod services;
+mod status;
 
 use core::panic::PanicInfo;
 
@@ -59,7 +71,7 @@ pub extern "C" fn kernel_main(magic: u32, info: u32) -> ! {
         .max()
         .unwrap_or(0);
     println!(
-        "boot: {} MiB of RAM (highest address {top:#x}) in {} memory map entries; boot \
+        "boot: {} MiB of RAM (up to {top:#x}) in {} memory map entries; boot \
          information at {:#x} ({} bytes)",
         usable >> 20,
         boot.regions.len(),
@@ -81,10 +93,15 @@ pub extern "C" fn kernel_main(magic: u32, info: u32) -> ! {
                 info.version,
                 info.vendor_str().unwrap_or("?")
             );
-            power::exit(ExitCode::Clean)
+            guest::run(&info, &boot)
         }
         Err(e) => {
             println!("not Hyper-V: {e}");
+            if let Err(why) = selfcheck::run(&boot) {
+                println!("platform: self-check FAILED: {why}");
+                power::exit(ExitCode::Failure);
+            }
+            println!("platform: self-check passed");
             println!("stopping: nothing to drive here");
             power::exit(ExitCode::Clean)
         }

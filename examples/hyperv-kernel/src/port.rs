@@ -54,3 +54,29 @@ pub unsafe fn inw(port: u16) -> u16 {
     }
     value
 }
+
+/// Writes a 32-bit word to an I/O port.
+///
+/// # Safety
+///
+/// As [`outb`].
+pub unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: per this function's contract; OUT touches no memory.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Reads a 32-bit word from an I/O port.
+///
+/// # Safety
+///
+/// As [`inb`].
+pub unsafe fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: per this function's contract; IN touches no memory.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    }
+    value
+}

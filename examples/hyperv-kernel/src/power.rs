@@ -34,6 +34,20 @@ pub fn exit(code: ExitCode) -> ! {
     halt_forever()
 }
 
+/// Restarts the machine through the ACPI reset register, the keyboard controller's reset
+/// line (Generation 1) or the PCI reset control register at 0xCF9; halts if none works.
+pub fn restart() -> ! {
+    crate::println!("restarting");
+    crate::acpi::reset();
+    // SAFETY: 0xFE to the 8042 command port pulses the CPU reset line; 0x06 to port 0xCF9
+    // requests a hard reset. Both end this kernel, which is the intent.
+    unsafe {
+        outb(0x64, 0xFE);
+        outb(0xCF9, 0x06);
+    }
+    halt_forever()
+}
+
 /// Halts this processor for good.
 pub fn halt_forever() -> ! {
     loop {
