@@ -9,6 +9,7 @@ use winhv::HypervInfo;
 
 use crate::hyperv::{self, Bus, SECOND};
 use crate::interrupts::{self, TIMER_TICKS, VMBUS_INTERRUPTS};
+use crate::keyboard::Keyboard;
 use crate::multiboot2::BootInfo;
 use crate::net::Net;
 use crate::power::{self, ExitCode};
@@ -52,6 +53,7 @@ pub fn run(info: &HypervInfo, boot: &BootInfo) -> ! {
     let mut sockets = [SocketStorage::EMPTY; 1];
     let mut net = Net::open(bus, &mut sockets, &mut status);
     let mut screen = Screen::open(bus, boot.framebuffer, &mut status);
+    let mut keyboard = Keyboard::open(bus);
     if let Some(s) = screen.as_mut() {
         s.draw(&status, &live_line(&mut services));
     }
@@ -60,7 +62,13 @@ pub fn run(info: &HypervInfo, boot: &BootInfo) -> ! {
         memory::free_pages() >> 8
     );
 
-    let request = idle(bus, &mut services, &mut net, &mut screen, &mut status);
+    let mut devices = Devices {
+        services: &mut services,
+        net: &mut net,
+        screen: &mut screen,
+        keyboard: &mut keyboard,
+    };
+    let request = idle(bus, &mut devices, &mut status);
     shut_down(bus, request, screen)
 }
 
@@ -117,15 +125,23 @@ fn live_line(services: &mut Services) -> Line {
     l
 }
 
+/// What the idle loop serves (a device that failed is dropped from its slot).
+struct Devices<'a, 's> {
+    services: &'a mut Services,
+    net: &'a mut Option<Net<'s>>,
+    screen: &'a mut Option<Screen>,
+    keyboard: &'a mut Option<Keyboard>,
+}
+
 /// Serves the host until it asks for a shutdown: bus control messages, the services, the
-/// network, the screen; halts between rounds when nothing is left to do.
-fn idle(
-    bus: &'static Bus,
-    services: &mut Services,
-    net: &mut Option<Net<'_>>,
-    screen: &mut Option<Screen>,
-    status: &mut Status,
-) -> ShutdownRequest {
+/// network, the keyboard, the screen; halts between rounds when nothing is left to do.
+fn idle(bus: &'static Bus, devices: &mut Devices<'_, '_>, status: &mut Status) -> ShutdownRequest {
+    let Devices {
+        services,
+        net,
+        screen,
+        keyboard,
+    } = devices;
     let mut next_redraw = 0;
     let mut drawn_network = status.network.clone();
     loop {
@@ -142,15 +158,25 @@ fn idle(
         if let Some(n) = net.as_mut() {
             busy |= n.poll(services, status);
         }
+        let mut typed = false;
+        if let Some(k) = keyboard.as_mut() {
+            match k.poll(status) {
+                Ok(changed) => typed = changed,
+                Err(e) => {
+                    println!("keyboard: stopped: {e}");
+                    **keyboard = None;
+                }
+            }
+        }
         if let Some(s) = screen.as_mut() {
             if !s.poll() {
-                *screen = None;
-            } else if status.network != drawn_network {
+                **screen = None;
+            } else if status.network != drawn_network || typed {
                 drawn_network = status.network.clone();
                 s.draw(status, &live_line(services));
             } else if hyperv::now() >= next_redraw {
                 next_redraw = hyperv::now() + SECOND;
-                s.draw_live(status, &live_line(services));
+                s.draw_live(&live_line(services));
             }
         }
         if !busy {

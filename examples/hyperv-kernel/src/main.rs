@@ -18,6 +18,7 @@ mod disk;
 mod guest;
 mod hyperv;
 mod interrupts;
+mod keyboard;
 mod mem;
 mod memory;
 mod multiboot2;

@@ -28,6 +28,8 @@ const LINE_HEIGHT: i32 = 20;
 /// The display and what is on it.
 pub struct Screen {
     video: Synthvid<'static, Transport, KernelHal>,
+    /// Baseline of the live line, as `draw` laid the screen out.
+    live_y: i32,
 }
 
 /// Where the VRAM goes: (guest-physical address, bytes available there).
@@ -86,7 +88,7 @@ impl Screen {
                     mode.height,
                     video.version()
                 ));
-                Some(Self { video })
+                Some(Self { video, live_y: 0 })
             }
             Err(e) => {
                 println!("screen: synthvid: {e}");
@@ -117,9 +119,11 @@ impl Screen {
         let title = MonoTextStyle::new(&FONT_9X15_BOLD, TITLE);
         let text = MonoTextStyle::new(&FONT_9X15, TEXT);
         let mut y = 40;
+        // Draws a line and returns its baseline.
         let mut put = |s: &str, style| {
             let _ = Text::new(s, Point::new(32, y), style).draw(&mut fb);
             y += LINE_HEIGHT;
+            y - LINE_HEIGHT
         };
         put(
             "hyperv-kernel: a no_std Rust guest on Hyper-V (hyperv-guest-rs example)",
@@ -146,22 +150,21 @@ impl Screen {
             text,
         );
         put("", text);
-        put(live, text);
+        let live_y = put(live, text);
         put("", text);
         put(
             "Shut the VM down from the host (Hyper-V Manager, Stop-VM, Azure) to power it off.",
             text,
         );
+        self.live_y = live_y;
         if let Err(e) = self.video.flush() {
             println!("screen: DIRT: {e}");
         }
     }
 
     /// Redraws only the live line.
-    pub fn draw_live(&mut self, status: &Status, live: &Line) {
-        // Everything above the live line is fixed; find its row as `draw` lays it out.
-        let row = 6 + status.disks.len() as i32;
-        let y = 40 + row * LINE_HEIGHT;
+    pub fn draw_live(&mut self, live: &Line) {
+        let y = self.live_y;
         let mut fb = self.video.framebuffer();
         let _ = Rectangle::new(
             Point::new(0, y - 15),

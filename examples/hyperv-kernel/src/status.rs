@@ -21,6 +21,8 @@ pub struct Status {
     pub network: Line,
     /// The display.
     pub video: Line,
+    /// What was typed on the keyboard since the last Enter.
+    pub typed: Line,
 }
 
 /// A line from formatted text (cut at 96 bytes).
