@@ -153,6 +153,13 @@ fn idle(bus: &'static Bus, devices: &mut Devices<'_, '_>, status: &mut Status) -
         }
         let (request, mut busy) = services.poll();
         if let Some(request) = request {
+            // The S_OK reply may still wait for room in the ring: give it a few rounds.
+            for _ in 0..16 {
+                if !services.poll().1 {
+                    break;
+                }
+                hyperv::relax();
+            }
             return request;
         }
         if let Some(n) = net.as_mut() {

@@ -239,10 +239,12 @@ extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effect.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
-    crate::serial::print_unlocked(format_args!(
-        "\nCPU exception {} (error code {:#x}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}, CR2 {cr2:#x}\n",
+    let report = format_args!(
+        "CPU exception {} (error code {:#x}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}, CR2 {cr2:#x}",
         frame.vector, frame.error_code, frame.rip, frame.rsp, frame.rflags
-    ));
+    );
+    crate::serial::print_unlocked(format_args!("\n{report}\n"));
+    crate::crash::report(report);
     power::exit(ExitCode::Failure)
 }
 

@@ -14,6 +14,7 @@
 mod acpi;
 mod apic;
 mod boot;
+mod crash;
 mod disk;
 mod guest;
 mod hyperv;
@@ -94,6 +95,7 @@ pub extern "C" fn kernel_main(magic: u32, info: u32) -> ! {
                 info.version,
                 info.vendor_str().unwrap_or("?")
             );
+            crash::enable(info);
             guest::run(&info, &boot)
         }
         Err(e) => {
@@ -149,6 +151,7 @@ mod detect {
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     serial::print_unlocked(format_args!("\nkernel panic: {info}\n"));
+    crash::report(format_args!("hyperv-kernel panic: {info}"));
     power::exit(ExitCode::Failure)
 }
 

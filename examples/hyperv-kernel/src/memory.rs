@@ -161,10 +161,10 @@ pub fn hv_page() -> Option<HvPage> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelHal;
 
-// SAFETY: `alloc_pages` returns zeroed, aligned, contiguous RAM owned by the caller until
-// freed; identity mapping makes `virt_to_phys` exact for every address below 4 GiB (kernel
-// image, stacks and allocated pages alike); `map_mmio` returns the identity mapping of exactly
-// the requested range. This VM is not confidential, so all memory is host-visible.
+// This VM is not confidential, so all its memory is host-visible.
+// SAFETY: `alloc_pages` returns zeroed, aligned, contiguous RAM owned by the caller until freed;
+// identity mapping makes `virt_to_phys` exact below 4 GiB (image, stacks, allocated pages);
+// `map_mmio` returns the identity mapping of exactly the requested range.
 unsafe impl Hal for KernelHal {
     fn alloc_pages(&self, pages: usize) -> Result<NonNull<u8>, HalError> {
         if pages == 0 {
