@@ -28,6 +28,8 @@ crate_of_path='
     if (path ~ /^\?\?/ || path == "") return "(no-line-information)"
     if (path ~ /\/rustc\/[0-9a-f]+\/library\//) { sub(/.*\/library\//, "", path); sub(/\/.*/, "", path); return path }
     if (path ~ /\/examples\/hyperv-kernel\//) return "hyperv-kernel"
+    # Compiler-generated code (shims, drop glue) names its codegen unit: crate.hash-cgu.N
+    if (path ~ /^[a-z_0-9]+\.[0-9a-f]+-cgu\.[0-9]+$/) { sub(/\..*/, "", path); gsub(/_/, "-", path); return path }
     if (match(path, /\/(winhv|vmbus-guest|ic-services|storvsc|netvsc|synthvid|synthhid)\/src\//)) {
       m = substr(path, RSTART + 1); sub(/\/.*/, "", m); return m
     }
