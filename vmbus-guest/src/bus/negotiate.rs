@@ -23,7 +23,7 @@ use zerocopy::IntoBytes;
 /// pinning are not implemented, so they are never requested whatever the configuration says.
 pub const SUPPORTED_FEATURES: FeatureFlags = FeatureFlags::GUEST_SPECIFIED_SIGNAL_PARAMETERS;
 
-/// How many sets of monitor and interrupt pages ([`SHARED_PAGES`] pages each) one bus leaves
+/// How many sets of monitor and interrupt pages (three pages each) one bus leaves
 /// to the host over its life, for connections the host failed or the guest abandoned after
 /// sharing them; later connections reuse the last set. The bound on what a hostile host can
 /// make the guest leak this way: 4 × 3 pages = 48 KiB.
