@@ -134,7 +134,14 @@ struct State {
     withheld: Vec<(u32, u64)>,
     refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
+    /// Frames the guest sent (counted even when not kept).
+    frames_from_guest_count: u64,
+    /// Keep the frames the guest sends ([`NetworkVsp::keep_frames`]).
+    keep_frames: bool,
     frames_to_guest: u64,
+    /// A frame delivered over and over ([`NetworkVsp::generate`]): (frame, frames per
+    /// transfer-page packet).
+    generator: Option<(Vec<u8>, usize)>,
     subchannels: u32,
     completions_from_guest: u64,
     /// The guest sent RNDIS HALT.
@@ -199,7 +206,10 @@ impl NetworkVsp {
                 withheld: Vec::new(),
                 refuse_control: false,
                 frames_from_guest: Vec::new(),
+                frames_from_guest_count: 0,
+                keep_frames: true,
                 frames_to_guest: 0,
+                generator: None,
                 subchannels: 0,
                 completions_from_guest: 0,
                 halted: false,
@@ -262,6 +272,24 @@ impl NetworkVsp {
     /// Frames the guest sent, in order.
     pub fn frames_from_guest(&self) -> Vec<Vec<u8>> {
         self.lock().frames_from_guest.clone()
+    }
+
+    /// Frames the guest sent, kept or not.
+    pub fn frames_from_guest_count(&self) -> u64 {
+        self.lock().frames_from_guest_count
+    }
+
+    /// Whether the frames the guest sends are kept for [`Self::frames_from_guest`] (default)
+    /// or only counted (long runs such as benchmarks).
+    pub fn keep_frames(&self, on: bool) {
+        self.lock().keep_frames = on;
+    }
+
+    /// Traffic generator: `frame` is delivered to the guest over and over, as fast as receive
+    /// slots come back, in transfer-page packets of up to `per_packet` frames (clamped to
+    /// 1..=64); `None` stops it. Frames go out only once the guest set a packet filter.
+    pub fn generate(&self, frame: Option<(&[u8], usize)>) {
+        self.lock().generator = frame.map(|(f, n)| (f.to_vec(), n.clamp(1, 64)));
     }
 
     /// Frames delivered to the guest.

@@ -185,11 +185,14 @@ impl State {
             );
             return false;
         }
-        let frame = m[data_off..data_off + data_len].to_vec();
+        let frame = &m[data_off..data_off + data_len];
         if let Some((sw, port)) = &self.switch {
-            sw.forward(*port, &frame);
+            sw.forward(*port, frame);
         }
-        self.frames_from_guest.push(frame);
+        self.frames_from_guest_count += 1;
+        if self.keep_frames {
+            self.frames_from_guest.push(frame.to_vec());
+        }
         true
     }
 
