@@ -81,11 +81,17 @@ impl Core {
                     }
                 }
                 Ctx::Data { .. } | Ctx::Large { .. } => {
-                    match context {
-                        Ctx::Data { section } => self.sections.release(section),
-                        Ctx::Large { slot } => self.large_free |= 1 << slot,
-                        _ => {}
-                    }
+                    let frames = match context {
+                        Ctx::Data { section, frames } => {
+                            self.sections.release(section);
+                            u64::from(frames)
+                        }
+                        Ctx::Large { slot } => {
+                            self.large_free |= 1 << slot;
+                            1
+                        }
+                        _ => 0,
+                    };
                     let p = packet.payload();
                     // A zero-length completion is legal (devices §2.5): treat as success.
                     let ok = match NvspRndisPacketComplete::read_from_prefix(p) {
@@ -96,19 +102,19 @@ impl Core {
                         Err(_) => p.len() < 4,
                     };
                     if ok {
-                        self.stats.tx_completed += 1;
+                        self.stats.tx_completed += frames;
                     } else {
-                        self.stats.tx_failed += 1;
+                        self.stats.tx_failed += frames;
                     }
                 }
             },
             // The channel died with the request in flight: its section stays taken (the
             // memory is only reused after a confirmed release, i.e. never by this NIC).
-            Received::Failed { context, .. } => {
-                if matches!(context, Ctx::Data { .. } | Ctx::Large { .. }) {
-                    self.stats.tx_failed += 1;
-                }
-            }
+            Received::Failed { context, .. } => match context {
+                Ctx::Data { frames, .. } => self.stats.tx_failed += u64::from(frames),
+                Ctx::Large { .. } => self.stats.tx_failed += 1,
+                _ => {}
+            },
         }
     }
 
@@ -343,6 +349,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         on_frame: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<bool, NetError> {
+        // Frames queued by a burst go out now at the latest.
+        self.flush_quietly();
         let Self {
             channel,
             recv_buf,
@@ -394,9 +402,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         Ok(true)
     }
 
-    /// Receives up to `budget` packets from the host, handing each received Ethernet frame to
-    /// `on_frame`, reaping send completions and returning receive ranges to the host (one
-    /// completion per transfer-page packet). Returns whether packets may still be waiting
+    /// Submits the frames a burst queued, then receives up to `budget` packets from the host,
+    /// handing each received Ethernet frame to `on_frame`, reaping send completions and
+    /// returning receive ranges to the host (one completion per transfer-page packet). Returns whether packets may still be waiting
     /// (poll again: no interrupt announces them). Interrupt-safe.
     pub fn poll(
         &mut self,

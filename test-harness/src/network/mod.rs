@@ -72,6 +72,12 @@ pub struct NetVspConfig {
     /// Send section size reported in SEND_SEND_BUF_COMPLETE (6144 on Hyper-V; other values
     /// test the guest's validation).
     pub section_size: u32,
+    /// RNDIS max packets per message in INITIALIZE_COMPLETE (8 on Hyper-V): the most RNDIS
+    /// messages the guest may pack into one send section.
+    pub max_packets_per_message: u32,
+    /// RNDIS packet alignment factor in INITIALIZE_COMPLETE (3 on Hyper-V: packed messages
+    /// start at multiples of 8 bytes).
+    pub packet_alignment_factor: u32,
 }
 
 impl Default for NetVspConfig {
@@ -82,6 +88,8 @@ impl Default for NetVspConfig {
             max_subchannels: 4,
             link_up: true,
             section_size: SECTION_SIZE,
+            max_packets_per_message: 8,
+            packet_alignment_factor: 3,
         }
     }
 }
@@ -134,6 +142,8 @@ struct State {
     withheld: Vec<(u32, u64)>,
     refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
+    /// Data SEND_RNDIS_PKTs (sections or page buffers) the guest sent.
+    data_packets_from_guest: u64,
     /// Frames the guest sent (counted even when not kept).
     frames_from_guest_count: u64,
     /// Keep the frames the guest sends ([`NetworkVsp::keep_frames`]).
@@ -206,6 +216,7 @@ impl NetworkVsp {
                 withheld: Vec::new(),
                 refuse_control: false,
                 frames_from_guest: Vec::new(),
+                data_packets_from_guest: 0,
                 frames_from_guest_count: 0,
                 keep_frames: true,
                 frames_to_guest: 0,
@@ -272,6 +283,11 @@ impl NetworkVsp {
     /// Frames the guest sent, in order.
     pub fn frames_from_guest(&self) -> Vec<Vec<u8>> {
         self.lock().frames_from_guest.clone()
+    }
+
+    /// Data SEND_RNDIS_PKT packets the guest sent (several frames each when packed).
+    pub fn data_packets_from_guest(&self) -> u64 {
+        self.lock().data_packets_from_guest
     }
 
     /// Frames the guest sent, kept or not.
