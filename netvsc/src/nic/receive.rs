@@ -246,7 +246,7 @@ impl Core {
             return;
         }
         let n = count.min(scratch.len());
-        if (buf.read)(offset, &mut scratch[..n]).is_err() {
+        if read_message(buf, offset, &mut scratch[..n]).is_err() {
             self.stats.rx_bad_ranges += 1;
             return;
         }
@@ -436,6 +436,50 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             false
         })?;
         Ok(out)
+    }
+}
+
+/// Bytes read first from a receive range: an RNDIS PACKET header and a checksum PPI (and
+/// any other message's fixed part).
+const HEAD: usize = 64;
+
+/// Copies the RNDIS message at `offset` of the receive buffer into `out` (the range's
+/// length, capped at the copy buffer) — for a PACKET only the parts a parse looks at: the
+/// header, the PPI area and the frame, each read once. A host slot is larger than its frame
+/// (OpenVMM's `msg_len` covers the whole slot, devices §2.8), so the rest is skipped; the
+/// bytes of `out` outside those parts are stale private bytes no parse reads. Offsets that
+/// do not fit fall back to copying everything, so the parse reports the error.
+fn read_message(
+    buf: &HostBufferView<'_>,
+    offset: usize,
+    out: &mut [u8],
+) -> Result<(), vmbus_guest::OutOfBounds> {
+    let n = out.len();
+    let head = n.min(HEAD);
+    (buf.read)(offset, &mut out[..head])?;
+    let field = |at: usize| {
+        out.get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if head < size_of::<RndisPacket>() || field(0) != rndis_msg::PACKET as usize {
+        return (buf.read)(offset + head, &mut out[head..]);
+    }
+    let base = crate::protocol::RNDIS_OFFSET_BASE;
+    let span = |off: usize, len: usize| {
+        let start = off.checked_add(base)?;
+        let end = start.checked_add(len)?;
+        (end <= n).then_some((start.max(head), end))
+    };
+    match (span(field(28), field(32)), span(field(8), field(12))) {
+        (Some(ppi), Some(data)) => {
+            for (start, end) in [ppi, data] {
+                if start < end {
+                    (buf.read)(offset + start, &mut out[start..end])?;
+                }
+            }
+            Ok(())
+        }
+        _ => (buf.read)(offset + head, &mut out[head..]),
     }
 }
 
