@@ -4,7 +4,7 @@
 //!
 //! A [`Nic`] borrows the bus and owns its primary channel and both buffers. Blocking calls
 //! ([`Nic::open`], [`Nic::close`]) take a [`Wait`]; the data path ([`Nic::send_frame`],
-//! [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
+//! [`Nic::send_batch`], [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
 //! caller retries on, so a frame is never dropped without a counted reason.
 
 mod control;
