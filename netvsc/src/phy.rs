@@ -4,9 +4,8 @@
 //! transfer-page packet waits in the NIC, so no frame queue is needed); the frame is copied
 //! into the device's own buffer because smoltcp holds the receive and transmit tokens at the
 //! same time. Transmit has smoltcp build the frame in the NIC's private buffer
-//! ([`Nic::queue_frame_with`]), from which it is copied into a send section once; frames of one
-//! `Interface::poll` are packed into shared sections and submitted together by the next
-//! receive or when the device is dropped.
+//! ([`Nic::queue_frame_with`]), from which it is copied into a send section once, and submits
+//! it (smoltcp has no end-of-poll hook to close a burst on; bursts are [`Nic::send_batch`]'s).
 //! Frames smoltcp produced but the NIC could not take (back-pressure, a dead channel) are
 //! counted in [`DeviceStats`], never dropped silently.
 
@@ -101,13 +100,20 @@ impl<T: Transport, H: Hal, const N: usize, const M: usize> phy::TxToken
         F: FnOnce(&mut [u8]) -> R,
     {
         // smoltcp builds the frame in the NIC's private buffer, which the NIC copies into
-        // its send section once (no reference to host memory exists); the frame joins the
-        // current burst, submitted by the next receive, poll or drop of the device.
+        // its send section once (no reference to host memory exists). smoltcp has no
+        // end-of-poll hook, so the frame is submitted at once (a refused submission is
+        // retried by the next poll, the frame staying queued).
         let mut f = Some(f);
         let mut out = None;
-        let result = self.nic.queue_frame_with(len, |buf| {
-            out = f.take().map(|f| f(buf));
-        });
+        let result = self
+            .nic
+            .queue_frame_with(len, |buf| {
+                out = f.take().map(|f| f(buf));
+            })
+            .and_then(|()| match self.nic.flush() {
+                Ok(()) | Err(NetError::Busy(_)) => Ok(()),
+                Err(e) => Err(e),
+            });
         if let Err(e) = result {
             log::debug!("netvsc smoltcp device: frame of {len} bytes not sent: {e}");
             self.stats.tx_dropped += 1;
@@ -121,21 +127,6 @@ impl<T: Transport, H: Hal, const N: usize, const M: usize> phy::TxToken
                 f(&mut buf[..len.min(M)])
             }
             (None, None) => unreachable!("the frame was built, so it produced a result"),
-        }
-    }
-}
-
-impl<T: Transport, H: Hal, const N: usize, const M: usize> Drop
-    for NetvscDevice<'_, '_, T, H, N, M>
-{
-    /// Submits the frames smoltcp queued during the poll (back-pressure leaves them for the
-    /// NIC's next poll).
-    fn drop(&mut self) {
-        if let Err(e) = self.nic.flush()
-            && !matches!(e, NetError::Busy(_))
-        {
-            // A dead channel: the NIC counted the lost frames in `tx_failed`.
-            self.last_error = Some(e);
         }
     }
 }
