@@ -6,7 +6,9 @@
 //!   [`rndis::parse_message`]).
 //! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
-//!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends.
+//!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
+//!   one frame and [`Nic::send_batch`] a burst (small frames packed into shared send
+//!   sections, one packet and one completion per section).
 //!
 //! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
 //!

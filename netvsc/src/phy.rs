@@ -3,7 +3,9 @@
 //! Receive pulls one frame per token through [`Nic::receive_with`] (the rest of a multi-frame
 //! transfer-page packet waits in the NIC, so no frame queue is needed); the frame is copied
 //! into the device's own buffer because smoltcp holds the receive and transmit tokens at the
-//! same time. Transmit builds the frame on the stack and sends it with [`Nic::send_frame`].
+//! same time. Transmit has smoltcp build the frame in the NIC's private buffer
+//! ([`Nic::queue_frame_with`]), from which it is copied into a send section once, and submits
+//! it (smoltcp has no end-of-poll hook to close a burst on; bursts are [`Nic::send_batch`]'s).
 //! Frames smoltcp produced but the NIC could not take (back-pressure, a dead channel) are
 //! counted in [`DeviceStats`], never dropped silently.
 
@@ -97,22 +99,35 @@ impl<T: Transport, H: Hal, const N: usize, const M: usize> phy::TxToken
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        // The frame is built here and copied into host memory by the NIC (no reference to
-        // host memory exists); M holds the largest frame the NIC carries.
-        let mut buf = [0u8; M];
-        let n = len.min(M);
-        let r = f(&mut buf[..n]);
-        let result = if len > M {
-            Err(NetError::FrameSize(len))
-        } else {
-            self.nic.send_frame(&buf[..n])
-        };
+        // smoltcp builds the frame in the NIC's private buffer, which the NIC copies into
+        // its send section once (no reference to host memory exists). smoltcp has no
+        // end-of-poll hook, so the frame is submitted at once (a refused submission is
+        // retried by the next poll, the frame staying queued).
+        let mut f = Some(f);
+        let mut out = None;
+        let result = self
+            .nic
+            .queue_frame_with(len, |buf| {
+                out = f.take().map(|f| f(buf));
+            })
+            .and_then(|()| match self.nic.flush() {
+                Ok(()) | Err(NetError::Busy(_)) => Ok(()),
+                Err(e) => Err(e),
+            });
         if let Err(e) = result {
             log::debug!("netvsc smoltcp device: frame of {len} bytes not sent: {e}");
             self.stats.tx_dropped += 1;
             *self.last_error = Some(e);
         }
-        r
+        match (out, f) {
+            (Some(r), _) => r,
+            // Refused before it was built: smoltcp still gets its result.
+            (None, Some(f)) => {
+                let mut buf = [0u8; M];
+                f(&mut buf[..len.min(M)])
+            }
+            (None, None) => unreachable!("the frame was built, so it produced a result"),
+        }
     }
 }
 

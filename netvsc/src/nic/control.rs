@@ -190,6 +190,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// context only.
     pub fn close(mut self, waiter: &mut impl Wait) -> Released {
         waiter.restart();
+        self.flush_quietly();
         let alive = self.channel.is_alive() && self.core.ready;
         self.teardown(waiter, alive)
     }

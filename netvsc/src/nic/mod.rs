@@ -4,7 +4,7 @@
 //!
 //! A [`Nic`] borrows the bus and owns its primary channel and both buffers. Blocking calls
 //! ([`Nic::open`], [`Nic::close`]) take a [`Wait`]; the data path ([`Nic::send_frame`],
-//! [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
+//! [`Nic::send_batch`], [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
 //! caller retries on, so a frame is never dropped without a counted reason.
 
 mod control;
@@ -28,6 +28,7 @@ use crate::protocol::{
     filter, msg, oid, padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
+pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
 pub const MAX_MTU: u16 = 1500;
@@ -191,8 +192,12 @@ pub struct NicInfo {
     pub section_size: u32,
     /// Send sections in use.
     pub sections: u16,
-    /// RNDIS max packets per message (batching limit; this driver sends one per message).
+    /// RNDIS messages packed into one send section at most: the host's max packets per
+    /// message, capped at [`MAX_PACKED`] (1 = no packing).
     pub max_packets_per_message: u32,
+    /// Alignment of each packed RNDIS message in bytes (from the host's packet alignment
+    /// factor; at least 8, at most [`MAX_PACKET_ALIGNMENT`]).
+    pub packet_alignment: u32,
     /// Link speed in units of 100 bit/s (0 if not reported).
     pub link_speed: u32,
 }
@@ -249,10 +254,12 @@ pub enum Ctx {
         /// The section.
         section: u16,
     },
-    /// A frame in send section `section`.
+    /// Frames packed in send section `section`.
     Data {
         /// The section.
         section: u16,
+        /// Frames in it.
+        frames: u16,
     },
     /// A SWITCH_DATA_PATH request.
     DataPath,
@@ -382,6 +389,8 @@ struct Core {
     switch_owed: bool,
     /// Free page-buffer slots (bit per slot).
     large_free: u16,
+    /// The send section the current burst is filling.
+    burst: Option<send::OpenSection>,
 }
 
 /// The SR-IOV VF as the host announced it (devices §2.17). This driver has no VF driver:
@@ -436,9 +445,14 @@ impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug
 }
 
 impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
-    /// Whether a frame can be sent now (a free section and request slot).
+    /// Whether a frame can be sent or queued now: room in the open section of the burst
+    /// (for a small frame), or a free section and request slot.
     pub fn can_send(&self) -> bool {
-        !self.channel.requests_full() && self.core.sections.free_count() > 0
+        self.core.burst.is_some_and(|o| {
+            u32::from(o.frames) < self.core.info.max_packets_per_message
+                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD)
+                    <= self.core.info.section_size as usize
+        }) || !self.channel.requests_full() && self.core.sections.free_count() > 0
     }
 
     /// What the handshake learned.

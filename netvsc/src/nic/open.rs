@@ -56,6 +56,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                     section_size: 0,
                     sections: 0,
                     max_packets_per_message: 1,
+                    packet_alignment: 8,
                     link_speed: 0,
                 },
                 ready: false,
@@ -74,6 +75,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 vf: VfState::default(),
                 switch_owed: false,
                 large_free: 0,
+                burst: None,
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; M],
@@ -241,7 +243,15 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         if init.medium.get() != 0 {
             return Err(NetError::HostValue("RNDIS medium is not 802.3"));
         }
-        self.core.info.max_packets_per_message = init.max_packets_per_message.get();
+        // Packing limits (devices §2.9): 0 packets means no packing; the alignment factor
+        // is a power of two, 8 bytes at least (RNDIS messages stay 8-byte aligned).
+        self.core.info.max_packets_per_message =
+            init.max_packets_per_message.get().clamp(1, MAX_PACKED);
+        let factor = init.packet_alignment_factor.get();
+        if factor > MAX_PACKET_ALIGNMENT.trailing_zeros() {
+            return Err(NetError::HostValue("RNDIS packet alignment factor"));
+        }
+        self.core.info.packet_alignment = (1u32 << factor).max(8);
 
         let (frame_size, _) = self.query_u32(oid::GEN_MAXIMUM_FRAME_SIZE, waiter)?;
         if frame_size < 68 {

@@ -81,11 +81,17 @@ impl Core {
                     }
                 }
                 Ctx::Data { .. } | Ctx::Large { .. } => {
-                    match context {
-                        Ctx::Data { section } => self.sections.release(section),
-                        Ctx::Large { slot } => self.large_free |= 1 << slot,
-                        _ => {}
-                    }
+                    let frames = match context {
+                        Ctx::Data { section, frames } => {
+                            self.sections.release(section);
+                            u64::from(frames)
+                        }
+                        Ctx::Large { slot } => {
+                            self.large_free |= 1 << slot;
+                            1
+                        }
+                        _ => 0,
+                    };
                     let p = packet.payload();
                     // A zero-length completion is legal (devices §2.5): treat as success.
                     let ok = match NvspRndisPacketComplete::read_from_prefix(p) {
@@ -96,19 +102,19 @@ impl Core {
                         Err(_) => p.len() < 4,
                     };
                     if ok {
-                        self.stats.tx_completed += 1;
+                        self.stats.tx_completed += frames;
                     } else {
-                        self.stats.tx_failed += 1;
+                        self.stats.tx_failed += frames;
                     }
                 }
             },
             // The channel died with the request in flight: its section stays taken (the
             // memory is only reused after a confirmed release, i.e. never by this NIC).
-            Received::Failed { context, .. } => {
-                if matches!(context, Ctx::Data { .. } | Ctx::Large { .. }) {
-                    self.stats.tx_failed += 1;
-                }
-            }
+            Received::Failed { context, .. } => match context {
+                Ctx::Data { frames, .. } => self.stats.tx_failed += u64::from(frames),
+                Ctx::Large { .. } => self.stats.tx_failed += 1,
+                _ => {}
+            },
         }
     }
 
@@ -240,7 +246,7 @@ impl Core {
             return;
         }
         let n = count.min(scratch.len());
-        if (buf.read)(offset, &mut scratch[..n]).is_err() {
+        if read_message(buf, offset, &mut scratch[..n]).is_err() {
             self.stats.rx_bad_ranges += 1;
             return;
         }
@@ -343,6 +349,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         on_frame: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<bool, NetError> {
+        // Frames queued by a burst go out now at the latest.
+        self.flush_quietly();
         let Self {
             channel,
             recv_buf,
@@ -394,9 +402,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         Ok(true)
     }
 
-    /// Receives up to `budget` packets from the host, handing each received Ethernet frame to
-    /// `on_frame`, reaping send completions and returning receive ranges to the host (one
-    /// completion per transfer-page packet). Returns whether packets may still be waiting
+    /// Submits the frames a burst queued, then receives up to `budget` packets from the host,
+    /// handing each received Ethernet frame to `on_frame`, reaping send completions and
+    /// returning receive ranges to the host (one completion per transfer-page packet). Returns whether packets may still be waiting
     /// (poll again: no interrupt announces them). Interrupt-safe.
     pub fn poll(
         &mut self,
@@ -428,6 +436,50 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             false
         })?;
         Ok(out)
+    }
+}
+
+/// Bytes read first from a receive range: an RNDIS PACKET header and a checksum PPI (and
+/// any other message's fixed part).
+const HEAD: usize = 64;
+
+/// Copies the RNDIS message at `offset` of the receive buffer into `out` (the range's
+/// length, capped at the copy buffer) — for a PACKET only the parts a parse looks at: the
+/// header, the PPI area and the frame, each read once. A host slot is larger than its frame
+/// (OpenVMM's `msg_len` covers the whole slot, devices §2.8), so the rest is skipped; the
+/// bytes of `out` outside those parts are stale private bytes no parse reads. Offsets that
+/// do not fit fall back to copying everything, so the parse reports the error.
+fn read_message(
+    buf: &HostBufferView<'_>,
+    offset: usize,
+    out: &mut [u8],
+) -> Result<(), vmbus_guest::OutOfBounds> {
+    let n = out.len();
+    let head = n.min(HEAD);
+    (buf.read)(offset, &mut out[..head])?;
+    let field = |at: usize| {
+        out.get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if head < size_of::<RndisPacket>() || field(0) != rndis_msg::PACKET as usize {
+        return (buf.read)(offset + head, &mut out[head..]);
+    }
+    let base = crate::protocol::RNDIS_OFFSET_BASE;
+    let span = |off: usize, len: usize| {
+        let start = off.checked_add(base)?;
+        let end = start.checked_add(len)?;
+        (end <= n).then_some((start.max(head), end))
+    };
+    match (span(field(28), field(32)), span(field(8), field(12))) {
+        (Some(ppi), Some(data)) => {
+            for (start, end) in [ppi, data] {
+                if start < end {
+                    (buf.read)(offset + start, &mut out[start..end])?;
+                }
+            }
+            Ok(())
+        }
+        _ => (buf.read)(offset + head, &mut out[head..]),
     }
 }
 

@@ -1,5 +1,10 @@
-//! The send path (devices §2.9): frames copied into send-buffer sections, and frames too
-//! large for a section (jumbo) as GPA-direct page buffers.
+//! The send path (devices §2.9): frames copied into send-buffer sections — consecutive small
+//! frames packed into one section as one VMBus packet — and frames too large for a section
+//! (jumbo) as GPA-direct page buffers.
+//!
+//! A burst: [`Nic::queue_frame`] / [`Nic::queue_frame_with`] append small frames to the open
+//! section (submitted when it is full or a frame does not fit), [`Nic::flush`] submits it.
+//! Frames of a burst reach the host in order.
 
 use super::*;
 
@@ -12,71 +17,203 @@ pub(super) const fn large_slot_bytes(max_frame: usize) -> usize {
 /// Most GPA ranges of a page-buffer send: the header, then one per frame page.
 const MAX_LARGE_RANGES: usize = 1 + (MAX_JUMBO_MTU as usize + ETHERNET_HEADER).div_ceil(PAGE);
 
+/// Frames shorter than this are packed several to a section; longer ones get their own.
+pub const PACK_THRESHOLD: usize = 512;
+/// Most RNDIS messages packed into one section, whatever the host allows.
+pub const MAX_PACKED: u32 = 64;
+/// Largest packet alignment accepted from the host (RNDIS packet_alignment_factor 6).
+pub const MAX_PACKET_ALIGNMENT: u32 = 64;
+
+/// RNDIS PACKET header size.
+const HEADER: usize = size_of::<RndisPacket>();
+
+/// The section a burst is filling.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OpenSection {
+    pub(super) section: u16,
+    /// Bytes used (messages with their padding).
+    pub(super) used: u32,
+    /// Messages in it.
+    pub(super) frames: u16,
+}
+
 impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
-    /// Sends one Ethernet frame (header + payload, no FCS) by copying it into a send-buffer
-    /// section behind an RNDIS PACKET header, with completion requested. On
-    /// [`NetError::Busy`] nothing was sent: poll and retry. Interrupt-safe.
+    /// Sends one Ethernet frame (header + payload, no FCS) now: it goes to the host behind the
+    /// frames queued before it, in their section if it is small, and the burst is submitted
+    /// ([`Nic::flush`]). On [`NetError::Busy`] this frame was not sent: poll and retry.
+    /// Interrupt-safe.
     pub fn send_frame(&mut self, frame: &[u8]) -> Result<(), NetError> {
-        if frame.len() < ETHERNET_HEADER || frame.len() > self.core.max_frame {
+        self.queue_frame(frame)?;
+        // The frame is queued: a flush refused for back-pressure is retried by the next
+        // flush or poll, so it is not an error of this frame.
+        match self.flush() {
+            Ok(()) | Err(NetError::Busy(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a burst: frames below [`PACK_THRESHOLD`] bytes are packed into shared sections
+    /// (up to the host's max packets per message), larger ones go alone (GPA-direct if too
+    /// large for a section); the burst is then submitted with [`Nic::flush`]. Returns how many
+    /// frames were taken (a prefix of `frames`; fewer on back-pressure — poll and send the
+    /// rest). Errors other than back-pressure end the burst.
+    pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize, NetError> {
+        let mut taken = 0;
+        for f in frames {
+            match self.queue_frame(f) {
+                Ok(()) => taken += 1,
+                Err(NetError::Busy(_)) => break,
+                Err(e) => {
+                    self.flush_quietly();
+                    return Err(e);
+                }
+            }
+        }
+        self.flush_quietly();
+        Ok(taken)
+    }
+
+    /// Queues one frame in the current burst (see [`Nic::send_batch`]); it reaches the host
+    /// at the latest with the next [`Nic::flush`] (or [`Nic::poll`]). On [`NetError::Busy`]
+    /// it was not queued. Interrupt-safe.
+    pub fn queue_frame(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.queue_frame_with(frame.len(), |buf| buf.copy_from_slice(frame))
+    }
+
+    /// Queues a `len`-byte frame that `build` writes into a private buffer of exactly `len`
+    /// bytes (a network stack building its frame in place); the NIC copies it into host
+    /// memory once. `build` is called only if the frame is accepted.
+    pub fn queue_frame_with<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, NetError> {
+        let align = self.core.info.packet_alignment as usize;
+        let msg_len = (HEADER + len).next_multiple_of(align);
+        if len < ETHERNET_HEADER || len > self.core.max_frame || len > M {
             self.core.stats.tx_bad_size += 1;
-            return Err(NetError::FrameSize(frame.len()));
+            return Err(NetError::FrameSize(len));
         }
-        if self.channel.requests_full() {
-            self.core.stats.tx_busy_requests += 1;
-            return Err(NetError::Busy(Busy::Requests));
-        }
-        if rndis::packet_message_len(frame.len()) > self.core.info.section_size as usize {
-            return self.send_large(frame);
-        }
-        let Some(section) = self.core.sections.alloc() else {
-            self.core.stats.tx_busy_section += 1;
-            return Err(NetError::Busy(Busy::NoSection));
-        };
-        let header = rndis::packet_header(frame.len()).ok_or(NetError::FrameSize(frame.len()))?;
-        let len = header.header.msg_len.get() as usize;
-        let at = usize::from(section) * self.core.info.section_size as usize;
-        let pad = [0u8; 8];
-        let written = self.send_buf.as_ref().is_some_and(|sb| {
-            sb.write_at(at, header.as_bytes()).is_ok()
-                && sb.write_at(at + size_of::<RndisPacket>(), frame).is_ok()
-                && sb
-                    .write_at(
-                        at + size_of::<RndisPacket>() + frame.len(),
-                        &pad[..len - size_of::<RndisPacket>() - frame.len()],
-                    )
-                    .is_ok()
+        let section_size = self.core.info.section_size as usize;
+        let packable =
+            len < PACK_THRESHOLD && msg_len <= M && self.core.info.max_packets_per_message > 1;
+        let fits = self.core.burst.is_some_and(|o| {
+            packable
+                && u32::from(o.frames) < self.core.info.max_packets_per_message
+                && o.used as usize + msg_len <= section_size
         });
-        if !written {
-            self.core.sections.release(section);
+        if !fits {
+            self.submit_burst()?;
+        }
+        if !packable && (msg_len > section_size || msg_len > M) {
+            return self.send_large(len, build);
+        }
+        if self.core.burst.is_none() {
+            if self.channel.requests_full() {
+                self.core.stats.tx_busy_requests += 1;
+                return Err(NetError::Busy(Busy::Requests));
+            }
+            let Some(section) = self.core.sections.alloc() else {
+                self.core.stats.tx_busy_section += 1;
+                return Err(NetError::Busy(Busy::NoSection));
+            };
+            self.core.burst = Some(OpenSection {
+                section,
+                used: 0,
+                frames: 0,
+            });
+        }
+        let Some(mut open) = self.core.burst else {
+            return Err(NetError::InvalidArgument("no open section"));
+        };
+        // Header, frame and padding assembled privately, then one copy into the section.
+        let mut header = rndis::packet_header(len).ok_or(NetError::FrameSize(len))?;
+        header.header.msg_len = (msg_len as u32).into();
+        let message = &mut self.msg[..msg_len];
+        message[..HEADER].copy_from_slice(header.as_bytes());
+        let r = build(&mut message[HEADER..HEADER + len]);
+        message[HEADER + len..].fill(0);
+        let at = usize::from(open.section) * section_size + open.used as usize;
+        if self
+            .send_buf
+            .as_ref()
+            .is_none_or(|sb| sb.write_at(at, message).is_err())
+        {
+            if open.frames == 0 {
+                self.core.sections.release(open.section);
+                self.core.burst = None;
+            }
             return Err(NetError::InvalidArgument("send buffer gone"));
         }
+        open.used += msg_len as u32;
+        open.frames += 1;
+        self.core.burst = Some(open);
+        if !packable || u32::from(open.frames) >= self.core.info.max_packets_per_message {
+            // Full, or a frame that always goes alone: submit now (flush-or-poll retries a
+            // refused submission).
+            match self.submit_burst() {
+                Ok(()) | Err(NetError::Busy(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(r)
+    }
+
+    /// Submits the burst: the open section goes to the host as one SEND_RNDIS_PKT.
+    /// [`NetError::Busy`] (ring full): the frames stay queued; flush again after a poll.
+    /// Interrupt-safe.
+    pub fn flush(&mut self) -> Result<(), NetError> {
+        self.submit_burst()
+    }
+
+    /// Frames queued and not yet handed to the host.
+    pub fn queued_frames(&self) -> usize {
+        self.core.burst.map_or(0, |o| usize::from(o.frames))
+    }
+
+    /// A flush whose back-pressure is left for the next flush or poll.
+    pub(super) fn flush_quietly(&mut self) {
+        if let Err(e) = self.submit_burst()
+            && !matches!(e, NetError::Busy(_))
+        {
+            log::warn!("netvsc: queued frames not submitted: {e}");
+        }
+    }
+
+    fn submit_burst(&mut self) -> Result<(), NetError> {
+        let Some(open) = self.core.burst else {
+            return Ok(());
+        };
         let m = NvspRndisPacket {
             msg_type: msg::SEND_RNDIS_PKT.into(),
             channel_type: CHANNEL_TYPE_DATA.into(),
-            send_buf_section_index: u32::from(section).into(),
-            send_buf_section_size: (len as u32).into(),
+            send_buf_section_index: u32::from(open.section).into(),
+            send_buf_section_size: open.used.into(),
         };
-        match self
-            .channel
-            .request(&[&padded(m.as_bytes())], Ctx::Data { section })
-        {
+        let ctx = Ctx::Data {
+            section: open.section,
+            frames: open.frames,
+        };
+        match self.channel.request(&[&padded(m.as_bytes())], ctx) {
             Ok(_) => {
-                self.core.stats.tx_frames += 1;
+                self.core.burst = None;
+                self.core.stats.tx_frames += u64::from(open.frames);
                 Ok(())
             }
+            Err(ChannelError::Full) => {
+                self.core.stats.tx_busy_ring += 1;
+                Err(NetError::Busy(Busy::RingFull))
+            }
+            Err(ChannelError::TooManyRequests) => {
+                self.core.stats.tx_busy_requests += 1;
+                Err(NetError::Busy(Busy::Requests))
+            }
             Err(e) => {
-                self.core.sections.release(section);
-                Err(match e {
-                    ChannelError::Full => {
-                        self.core.stats.tx_busy_ring += 1;
-                        NetError::Busy(Busy::RingFull)
-                    }
-                    ChannelError::TooManyRequests => {
-                        self.core.stats.tx_busy_requests += 1;
-                        NetError::Busy(Busy::Requests)
-                    }
-                    other => NetError::Channel(other),
-                })
+                // A dead channel: the queued frames are lost with it.
+                self.core.burst = None;
+                self.core.sections.release(open.section);
+                self.core.stats.tx_failed += u64::from(open.frames);
+                Err(NetError::Channel(e))
             }
         }
     }
@@ -84,33 +221,37 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// Sends a frame larger than a section as GPA-direct page buffers (devices §2.9): the
     /// RNDIS PACKET header alone in the first range (it and its PPIs never cross a page),
     /// then the frame split at page boundaries, one single-page range each; no section
-    /// (index 0xFFFFFFFF), completion requested.
-    fn send_large(&mut self, frame: &[u8]) -> Result<(), NetError> {
+    /// (index 0xFFFFFFFF), completion requested. The frame is built in the private buffer.
+    fn send_large<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, NetError> {
         let Some(lb) = self.large_buf.as_ref() else {
             self.core.stats.tx_bad_size += 1;
-            return Err(NetError::FrameSize(frame.len()));
+            return Err(NetError::FrameSize(len));
         };
         if self.core.large_free == 0 {
             self.core.stats.tx_busy_section += 1;
             return Err(NetError::Busy(Busy::NoSection));
         }
+        if self.channel.requests_full() {
+            self.core.stats.tx_busy_requests += 1;
+            return Err(NetError::Busy(Busy::Requests));
+        }
         let slot = self.core.large_free.trailing_zeros() as u8;
         let base = usize::from(slot) * large_slot_bytes(self.core.max_frame);
-        let mut header =
-            rndis::packet_header(frame.len()).ok_or(NetError::FrameSize(frame.len()))?;
+        let mut header = rndis::packet_header(len).ok_or(NetError::FrameSize(len))?;
         // No padding: msg_len is the bytes the ranges carry.
-        header.header.msg_len = ((size_of::<RndisPacket>() + frame.len()) as u32).into();
+        header.header.msg_len = ((HEADER + len) as u32).into();
+        let frame = &mut self.msg[..len];
+        let r = build(frame);
+        let bad = NetError::InvalidArgument("page-buffer slot outside its buffer");
         if lb.write_at(base, header.as_bytes()).is_err() || lb.write_at(base + PAGE, frame).is_err()
         {
-            return Err(NetError::InvalidArgument(
-                "page-buffer slot outside its buffer",
-            ));
+            return Err(bad);
         }
-        let Ok(first) = lb.dma(base, size_of::<RndisPacket>()) else {
-            return Err(NetError::InvalidArgument(
-                "page-buffer slot outside its buffer",
-            ));
-        };
+        let first = lb.dma(base, HEADER).map_err(|_| bad)?;
         let mut ranges = [first; MAX_LARGE_RANGES];
         let mut used = 1;
         for (i, chunk) in frame.chunks(PAGE).enumerate() {
@@ -119,7 +260,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 lb.dma(base + PAGE * (i + 1), chunk.len()),
             ) {
                 (Some(r), Ok(d)) => *r = d,
-                _ => return Err(NetError::FrameSize(frame.len())),
+                _ => return Err(NetError::FrameSize(len)),
             }
             used += 1;
         }
@@ -137,7 +278,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             Ok(_) => {
                 self.core.large_free &= !(1 << slot);
                 self.core.stats.tx_frames += 1;
-                Ok(())
+                Ok(r)
             }
             Err(ChannelError::Full) => {
                 self.core.stats.tx_busy_ring += 1;

@@ -1,5 +1,5 @@
 //! Host → guest traffic (devices §2.8): held completions, host requests, raw fault packets,
-//! control messages and switch frames placed in receive slots and sent as transfer-page
+//! control messages, switch frames and generated frames placed in receive slots and sent as transfer-page
 //! packets.
 
 use super::*;
@@ -28,6 +28,22 @@ impl State {
             self.outstanding.insert(tid, Vec::new());
             send_xfer(ch, tid, set, &ranges, &payload);
         }
+        self.deliver_control(ch);
+        if !self.rndis_initialized || self.filter == 0 {
+            return;
+        }
+        if let Some((sw, port)) = self.switch.clone() {
+            self.deliver_frames(ch, FRAMES_PER_PACKET, &mut || sw.take(port));
+        }
+        if let Some((frame, per_packet)) = self.generator.take() {
+            self.deliver_frames(ch, per_packet, &mut || Some(frame.clone()));
+            self.generator = Some((frame, per_packet));
+        }
+    }
+
+    /// Control messages and raw fault messages, one per transfer-page packet, in any free
+    /// slot.
+    fn deliver_control(&mut self, ch: &mut HostChannel) {
         let Some(recv) = self.recv.as_ref() else {
             return;
         };
@@ -51,21 +67,31 @@ impl State {
             let payload = self.padded(&[107, 1, 0xFFFF_FFFF, 0]);
             send_xfer(ch, tid, id, &[(len as u32, offset as u32)], &payload);
         }
-        if !self.rndis_initialized || self.filter == 0 {
-            return;
-        }
-        let Some((sw, port)) = self.switch.clone() else {
+    }
+
+    /// Places frames from `next` in free data slots (keeping the control slots; a frame is
+    /// taken only when a slot is free) and sends them in transfer-page packets of up to
+    /// `per_packet` ranges, until the slots or the frames run out.
+    fn deliver_frames(
+        &mut self,
+        ch: &mut HostChannel,
+        per_packet: usize,
+        next: &mut dyn FnMut() -> Option<Vec<u8>>,
+    ) {
+        let Some(recv) = self.recv.as_ref() else {
             return;
         };
+        let (gpadl, id, slot_size) = (recv.gpadl, recv.id, recv.slot_size);
+        let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
         loop {
-            let mut ranges = Vec::new();
-            let mut slots = Vec::new();
-            while ranges.len() < FRAMES_PER_PACKET {
+            let mut ranges = Vec::with_capacity(per_packet);
+            let mut slots = Vec::with_capacity(per_packet);
+            while ranges.len() < per_packet {
                 let free = self.recv.as_ref().map_or(0, |r| r.free.len());
                 if free <= CONTROL_SLOTS {
                     break;
                 }
-                let Some(frame) = sw.take(port) else {
+                let Some(frame) = next() else {
                     break;
                 };
                 if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
@@ -73,7 +99,6 @@ impl State {
                     continue;
                 }
                 let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
-                    sw.unget(port, frame);
                     break;
                 };
                 // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
@@ -92,10 +117,12 @@ impl State {
                     0,
                 ]);
                 m.extend_from_slice(&words(&[16, 0, 12, 0x28]));
-                m.resize(FRAME_OFFSET_IN_SLOT, 0);
-                m.extend_from_slice(&frame);
                 let offset = slot * slot_size;
-                if ch.write_gpadl(gpadl, offset as u64, &m).is_err() {
+                if ch.write_gpadl(gpadl, offset as u64, &m).is_err()
+                    || ch
+                        .write_gpadl(gpadl, (offset + FRAME_OFFSET_IN_SLOT) as u64, &frame)
+                        .is_err()
+                {
                     self.reject(ch, "receive buffer unwritable".into());
                     return;
                 }
@@ -108,7 +135,6 @@ impl State {
             }
             let tid = self.take_tid();
             self.outstanding.insert(tid, slots);
-            let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
             send_xfer(ch, tid, id, &ranges, &payload);
         }
     }

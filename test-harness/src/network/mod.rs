@@ -72,6 +72,12 @@ pub struct NetVspConfig {
     /// Send section size reported in SEND_SEND_BUF_COMPLETE (6144 on Hyper-V; other values
     /// test the guest's validation).
     pub section_size: u32,
+    /// RNDIS max packets per message in INITIALIZE_COMPLETE (8 on Hyper-V): the most RNDIS
+    /// messages the guest may pack into one send section.
+    pub max_packets_per_message: u32,
+    /// RNDIS packet alignment factor in INITIALIZE_COMPLETE (3 on Hyper-V: packed messages
+    /// start at multiples of 8 bytes).
+    pub packet_alignment_factor: u32,
 }
 
 impl Default for NetVspConfig {
@@ -82,6 +88,8 @@ impl Default for NetVspConfig {
             max_subchannels: 4,
             link_up: true,
             section_size: SECTION_SIZE,
+            max_packets_per_message: 8,
+            packet_alignment_factor: 3,
         }
     }
 }
@@ -134,7 +142,16 @@ struct State {
     withheld: Vec<(u32, u64)>,
     refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
+    /// Data SEND_RNDIS_PKTs (sections or page buffers) the guest sent.
+    data_packets_from_guest: u64,
+    /// Frames the guest sent (counted even when not kept).
+    frames_from_guest_count: u64,
+    /// Keep the frames the guest sends ([`NetworkVsp::keep_frames`]).
+    keep_frames: bool,
     frames_to_guest: u64,
+    /// A frame delivered over and over ([`NetworkVsp::generate`]): (frame, frames per
+    /// transfer-page packet).
+    generator: Option<(Vec<u8>, usize)>,
     subchannels: u32,
     completions_from_guest: u64,
     /// The guest sent RNDIS HALT.
@@ -199,7 +216,11 @@ impl NetworkVsp {
                 withheld: Vec::new(),
                 refuse_control: false,
                 frames_from_guest: Vec::new(),
+                data_packets_from_guest: 0,
+                frames_from_guest_count: 0,
+                keep_frames: true,
                 frames_to_guest: 0,
+                generator: None,
                 subchannels: 0,
                 completions_from_guest: 0,
                 halted: false,
@@ -262,6 +283,29 @@ impl NetworkVsp {
     /// Frames the guest sent, in order.
     pub fn frames_from_guest(&self) -> Vec<Vec<u8>> {
         self.lock().frames_from_guest.clone()
+    }
+
+    /// Data SEND_RNDIS_PKT packets the guest sent (several frames each when packed).
+    pub fn data_packets_from_guest(&self) -> u64 {
+        self.lock().data_packets_from_guest
+    }
+
+    /// Frames the guest sent, kept or not.
+    pub fn frames_from_guest_count(&self) -> u64 {
+        self.lock().frames_from_guest_count
+    }
+
+    /// Whether the frames the guest sends are kept for [`Self::frames_from_guest`] (default)
+    /// or only counted (long runs such as benchmarks).
+    pub fn keep_frames(&self, on: bool) {
+        self.lock().keep_frames = on;
+    }
+
+    /// Traffic generator: `frame` is delivered to the guest over and over, as fast as receive
+    /// slots come back, in transfer-page packets of up to `per_packet` frames (clamped to
+    /// 1..=64); `None` stops it. Frames go out only once the guest set a packet filter.
+    pub fn generate(&self, frame: Option<(&[u8], usize)>) {
+        self.lock().generator = frame.map(|(f, n)| (f.to_vec(), n.clamp(1, 64)));
     }
 
     /// Frames delivered to the guest.

@@ -104,7 +104,23 @@ impl State {
         };
         let mut ok = true;
         let mut at = 0usize;
+        let mut messages = 0u32;
+        let align = 1usize << self.config.packet_alignment_factor.min(12);
+        if channel_type == 0 {
+            self.data_packets_from_guest += 1;
+        }
         while at + 8 <= bytes.len() {
+            messages += 1;
+            // Packed messages (devices §2.9): at most max_packets_per_message, each starting
+            // at the alignment INITIALIZE_COMPLETE announced.
+            if messages > self.config.max_packets_per_message.max(1) || !at.is_multiple_of(align) {
+                self.reject(
+                    ch,
+                    format!("RNDIS message {messages} of a section at offset {at}: beyond the announced packing"),
+                );
+                ok = false;
+                break;
+            }
             let msg_type = u32_at(&bytes, at).unwrap_or(0);
             let msg_len = u32_at(&bytes, at + 4).unwrap_or(0) as usize;
             if msg_len < 8 || at + msg_len > bytes.len() {
@@ -185,11 +201,14 @@ impl State {
             );
             return false;
         }
-        let frame = m[data_off..data_off + data_len].to_vec();
+        let frame = &m[data_off..data_off + data_len];
         if let Some((sw, port)) = &self.switch {
-            sw.forward(*port, &frame);
+            sw.forward(*port, frame);
         }
-        self.frames_from_guest.push(frame);
+        self.frames_from_guest_count += 1;
+        if self.keep_frames {
+            self.frames_from_guest.push(frame.to_vec());
+        }
         true
     }
 
@@ -213,9 +232,9 @@ impl State {
                     0,
                     1,
                     0,
-                    8,
+                    self.config.max_packets_per_message,
                     0xEFFF_FFFF,
-                    3,
+                    self.config.packet_alignment_factor,
                     0,
                     0,
                 ]);

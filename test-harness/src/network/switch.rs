@@ -175,12 +175,6 @@ impl VirtualSwitch {
         self.lock().ports.get_mut(port)?.inbox.pop_front()
     }
 
-    pub(crate) fn unget(&self, port: usize, frame: Vec<u8>) {
-        if let Some(p) = self.lock().ports.get_mut(port) {
-            p.inbox.push_front(frame);
-        }
-    }
-
     /// Counters.
     pub fn stats(&self) -> SwitchStats {
         let s = self.lock();
