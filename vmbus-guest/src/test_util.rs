@@ -57,6 +57,11 @@ impl Transport for Scripted {
 #[derive(Clone, Copy)]
 pub(crate) struct StdHal;
 
+std::thread_local! {
+    /// Pages [`StdHal`] freed on this thread (each test runs on its own thread).
+    pub(crate) static PAGES_FREED: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
 // SAFETY: zeroed, page-aligned allocations, identity translation (test only).
 unsafe impl Hal for StdHal {
     fn alloc_pages(&self, pages: usize) -> Result<NonNull<u8>, HalError> {
@@ -67,6 +72,7 @@ unsafe impl Hal for StdHal {
     }
     unsafe fn free_pages(&self, vaddr: NonNull<u8>, pages: usize) {
         let layout = std::alloc::Layout::from_size_align(pages * 4096, 4096).unwrap();
+        PAGES_FREED.with(|f| f.set(f.get() + pages));
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(vaddr.as_ptr(), layout) }
     }

@@ -219,6 +219,9 @@ pub(crate) struct Control {
     pub(crate) cleanly_ended: Option<u32>,
     /// Monitor page sets left to the host so far (at most [`MAX_LEAKED_MONITOR_SETS`]).
     pub(crate) monitor_sets_leaked: u32,
+    /// The current monitor pages were kept for reuse after a connection the host never
+    /// released: an old connection may still map them, so they are never freed.
+    pub(crate) monitor_pinned: bool,
 }
 
 /// The guest end of the VMBus control connection, shared by every driver.
@@ -267,6 +270,7 @@ impl<T: Transport, H: Hal> Vmbus<T, H> {
                 monitor_shared: false,
                 cleanly_ended: None,
                 monitor_sets_leaked: 0,
+                monitor_pinned: false,
             }),
             inbox: inbox::Inbox::new(),
             taking: AtomicBool::new(false),
@@ -557,11 +561,12 @@ fn rescinded_relid(payload: &[u8]) -> Option<u32> {
 
 impl<T: Transport, H: Hal> Drop for Vmbus<T, H> {
     fn drop(&mut self) {
-        // The monitor pages are freed only when the host never used them: no connection was
-        // ever negotiated with them (a kernel keeps the bus for its lifetime).
+        // The monitor pages are freed only when the host never used them, or released them:
+        // no connection holds them and none that the host never released ever did (a kernel
+        // keeps the bus for its lifetime).
         let c = self.control.get_mut();
         if let Some(p) = c.monitor_pages.take() {
-            if !c.monitor_shared {
+            if !c.monitor_shared && !c.monitor_pinned {
                 p.free(&self.hal);
             } else {
                 p.leak();

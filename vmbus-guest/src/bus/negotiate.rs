@@ -225,6 +225,9 @@ impl<T: Transport, H: Hal> Ctl<'_, T, H> {
         self.monitor_shared = false;
         if self.monitor_sets_leaked >= MAX_LEAKED_MONITOR_SETS {
             log::warn!("the host failed connection after connection: reusing the monitor pages");
+            // An unreleased connection may still map them: whatever later connections do,
+            // they are never freed.
+            self.monitor_pinned |= self.monitor_pages.is_some();
             return;
         }
         if let Some(p) = self.monitor_pages.take() {

@@ -455,6 +455,59 @@ fn failed_connections_leak_a_bounded_number_of_monitor_pages() {
     assert_eq!(distinct.len(), MAX_LEAKED_MONITOR_SETS as usize + 1);
 }
 
+/// Once past the leak bound the guest reuses monitor pages an abandoned connection gave the
+/// host, which may map them forever: neither a later clean UNLOAD nor dropping the bus frees
+/// them (found by the `vmbus_bus` fuzz target: the bus freed them on drop).
+#[test]
+fn reused_monitor_pages_are_never_freed() {
+    let (c, t) = new_conn();
+    for _ in 0..=MAX_LEAKED_MONITOR_SETS {
+        c.start_connect().unwrap();
+        c.abandon();
+    }
+    // A clean connection and UNLOAD on the reused pages: the host releases only its own.
+    c.start_connect().unwrap();
+    t.0.borrow_mut()
+        .inbox
+        .push_back(version_response(true, 1, Some(0)));
+    c.poll();
+    assert_eq!(c.state(), ConnectionState::Connected);
+    c.start_unload().unwrap();
+    t.0.borrow_mut()
+        .inbox
+        .push_back(header(MessageType::UNLOAD_RESPONSE));
+    c.poll();
+    assert_eq!(c.state(), ConnectionState::Disconnected);
+    let freed = crate::test_util::PAGES_FREED.with(|f| f.get());
+    drop(c);
+    assert_eq!(crate::test_util::PAGES_FREED.with(|f| f.get()), freed);
+}
+
+/// Monitor pages no host ever accepted are freed with the bus.
+#[test]
+fn unshared_monitor_pages_are_freed_with_the_bus() {
+    let (c, t) = new_conn();
+    c.start_connect().unwrap();
+    // Every version refused: the host holds nothing.
+    for _ in 0..crate::protocol::CANDIDATE_VERSIONS.len() {
+        t.0.borrow_mut()
+            .inbox
+            .push_back(version_response(false, 0, None));
+        c.poll();
+    }
+    assert!(
+        matches!(c.state(), ConnectionState::Failed(_)),
+        "{:?}",
+        c.state()
+    );
+    let freed = crate::test_util::PAGES_FREED.with(|f| f.get());
+    drop(c);
+    assert_eq!(
+        crate::test_util::PAGES_FREED.with(|f| f.get()),
+        freed + SHARED_PAGES
+    );
+}
+
 /// Replies of an abandoned connection already taken from the SynIC are dropped with it: they
 /// cannot answer the next INITIATE_CONTACT.
 #[test]
