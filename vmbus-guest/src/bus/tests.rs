@@ -179,14 +179,19 @@ fn insufficient_buffers_is_retried() {
     assert!(matches!(c.start_connect(), Err(VmbusError::Post(_))));
 }
 
-fn connected() -> (Vmbus<Scripted, StdHal>, Scripted) {
-    let (c, t) = new_conn();
+/// Connects `c` at the highest version (the host accepts on connection 1).
+fn connect(c: &Vmbus<Scripted, StdHal>, t: &Scripted) {
     c.start_connect().unwrap();
     t.0.borrow_mut()
         .inbox
         .push_back(version_response(true, 1, Some(0)));
     c.poll();
     assert_eq!(c.state(), ConnectionState::Connected);
+}
+
+fn connected() -> (Vmbus<Scripted, StdHal>, Scripted) {
+    let (c, t) = new_conn();
+    connect(&c, &t);
     t.0.borrow_mut().posted.clear();
     (c, t)
 }
@@ -466,12 +471,7 @@ fn reused_monitor_pages_are_never_freed() {
         c.abandon();
     }
     // A clean connection and UNLOAD on the reused pages: the host releases only its own.
-    c.start_connect().unwrap();
-    t.0.borrow_mut()
-        .inbox
-        .push_back(version_response(true, 1, Some(0)));
-    c.poll();
-    assert_eq!(c.state(), ConnectionState::Connected);
+    connect(&c, &t);
     c.start_unload().unwrap();
     t.0.borrow_mut()
         .inbox
