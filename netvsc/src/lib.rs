@@ -10,6 +10,10 @@
 //!   one frame and [`Nic::send_batch`] a burst (small frames packed into shared send
 //!   sections, one packet and one completion per section).
 //!
+//! - [`offload`]: checksum and LSO v2 offloads — the host's capabilities
+//!   ([`offload::parse_offload`]), the negotiation, frame helpers ([`offload::l4_of`]) and
+//!   the receive checksum verdict ([`offload::rx_checksum_of`]); all pure and fuzzable.
+//!
 //! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
 //!
 //! `#![no_std]`, no allocator, no `unsafe`: host memory is reached only through
@@ -21,6 +25,7 @@
 extern crate std;
 
 pub mod nic;
+pub mod offload;
 #[cfg(feature = "smoltcp")]
 pub mod phy;
 pub mod protocol;
