@@ -35,7 +35,7 @@ impl Core {
                         if let Some(buf) = recv_buf {
                             for r in t.ranges() {
                                 let (off, n) = (r.byte_offset as usize, r.byte_count as usize);
-                                self.on_range(off, n, buf, scratch, &mut |_| {});
+                                self.on_range(off, n, buf, scratch, &mut |_, _| {});
                             }
                         }
                         if reply {
@@ -199,7 +199,7 @@ impl Core {
         ring: &[u8],
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], RxChecksum) -> bool,
     ) -> bool {
         while let Some(mut c) = self.cursor {
             if c.next >= c.count {
@@ -221,7 +221,9 @@ impl Core {
             let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
             let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize;
             let mut stop = false;
-            self.on_range(offset, count, buf, scratch, &mut |f| stop = !on_frame(f));
+            self.on_range(offset, count, buf, scratch, &mut |f, c| {
+                stop = !on_frame(f, c)
+            });
             if stop {
                 return true;
             }
@@ -235,7 +237,7 @@ impl Core {
         count: usize,
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8]),
+        on_frame: &mut dyn FnMut(&[u8], RxChecksum),
     ) {
         if count < size_of::<crate::protocol::RndisHeader>()
             || offset
@@ -256,14 +258,25 @@ impl Core {
             return;
         }
         match rndis::parse_message(&scratch[..n]) {
-            Ok(Message::Packet { frame, .. }) => {
+            Ok(Message::Packet { frame, ppi }) => {
                 if frame.len() > self.max_frame {
                     self.stats.rx_too_large += 1;
                 } else if !self.ready {
                     self.stats.rx_not_ready += 1;
                 } else {
                     self.stats.rx_frames += 1;
-                    on_frame(frame);
+                    let rx = &self.info.offloads.rx;
+                    let verdict = if rx.is_empty() {
+                        RxChecksum::NOT_CHECKED
+                    } else {
+                        crate::offload::rx_checksum_of(ppi).masked(frame, rx)
+                    };
+                    if verdict.is_bad() {
+                        self.stats.rx_csum_bad += 1;
+                    } else if verdict != RxChecksum::NOT_CHECKED {
+                        self.stats.rx_csum_good += 1;
+                    }
+                    on_frame(frame, verdict);
                 }
             }
             Ok(Message::IndicateStatus { status, buffer }) => {
@@ -311,8 +324,8 @@ impl Core {
         let mut r = Reply {
             msg_type,
             status,
-            info: [0; 64],
-            info_len: info.len().min(64),
+            info: [0; REPLY_INFO],
+            info_len: info.len().min(REPLY_INFO),
             init,
         };
         r.info[..r.info_len].copy_from_slice(&info[..r.info_len]);
@@ -347,7 +360,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     pub(super) fn pump(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], RxChecksum) -> bool,
     ) -> Result<bool, NetError> {
         // Frames queued by a burst go out now at the latest.
         self.flush_quietly();
@@ -411,8 +424,23 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<bool, NetError> {
-        self.pump(budget, &mut |f| {
+        self.pump(budget, &mut |f, _| {
             on_frame(f);
+            true
+        })
+    }
+
+    /// [`Nic::poll`], with each frame's receive checksum verdict: what the host found for
+    /// the checksums the guest enabled on receive ([`Offloads::rx`]); everything else is
+    /// [`RxChecksum::NOT_CHECKED`]. A frame with a bad verdict is still handed over (and
+    /// counted in [`NicStats::rx_csum_bad`]) for the caller to drop. Interrupt-safe.
+    pub fn poll_with_checksum(
+        &mut self,
+        budget: usize,
+        mut on_frame: impl FnMut(&[u8], RxChecksum),
+    ) -> Result<bool, NetError> {
+        self.pump(budget, &mut |f, c| {
+            on_frame(f, c);
             true
         })
     }
@@ -427,11 +455,21 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, NetError> {
+        self.receive_with_checksum(budget, |frame, _| f(frame))
+    }
+
+    /// [`Nic::receive_with`], with the frame's receive checksum verdict (see
+    /// [`Nic::poll_with_checksum`]). Interrupt-safe.
+    pub fn receive_with_checksum<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&[u8], RxChecksum) -> R,
+    ) -> Result<Option<R>, NetError> {
         let mut f = Some(f);
         let mut out = None;
-        self.pump(budget, &mut |frame| {
+        self.pump(budget, &mut |frame, verdict| {
             if let Some(f) = f.take() {
-                out = Some(f(frame));
+                out = Some(f(frame, verdict));
             }
             false
         })?;
