@@ -324,6 +324,12 @@ impl NetworkVsp {
         s.generator_bits = None;
     }
 
+    /// Replaces the offload behaviour (takes effect with the next query or set; what the
+    /// guest enabled stays until it sets new parameters or closes).
+    pub fn set_offload_config(&self, config: OffloadHostConfig) {
+        self.lock().offload.config = config;
+    }
+
     /// Counters of the offload model; `tx_bad_checksums` must stay 0.
     pub fn offload_stats(&self) -> OffloadStats {
         self.lock().offload.stats

@@ -155,8 +155,14 @@ pub struct EnabledOffloads {
 /// Counters of the offload model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffloadStats {
+    /// TCP_OFFLOAD_HARDWARE_CAPABILITIES queries.
+    pub capability_queries: u32,
+    /// The NDIS object header (type, revision, size) of the last capability query's input.
+    pub query_header: Option<(u8, u8, u16)>,
     /// TCP_OFFLOAD_PARAMETERS accepted.
     pub parameters_set: u32,
+    /// Revision and size of the last accepted TCP_OFFLOAD_PARAMETERS.
+    pub parameters_header: Option<(u8, u16)>,
     /// Transmitted frames whose TCP/UDP checksum the host computed (checksum PPI).
     pub tx_checksummed: u64,
     /// Of those, frames whose checksum field did not hold the pseudo-header sum.
@@ -291,8 +297,14 @@ impl OffloadState {
         b
     }
 
-    /// The answer to a QUERY of an offload OID: `Err(status)` or the information buffer.
-    pub(super) fn query(&self, oid: u32, nvsp: u32) -> Result<Vec<u8>, u32> {
+    /// The answer to a QUERY of an offload OID (`input`: the query's information buffer):
+    /// `Err(status)` or the information buffer.
+    pub(super) fn query(&mut self, oid: u32, input: &[u8], nvsp: u32) -> Result<Vec<u8>, u32> {
+        if oid == 0xFC01_020D {
+            self.stats.capability_queries += 1;
+            self.stats.query_header = (input.len() >= 4)
+                .then(|| (input[0], input[1], u16::from_le_bytes([input[2], input[3]])));
+        }
         let caps = self.caps(nvsp);
         let by_version = if nvsp >= 0x5_0000 {
             3
@@ -420,6 +432,7 @@ impl OffloadState {
         }
         self.enabled = e;
         self.stats.parameters_set += 1;
+        self.stats.parameters_header = Some((info[1], size as u16));
         Ok(Self::object(&caps, 3, Some(&self.enabled)))
     }
 }
@@ -714,3 +727,7 @@ pub(super) fn ppi_elements(area: &[u8]) -> Option<Vec<(u32, &[u8])>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+#[path = "offload_tests.rs"]
+mod tests;

@@ -304,7 +304,12 @@ impl State {
                     0x0001_010C => Ok(words(&[0x155D])),
                     0x0001_0114 => Ok(words(&[if self.link_up { 0 } else { 1 }])),
                     0x0101_0101 | 0x0101_0102 => Ok(mac.to_vec()),
-                    0xFC01_020B | 0xFC01_020D => self.offload.query(oid, self.version.unwrap_or(0)),
+                    0xFC01_020B | 0xFC01_020D => {
+                        let len = u32_at(m, 16).unwrap_or(0) as usize;
+                        let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
+                        let input = m.get(off..off + len).unwrap_or(&[]);
+                        self.offload.query(oid, input, self.version.unwrap_or(0))
+                    }
                     _ => Err(0xC000_00BB),
                 };
                 let (status, info) = match info {
