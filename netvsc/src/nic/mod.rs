@@ -236,10 +236,12 @@ pub struct NicStats {
     pub tx_csum_software: u64,
     /// Frames delivered.
     pub rx_frames: u64,
-    /// Frames delivered with a checksum the host validated (a negotiated receive offload).
+    /// Frames delivered through [`Nic::poll_with_checksum`] or
+    /// [`Nic::receive_with_checksum`] with a checksum the host validated (a negotiated
+    /// receive offload).
     pub rx_csum_good: u64,
-    /// Frames delivered with a checksum the host found wrong (a negotiated receive offload);
-    /// handed on with the verdict, for the stack to drop.
+    /// Frames delivered through those calls with a checksum the host found wrong (a
+    /// negotiated receive offload); handed on with the verdict, for the stack to drop.
     pub rx_csum_bad: u64,
     /// Transfer-page packets received (each completed once).
     pub rx_packets: u64,

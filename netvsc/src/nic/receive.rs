@@ -199,7 +199,7 @@ impl Core {
         ring: &[u8],
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8], RxChecksum) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> bool {
         while let Some(mut c) = self.cursor {
             if c.next >= c.count {
@@ -237,7 +237,7 @@ impl Core {
         count: usize,
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8], RxChecksum),
+        on_frame: &mut dyn FnMut(&[u8], &[u8]),
     ) {
         if count < size_of::<crate::protocol::RndisHeader>()
             || offset
@@ -265,18 +265,7 @@ impl Core {
                     self.stats.rx_not_ready += 1;
                 } else {
                     self.stats.rx_frames += 1;
-                    let rx = &self.info.offloads.rx;
-                    let verdict = if rx.is_empty() {
-                        RxChecksum::NOT_CHECKED
-                    } else {
-                        crate::offload::rx_checksum_of(ppi).masked(frame, rx)
-                    };
-                    if verdict.is_bad() {
-                        self.stats.rx_csum_bad += 1;
-                    } else if verdict != RxChecksum::NOT_CHECKED {
-                        self.stats.rx_csum_good += 1;
-                    }
-                    on_frame(frame, verdict);
+                    on_frame(frame, ppi);
                 }
             }
             Ok(Message::IndicateStatus { status, buffer }) => {
@@ -360,7 +349,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     pub(super) fn pump(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8], RxChecksum) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<bool, NetError> {
         // Frames queued by a burst go out now at the latest.
         self.flush_quietly();
@@ -439,10 +428,13 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         mut on_frame: impl FnMut(&[u8], RxChecksum),
     ) -> Result<bool, NetError> {
-        self.pump(budget, &mut |f, c| {
-            on_frame(f, c);
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let more = self.pump(budget, &mut |f, ppi| {
+            on_frame(f, v.of(f, ppi));
             true
-        })
+        });
+        v.count(&mut self.core.stats);
+        more
     }
 
     /// Receives the next frame and hands it to `f` (pull style, for network stacks that
@@ -455,7 +447,15 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, NetError> {
-        self.receive_with_checksum(budget, |frame, _| f(frame))
+        let mut f = Some(f);
+        let mut out = None;
+        self.pump(budget, &mut |frame, _| {
+            if let Some(f) = f.take() {
+                out = Some(f(frame));
+            }
+            false
+        })?;
+        Ok(out)
     }
 
     /// [`Nic::receive_with`], with the frame's receive checksum verdict (see
@@ -467,13 +467,53 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     ) -> Result<Option<R>, NetError> {
         let mut f = Some(f);
         let mut out = None;
-        self.pump(budget, &mut |frame, verdict| {
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let got = self.pump(budget, &mut |frame, ppi| {
             if let Some(f) = f.take() {
-                out = Some(f(frame, verdict));
+                out = Some(f(frame, v.of(frame, ppi)));
             }
             false
-        })?;
+        });
+        v.count(&mut self.core.stats);
+        got?;
         Ok(out)
+    }
+}
+
+/// Receive verdicts of one poll, decoded only for callers that ask for them (the plain
+/// `poll` / `receive_with` path pays nothing), counted into the stats afterwards.
+struct Verdicts {
+    rx: crate::offload::ChecksumSet,
+    good: u64,
+    bad: u64,
+}
+
+impl Verdicts {
+    fn new(offloads: &Offloads) -> Self {
+        Self {
+            rx: offloads.rx,
+            good: 0,
+            bad: 0,
+        }
+    }
+
+    /// The verdict on `frame` from its PPI area, masked by what is enabled on receive.
+    fn of(&mut self, frame: &[u8], ppi: &[u8]) -> RxChecksum {
+        if self.rx.is_empty() {
+            return RxChecksum::NOT_CHECKED;
+        }
+        let v = crate::offload::rx_checksum_of(ppi).masked(frame, &self.rx);
+        if v.is_bad() {
+            self.bad += 1;
+        } else if v != RxChecksum::NOT_CHECKED {
+            self.good += 1;
+        }
+        v
+    }
+
+    fn count(&self, stats: &mut NicStats) {
+        stats.rx_csum_good += self.good;
+        stats.rx_csum_bad += self.bad;
     }
 }
 
