@@ -1,7 +1,8 @@
 //! Task offloads (devices §2.13–2.14, §7.1 step 8): the host's hardware capabilities
 //! ([`parse_offload`]), what the guest enables from them ([`negotiate`]), the transmit
 //! checksum preparation of a frame ([`prepare_tx_checksum`]) and the receive checksum result
-//! ([`RxChecksum`], [`rx_checksum_of`]). Pure and bounds-checked, safe on any host bytes.
+//! ([`RxChecksum`], [`rx_checksum_of`]), and the checks and header rewrite of an LSO v2 send
+//! ([`lso_plan`], [`prepare_lso_headers`]). Pure and bounds-checked, safe on any host bytes.
 //!
 //! Transmit convention: for a frame whose TCP/UDP checksum the host computes, the guest
 //! preloads the checksum field with the one's complement sum of the pseudo-header
@@ -18,7 +19,7 @@ use zerocopy::FromBytes;
 use crate::protocol::{
     ENCAPSULATION_802_3, NdisObjectHeader, NdisOffload, NdisOffloadParameters, NvspVersion,
     OFFLOAD_PARAMETERS_SIZE_REV2, OFFLOAD_PARAMETERS_SIZE_REV3, PPI_CHECKSUM, csum_cap, csum_rx,
-    csum_tx, lso_cap, lso_param, ndis_object, offload_param,
+    csum_tx, lso_cap, lso_param, lso_tx, ndis_object, offload_param,
 };
 use crate::rndis::ppis;
 pub use frame::{FrameError, IpVersion, L4, L4Proto, l4_of};
@@ -267,7 +268,8 @@ fn param(tx: bool, rx: bool) -> u8 {
 /// - IPv4 header checksum: receive validation only (0x100 in the receive bits); the guest
 ///   computes the 20-byte header on transmit (Linux leaves it off in both directions).
 /// - LSO v2 over IPv4 when TCPv4 transmit is on and the LSO v2 IPv4 encapsulation has 802.3;
-///   over IPv6 likewise, with extension headers and TCP options in `ip6_opts`.
+///   over IPv6 likewise, with extension headers and TCP options in `ip6_opts` (used by
+///   `Nic::send_lso`, see [`lso_plan`]).
 /// - RSC disabled explicitly when the host offers it (revision-3 parameters only): coalesced
 ///   segments would need reassembly this driver does not do.
 ///
@@ -386,6 +388,122 @@ pub fn prepare_tx_checksum(frame: &mut [u8], tx: &Offloads) -> TxChecksum {
     // l4.offset ≤ 14 + 60: fits the 10-bit field.
     let offset = (l4.offset as u32 & csum_tx::HEADER_OFFSET_MASK) << csum_tx::HEADER_OFFSET_SHIFT;
     TxChecksum::Offload(ip | proto | offset)
+}
+
+/// Largest TCP payload this driver hands to the host in one LSO v2 send, whatever larger
+/// size the host advertises (its buffer slots are sized for it; Linux caps at 64 KiB too).
+pub const LSO_MAX_PAYLOAD: usize = 64000;
+/// Largest headers of an LSO frame: Ethernet, IPv4 with options, TCP with options.
+pub const LSO_MAX_HEADERS: usize = ETHERNET_HEADER_LEN + 60 + 60;
+const ETHERNET_HEADER_LEN: usize = frame::ETHERNET_HEADER;
+
+/// Why a frame cannot go as one LSO v2 send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LsoError {
+    /// Not TCP over IP (or a fragment, IPv6 extension headers, inconsistent lengths).
+    NotTcp(Option<FrameError>),
+    /// The host did not enable LSO v2 for this IP version.
+    NotNegotiated,
+    /// An MSS of 0, or one whose segments would not fit the MTU.
+    Mss(usize),
+    /// More payload than the host (or [`LSO_MAX_PAYLOAD`]) takes.
+    TooLarge(usize),
+    /// Fewer segments than the host's minimum segment count.
+    TooFewSegments(usize),
+}
+
+impl core::fmt::Display for LsoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotTcp(Some(e)) => write!(f, "LSO needs TCP over IP: {e}"),
+            Self::NotTcp(None) => f.write_str("LSO needs TCP over IP"),
+            Self::NotNegotiated => f.write_str("LSO v2 not enabled for this IP version"),
+            Self::Mss(m) => write!(f, "MSS {m} does not fit the MTU"),
+            Self::TooLarge(n) => write!(f, "{n} bytes of payload exceed the LSO size"),
+            Self::TooFewSegments(n) => write!(f, "{n} segments are below the host's minimum"),
+        }
+    }
+}
+
+impl core::error::Error for LsoError {}
+
+/// How one frame goes as an LSO v2 send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsoPlan {
+    /// Where its headers are.
+    pub l4: L4,
+    /// Bytes of Ethernet, IP and TCP headers (the prefix every segment repeats).
+    pub header_len: usize,
+    /// Segments the host makes.
+    pub segments: usize,
+    /// The LSO v2 PPI value (devices §2.14).
+    pub ppi: u32,
+}
+
+/// Checks a frame holding one large TCP segment for LSO v2 with `mss` bytes per segment
+/// (every segment, headers included, within `max_frame`) under `offloads`.
+pub fn lso_plan(
+    frame: &[u8],
+    mss: usize,
+    max_frame: usize,
+    offloads: &Offloads,
+) -> Result<LsoPlan, LsoError> {
+    let l4 = l4_of(frame).map_err(|e| LsoError::NotTcp(Some(e)))?;
+    if l4.proto != L4Proto::Tcp {
+        return Err(LsoError::NotTcp(None));
+    }
+    let limits = match l4.ip {
+        IpVersion::V4 => offloads.lso_v2_ipv4,
+        IpVersion::V6 => offloads.lso_v2_ipv6,
+    }
+    .ok_or(LsoError::NotNegotiated)?;
+    // l4_of checked that the data offset lies inside the segment.
+    let header_len = l4.offset + usize::from(frame[l4.offset + 12] >> 4) * 4;
+    let payload = l4.offset + l4.len - header_len;
+    if mss == 0 || mss > lso_tx::MSS_MASK as usize || header_len + mss > max_frame {
+        return Err(LsoError::Mss(mss));
+    }
+    if payload > (limits.max_size as usize).min(LSO_MAX_PAYLOAD) || header_len > LSO_MAX_HEADERS {
+        return Err(LsoError::TooLarge(payload));
+    }
+    let segments = payload.div_ceil(mss);
+    if segments < (limits.min_segments as usize).max(1) {
+        return Err(LsoError::TooFewSegments(segments));
+    }
+    let mut ppi = mss as u32
+        | (l4.offset as u32 & lso_tx::HEADER_OFFSET_MASK) << lso_tx::HEADER_OFFSET_SHIFT
+        | lso_tx::TYPE_V2;
+    if l4.ip == IpVersion::V6 {
+        ppi |= lso_tx::IPV6;
+    }
+    Ok(LsoPlan {
+        l4,
+        header_len,
+        segments,
+        ppi,
+    })
+}
+
+/// Rewrites the headers of an LSO frame (`headers` = its first `plan.header_len` bytes) as
+/// the host expects them (devices §2.14, Linux's duties): IPv4 total length and header
+/// checksum 0, IPv6 payload length 0, the TCP checksum preloaded with the pseudo-header sum
+/// without the length (the host adds each segment's).
+pub fn prepare_lso_headers(headers: &mut [u8], plan: &LsoPlan) {
+    let l3 = plan.l4.l3_offset;
+    let zero = match plan.l4.ip {
+        IpVersion::V4 => [l3 + 2..l3 + 4, l3 + 10..l3 + 12],
+        IpVersion::V6 => [l3 + 4..l3 + 6, l3 + 4..l3 + 6],
+    };
+    for r in zero {
+        if let Some(b) = headers.get_mut(r) {
+            b.fill(0);
+        }
+    }
+    let sum = frame::pseudo_header_sum_of_len(headers, &plan.l4, 0);
+    let at = plan.l4.checksum_offset();
+    if let Some(b) = headers.get_mut(at..at + 2) {
+        b.copy_from_slice(&sum.to_be_bytes());
+    }
 }
 
 /// One checksum's result on receive.

@@ -265,12 +265,16 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             recv_buf,
             send_buf,
             large_buf,
+            lso_buf,
             ..
         } = self;
         // Buffers first (devices §2.18, vmbus-core §10.1): closing the channel releases a
         // rescinded relid, after which the host no longer knows the channel's GPADLs.
         let mut released = Released::Freed;
-        for b in [recv_buf, send_buf, large_buf].into_iter().flatten() {
+        for b in [recv_buf, send_buf, large_buf, lso_buf]
+            .into_iter()
+            .flatten()
+        {
             waiter.restart();
             if b.release(waiter) == Released::Leaked {
                 released = Released::Leaked;

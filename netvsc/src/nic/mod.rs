@@ -8,6 +8,7 @@
 //! caller retries on, so a frame is never dropped without a counted reason.
 
 mod control;
+mod lso;
 mod offload;
 mod open;
 mod receive;
@@ -30,6 +31,7 @@ use crate::protocol::{
     filter, msg, oid, padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
+pub use lso::LSO_SLOTS;
 pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
@@ -145,6 +147,8 @@ pub enum NetError {
     FrameSize(usize),
     /// A configuration value is not usable.
     InvalidArgument(&'static str),
+    /// A frame that cannot go as one LSO v2 send.
+    Lso(crate::offload::LsoError),
 }
 
 impl core::fmt::Display for NetError {
@@ -159,6 +163,7 @@ impl core::fmt::Display for NetError {
             Self::Busy(b) => write!(f, "send back-pressure: {b:?}"),
             Self::FrameSize(n) => write!(f, "frame of {n} bytes does not fit the MTU"),
             Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
+            Self::Lso(e) => write!(f, "LSO: {e}"),
         }
     }
 }
@@ -234,6 +239,10 @@ pub struct NicStats {
     /// Frames sent through the checksum API whose TCP/UDP checksum the guest computed (not
     /// offloaded for that IP version, protocol or IPv4 options).
     pub tx_csum_software: u64,
+    /// LSO v2 sends (each one frame in `tx_frames`; the host makes the segments).
+    pub tx_lso: u64,
+    /// Segments the LSO v2 sends asked the host for.
+    pub tx_lso_segments: u64,
     /// Frames delivered.
     pub rx_frames: u64,
     /// Frames delivered through [`Nic::poll_with_checksum`] or
@@ -287,6 +296,11 @@ pub enum Ctx {
     DataPath,
     /// A frame sent as GPA-direct page buffers from page-buffer slot `slot`.
     Large {
+        /// The slot.
+        slot: u8,
+    },
+    /// An LSO v2 send from LSO slot `slot`.
+    Lso {
         /// The slot.
         slot: u8,
     },
@@ -415,6 +429,8 @@ struct Core {
     switch_owed: bool,
     /// Free page-buffer slots (bit per slot).
     large_free: u16,
+    /// Free LSO slots (bit per slot).
+    lso_free: u8,
     /// The send section the current burst is filling.
     burst: Option<send::OpenSection>,
 }
@@ -452,6 +468,8 @@ pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = M
     /// Page-buffer slots for frames larger than a section (no GPADL: named by GPA-direct
     /// packets), allocated only when the MTU needs them.
     large_buf: Option<HostBuffer<'b, T, H>>,
+    /// Slots for LSO v2 sends (no GPADL), allocated when the host enabled LSO v2.
+    lso_buf: Option<HostBuffer<'b, T, H>>,
     core: Core,
     ring: [u8; RING_PACKET_BUFFER],
     /// Where one RNDIS message is copied out of the receive buffer.

@@ -47,6 +47,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             recv_buf: None,
             send_buf: None,
             large_buf: None,
+            lso_buf: None,
             core: Core {
                 info: NicInfo {
                     version: NvspVersion::V1,
@@ -77,6 +78,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 vf: VfState::default(),
                 switch_owed: false,
                 large_free: 0,
+                lso_free: 0,
                 burst: None,
             },
             ring: [0; RING_PACKET_BUFFER],
@@ -274,6 +276,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         self.core.info.mac.copy_from_slice(&mac.info[..6]);
         if config.offloads {
             self.negotiate_offloads(waiter)?;
+            self.allocate_lso(bus);
         }
         let (media, _) = self.query_u32(oid::GEN_MEDIA_CONNECT_STATUS, waiter)?;
         self.core.link_up = match media {

@@ -80,7 +80,7 @@ impl Core {
                         self.control_refused = Some(c.status.get());
                     }
                 }
-                Ctx::Data { .. } | Ctx::Large { .. } => {
+                Ctx::Data { .. } | Ctx::Large { .. } | Ctx::Lso { .. } => {
                     let frames = match context {
                         Ctx::Data { section, frames } => {
                             self.sections.release(section);
@@ -88,6 +88,10 @@ impl Core {
                         }
                         Ctx::Large { slot } => {
                             self.large_free |= 1 << slot;
+                            1
+                        }
+                        Ctx::Lso { slot } => {
+                            self.lso_free |= 1 << slot;
                             1
                         }
                         _ => 0,
@@ -112,7 +116,7 @@ impl Core {
             // memory is only reused after a confirmed release, i.e. never by this NIC).
             Received::Failed { context, .. } => match context {
                 Ctx::Data { frames, .. } => self.stats.tx_failed += u64::from(frames),
-                Ctx::Large { .. } => self.stats.tx_failed += 1,
+                Ctx::Large { .. } | Ctx::Lso { .. } => self.stats.tx_failed += 1,
                 _ => {}
             },
         }

@@ -256,7 +256,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         }
     }
 
-    fn submit_burst(&mut self) -> Result<(), NetError> {
+    pub(super) fn submit_burst(&mut self) -> Result<(), NetError> {
         let Some(open) = self.core.burst else {
             return Ok(());
         };

@@ -209,13 +209,19 @@ pub fn fold(mut sum: u64) -> u16 {
 /// This is what a guest preloads into the checksum field for checksum offload (Windows'
 /// TCP/IP transport, Linux, FreeBSD, DPDK: the sum including the length).
 pub fn pseudo_header_sum(frame: &[u8], l4: &L4) -> u16 {
+    pseudo_header_sum_of_len(frame, l4, l4.len as u64)
+}
+
+/// The pseudo-header sum with `len` as the TCP/UDP length (0 for LSO: the host adds each
+/// segment's length).
+pub fn pseudo_header_sum_of_len(frame: &[u8], l4: &L4, len: u64) -> u16 {
     let proto = match l4.proto {
         L4Proto::Tcp => IPPROTO_TCP,
         L4Proto::Udp => IPPROTO_UDP,
     };
-    let (addrs, len) = match l4.ip {
-        IpVersion::V4 => (l4.l3_offset + 12..l4.l3_offset + 20, l4.len as u64),
-        IpVersion::V6 => (l4.l3_offset + 8..l4.l3_offset + 40, l4.len as u64),
+    let addrs = match l4.ip {
+        IpVersion::V4 => l4.l3_offset + 12..l4.l3_offset + 20,
+        IpVersion::V6 => l4.l3_offset + 8..l4.l3_offset + 40,
     };
     let sum = ones_sum(frame.get(addrs).unwrap_or(&[]), 0);
     fold(sum + u64::from(proto) + (len >> 16) + (len & 0xFFFF))

@@ -392,6 +392,119 @@ fn arbitrary_bytes_never_panic() {
             let _ = l4_checksum_ok(&b, &l4);
         }
         let _ = ipv4_header_ok(&b);
+        if let Ok(plan) = lso_plan(&b, 8 + round % 1500, 1514, &all) {
+            assert!(plan.header_len <= b.len());
+            prepare_lso_headers(&mut b[..plan.header_len], &plan);
+        }
         let _ = prepare_tx_checksum(&mut b, &all);
     }
+}
+
+fn lso_offloads() -> Offloads {
+    negotiate(
+        &parse_offload(&openvmm_caps(false)).unwrap(),
+        NvspVersion::V61,
+    )
+    .offloads
+}
+
+/// What a host does with an LSO frame, written out: segments with their lengths set and
+/// the checksum summed over the preload plus the segment length.
+fn host_segments(frame: &[u8], plan: &LsoPlan, mss: usize) -> Vec<Vec<u8>> {
+    let l4 = plan.l4;
+    let payload = &frame[plan.header_len..];
+    let doff = plan.header_len - l4.offset;
+    payload
+        .chunks(mss)
+        .map(|chunk| {
+            let mut s = frame[..plan.header_len].to_vec();
+            s.extend_from_slice(chunk);
+            let l4_len = doff + chunk.len();
+            match l4.ip {
+                IpVersion::V4 => {
+                    let total = (l4.offset - 14 + l4_len) as u16;
+                    s[16..18].copy_from_slice(&total.to_be_bytes());
+                    let c = !fold(ones_sum(&s[14..l4.offset], 0));
+                    s[24..26].copy_from_slice(&c.to_be_bytes());
+                }
+                IpVersion::V6 => s[18..20].copy_from_slice(&(l4_len as u16).to_be_bytes()),
+            }
+            let c = !fold(ones_sum(&s[l4.offset..], l4_len as u64));
+            let at = l4.checksum_offset();
+            s[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn an_lso_plan_and_its_headers_give_segments_with_right_checksums() {
+    let o = lso_offloads();
+    for f in [
+        ipv4(6, false, &tcp(&payload_of(5000))),
+        ipv4(6, true, &tcp(&payload_of(2921))),
+        ipv6(6, &tcp(&payload_of(4000))),
+    ] {
+        let l4 = l4_of(&f).unwrap();
+        let mss = 1514 - (l4.offset + 20); // 1460 for IPv4, less with options or IPv6
+        assert_eq!(lso_plan(&f, mss + 1, 1514, &o), Err(LsoError::Mss(mss + 1)));
+        let plan = lso_plan(&f, mss, 1514, &o).unwrap();
+        assert_eq!(plan.header_len, l4.offset + 20);
+        let payload = f.len() - plan.header_len;
+        assert_eq!(plan.segments, payload.div_ceil(mss));
+        assert_eq!(plan.ppi & lso_tx::MSS_MASK, mss as u32);
+        assert_eq!((plan.ppi >> 20) & 0x3FF, l4.offset as u32);
+        assert_ne!(plan.ppi & lso_tx::TYPE_V2, 0);
+        assert_eq!(plan.ppi & lso_tx::IPV6 != 0, l4.ip == IpVersion::V6);
+        let mut g = f.clone();
+        prepare_lso_headers(&mut g[..plan.header_len], &plan);
+        match l4.ip {
+            IpVersion::V4 => assert_eq!(&g[16..18], &[0, 0]),
+            IpVersion::V6 => assert_eq!(&g[18..20], &[0, 0]),
+        }
+        for s in host_segments(&g, &plan, mss) {
+            let sl4 = l4_of(&s).unwrap();
+            assert!(l4_checksum_ok(&s, &sl4), "{:?}", l4.ip);
+            if l4.ip == IpVersion::V4 {
+                assert_eq!(ipv4_header_ok(&s), Some(true));
+            }
+            assert!(s.len() <= 1514);
+        }
+    }
+}
+
+fn payload_of(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7) as u8).collect()
+}
+
+#[test]
+fn lso_is_refused_outside_its_limits() {
+    let o = lso_offloads();
+    let f = ipv4(6, false, &tcp(&payload_of(3000)));
+    assert_eq!(lso_plan(&f, 0, 1514, &o), Err(LsoError::Mss(0)));
+    assert_eq!(lso_plan(&f, 1461, 1514, &o), Err(LsoError::Mss(1461)));
+    assert_eq!(
+        lso_plan(&f, 3000, 9014, &o),
+        Err(LsoError::TooFewSegments(1)),
+        "OpenVMM wants 2 segments at least"
+    );
+    assert_eq!(
+        lso_plan(&f, 1460, 1514, &Offloads::NONE),
+        Err(LsoError::NotNegotiated)
+    );
+    let u = ipv4(17, false, &udp(&payload_of(3000)));
+    assert_eq!(lso_plan(&u, 1460, 1514, &o), Err(LsoError::NotTcp(None)));
+    assert!(matches!(
+        lso_plan(&eth(0x88B5), 1460, 1514, &o),
+        Err(LsoError::NotTcp(Some(_)))
+    ));
+    let mut small = o;
+    small.lso_v2_ipv4 = Some(LsoV2 {
+        max_size: 2000,
+        min_segments: 2,
+    });
+    assert_eq!(
+        lso_plan(&f, 1000, 1514, &small),
+        Err(LsoError::TooLarge(3000))
+    );
 }
