@@ -221,43 +221,68 @@ impl State {
         };
         let mut frame = std::borrow::Cow::Borrowed(&m[data_off..data_off + data_len]);
         let checksummed = self.offload.stats.tx_checksummed;
-        for (kind, payload) in ppis {
-            let value = u32_at(payload, 0).unwrap_or(0);
-            match kind {
-                // Checksum info: only a request (TCP, UDP or IP header bit) needs the host.
-                0 if value & 0x1C != 0 => {
-                    match self.offload.transmit_checksum(frame.to_mut(), value) {
-                        Ok(notes) => {
-                            for n in notes {
-                                self.reject(ch, n);
-                            }
-                        }
-                        Err(why) => {
-                            self.reject(ch, why);
-                            return false;
-                        }
+        let value_of = |kind: u32| {
+            ppis.iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| u32_at(p, 0).unwrap_or(0))
+                .next_back()
+                .unwrap_or(0)
+        };
+        let (csum, lso) = (value_of(0), value_of(2));
+        if lso != 0 {
+            // LSO v2: the host cuts the frame into segments (a checksum request beside it is
+            // not what guests send).
+            if csum & 0x1C != 0 {
+                self.reject(ch, format!("checksum PPI {csum:#x} beside an LSO PPI"));
+            }
+            let max_frame = self.ndis_config.map_or(1514, |c| c.0) as usize;
+            let nvsp = self.version.unwrap_or(0);
+            match self.offload.transmit_lso(&frame, lso, max_frame, nvsp) {
+                Ok((segments, notes)) => {
+                    for n in notes {
+                        self.reject(ch, n);
+                    }
+                    for s in segments {
+                        self.offload.verify_sent(&s, true);
+                        self.send_to_wire(&s);
                     }
                 }
-                2 if value != 0 => {
-                    self.reject(
-                        ch,
-                        format!("LSO PPI {value:#x}: segmentation is not modelled by the mock"),
-                    );
+                Err(why) => {
+                    self.reject(ch, why);
                     return false;
                 }
-                _ => {}
+            }
+            return true;
+        }
+        // Checksum info: only a request (TCP, UDP or IP header bit) needs the host.
+        if csum & 0x1C != 0 {
+            match self.offload.transmit_checksum(frame.to_mut(), csum) {
+                Ok(notes) => {
+                    for n in notes {
+                        self.reject(ch, n);
+                    }
+                }
+                Err(why) => {
+                    self.reject(ch, why);
+                    return false;
+                }
             }
         }
         let offloaded = self.offload.stats.tx_checksummed != checksummed;
         self.offload.verify_sent(&frame, offloaded);
+        self.send_to_wire(&frame);
+        true
+    }
+
+    /// A frame leaving the host: to the switch, counted, kept when asked.
+    fn send_to_wire(&mut self, frame: &[u8]) {
         if let Some((sw, port)) = &self.switch {
-            sw.forward(*port, &frame);
+            sw.forward(*port, frame);
         }
         self.frames_from_guest_count += 1;
         if self.keep_frames {
-            self.frames_from_guest.push(frame.into_owned());
+            self.frames_from_guest.push(frame.to_vec());
         }
-        true
     }
 
     /// Handles an RNDIS control message; false if it was fatal.

@@ -19,8 +19,15 @@
 //!   checksum before the host looks ([`super::NetworkVsp::corrupt_rx_checksums`]) or replace
 //!   the verdict bits outright ([`super::NetworkVsp::force_rx_checksum_bits`]).
 //!
-//! LSO: the capabilities and the parameters are modelled; a guest sending an LSO PPI is
-//! refused (the mock does not segment), which no guest of this project does.
+//! - LSO v2: an LSO PPI is checked (v2, OpenVMM's offset rule, enabled, MSS within the
+//!   frame size, payload within the advertised size, the guest's zeroed IP length and its
+//!   preload without the length) and the frame is cut into segments as a NIC does
+//!   ([`OffloadStats::tx_lso_segments`]); each segment is verified like any other frame.
+
+mod frame;
+mod tx;
+
+use frame::{checksum_at, parse, verdict};
 
 /// Checksum capability bits (devices §2.13.1).
 mod bits {
@@ -171,6 +178,10 @@ pub struct OffloadStats {
     pub tx_bad_checksums: u64,
     /// Frames whose checksums were verified on the way out.
     pub tx_verified: u64,
+    /// LSO v2 sends segmented.
+    pub tx_lso_sends: u64,
+    /// Segments made from them.
+    pub tx_lso_segments: u64,
     /// Received frames reported with a good checksum.
     pub rx_reported_good: u64,
     /// Received frames reported with a bad checksum.
@@ -437,238 +448,7 @@ impl OffloadState {
     }
 }
 
-/// A frame as the host parses it: IP version, where the IP and transport headers are.
-#[derive(Clone, Copy, Debug)]
-struct Parsed {
-    v6: bool,
-    ip_at: usize,
-    ip_header: usize,
-    l4_at: usize,
-    l4_len: usize,
-    proto: u8,
-    fragment: bool,
-}
-
-fn be(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn parse(frame: &[u8]) -> Option<Parsed> {
-    let ip_at = 14;
-    match be(frame, 12)? {
-        0x0800 => {
-            let vihl = *frame.get(ip_at)?;
-            let ihl = usize::from(vihl & 15) * 4;
-            let total = usize::from(be(frame, ip_at + 2)?);
-            if vihl >> 4 != 4 || ihl < 20 || total < ihl || ip_at + total > frame.len() {
-                return None;
-            }
-            Some(Parsed {
-                v6: false,
-                ip_at,
-                ip_header: ihl,
-                l4_at: ip_at + ihl,
-                l4_len: total - ihl,
-                proto: frame[ip_at + 9],
-                fragment: be(frame, ip_at + 6)? & 0x3FFF != 0,
-            })
-        }
-        0x86DD => {
-            let payload = usize::from(be(frame, ip_at + 4)?);
-            if *frame.get(ip_at)? >> 4 != 6 || ip_at + 40 + payload > frame.len() {
-                return None;
-            }
-            Some(Parsed {
-                v6: true,
-                ip_at,
-                ip_header: 40,
-                l4_at: ip_at + 40,
-                l4_len: payload,
-                proto: frame[ip_at + 6],
-                fragment: false,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Sum of big-endian 16-bit words (odd byte padded), not folded.
-fn word_sum(bytes: &[u8]) -> u64 {
-    let mut total = 0u64;
-    let mut i = 0;
-    while i < bytes.len() {
-        let hi = u64::from(bytes[i]) << 8;
-        let lo = bytes.get(i + 1).map_or(0, |b| u64::from(*b));
-        total += hi | lo;
-        i += 2;
-    }
-    total
-}
-
-fn folded(mut s: u64) -> u16 {
-    while s > 0xFFFF {
-        s = (s >> 16) + (s & 0xFFFF);
-    }
-    s as u16
-}
-
-/// Pseudo-header sum (with the transport length), not folded.
-fn pseudo(frame: &[u8], p: &Parsed) -> u64 {
-    let addrs = if p.v6 {
-        &frame[p.ip_at + 8..p.ip_at + 40]
-    } else {
-        &frame[p.ip_at + 12..p.ip_at + 20]
-    };
-    word_sum(addrs) + u64::from(p.proto) + p.l4_len as u64
-}
-
-/// Where the checksum field of TCP (16) or UDP (6) is, if the segment holds it.
-fn checksum_at(p: &Parsed) -> Option<usize> {
-    let off = match p.proto {
-        6 if p.l4_len >= 20 => 16,
-        17 if p.l4_len >= 8 => 6,
-        _ => return None,
-    };
-    Some(p.l4_at + off)
-}
-
-/// Whether the frame's IPv4 header and TCP/UDP checksums are right (`None`: nothing the
-/// host checks — not IP, a fragment's transport, another protocol).
-fn verdict(frame: &[u8]) -> (Option<bool>, Option<(u8, bool)>) {
-    let Some(p) = parse(frame) else {
-        return (None, None);
-    };
-    let ip = (!p.v6).then(|| folded(word_sum(&frame[p.ip_at..p.ip_at + p.ip_header])) == 0xFFFF);
-    let l4 = match checksum_at(&p) {
-        Some(at) if !p.fragment => {
-            let seg = &frame[p.l4_at..p.l4_at + p.l4_len];
-            let zero_udp4 = p.proto == 17 && !p.v6 && be(frame, at) == Some(0);
-            let ok = zero_udp4 || folded(pseudo(frame, &p) + word_sum(seg)) == 0xFFFF;
-            Some((p.proto, ok))
-        }
-        _ => None,
-    };
-    (ip, l4)
-}
-
 impl OffloadState {
-    /// Applies a guest PACKET's checksum PPI (`value`) to its frame as the host NIC does.
-    /// `Err`: refused (completed with status 2, frame dropped). `Ok(notes)`: sent, with the
-    /// guest mistakes found on the way (rejections).
-    pub(super) fn transmit_checksum(
-        &mut self,
-        frame: &mut [u8],
-        value: u32,
-    ) -> Result<Vec<String>, String> {
-        let (is4, is6, tcp, udp, iph) = (
-            value & 1 != 0,
-            value & 2 != 0,
-            value & 4 != 0,
-            value & 8 != 0,
-            value & 16 != 0,
-        );
-        let offset = ((value >> 16) & 0x3FF) as usize;
-        // OpenVMM (devices §2.10 rule): a non-zero header offset must leave room for the
-        // IP header and lie inside the frame.
-        let min = if is6 { 14 + 40 } else { 14 + 20 };
-        if (tcp || udp) && offset != 0 && (offset < min || offset >= frame.len()) {
-            return Err(format!(
-                "InvalidTcpHeaderOffset: {offset} in a {}-byte frame",
-                frame.len()
-            ));
-        }
-        let mut notes = Vec::new();
-        if !(tcp || udp || iph) {
-            return Ok(notes);
-        }
-        let Some(p) = parse(frame) else {
-            notes.push(format!("checksum PPI {value:#x} on a frame that is not IP"));
-            return Ok(notes);
-        };
-        if is4 == is6 || is6 != p.v6 {
-            notes.push(format!(
-                "checksum PPI {value:#x}: IP version does not match the frame"
-            ));
-            return Ok(notes);
-        }
-        let e = self.enabled.tx;
-        if iph {
-            if p.v6 || !e.ip4 {
-                notes.push("IPv4 header checksum requested without that offload".into());
-            } else {
-                let h = p.ip_at..p.ip_at + p.ip_header;
-                frame[p.ip_at + 10..p.ip_at + 12].fill(0);
-                let c = !folded(word_sum(&frame[h]));
-                frame[p.ip_at + 10..p.ip_at + 12].copy_from_slice(&c.to_be_bytes());
-            }
-        }
-        if !(tcp || udp) {
-            return Ok(notes);
-        }
-        let enabled = match (p.v6, tcp) {
-            (false, true) => e.tcp4,
-            (false, false) => e.udp4,
-            (true, true) => e.tcp6,
-            (true, false) => e.udp6,
-        };
-        let want_proto = if tcp { 6 } else { 17 };
-        let Some(at) =
-            checksum_at(&p).filter(|_| p.proto == want_proto && !p.fragment && !(tcp && udp))
-        else {
-            notes.push(format!(
-                "checksum PPI {value:#x} does not match the frame's protocol {}",
-                p.proto
-            ));
-            return Ok(notes);
-        };
-        if offset != p.l4_at {
-            notes.push(format!(
-                "checksum PPI header offset {offset}, the frame's is {}",
-                p.l4_at
-            ));
-            return Ok(notes);
-        }
-        if !enabled {
-            notes.push(format!(
-                "checksum PPI {value:#x} for an offload the guest did not enable"
-            ));
-            return Ok(notes);
-        }
-        self.stats.tx_checksummed += 1;
-        let preload = be(frame, at).unwrap_or(0);
-        let want = folded(pseudo(frame, &p));
-        // 0 and 0xFFFF are the same one's complement number.
-        if preload != want && !(preload | want == 0xFFFF && preload & want == 0) {
-            self.stats.tx_bad_preloads += 1;
-            notes.push(format!(
-                "checksum preload {preload:#06x}, pseudo-header sum {want:#06x}"
-            ));
-        }
-        // The NIC: one's complement sum of the segment as it is (preload included).
-        let mut c = !folded(word_sum(&frame[p.l4_at..p.l4_at + p.l4_len]));
-        if c == 0 && !tcp {
-            c = 0xFFFF;
-        }
-        frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        Ok(notes)
-    }
-
-    /// Verifies a frame on its way out: always when the host computed one of its checksums
-    /// (`offloaded`), every IP frame while verification is on.
-    pub(super) fn verify_sent(&mut self, frame: &[u8], offloaded: bool) {
-        if !self.verify && !offloaded {
-            return;
-        }
-        let (ip, l4) = verdict(frame);
-        if ip.is_none() && l4.is_none() {
-            return;
-        }
-        self.stats.tx_verified += 1;
-        if ip == Some(false) || matches!(l4, Some((_, false))) {
-            self.stats.tx_bad_checksums += 1;
-        }
-    }
-
     /// The checksum PPI value for a frame about to be delivered: applies a pending corruption
     /// fault to the frame first, then reports what the host finds for the checksums the
     /// guest enabled on receive.
@@ -729,5 +509,4 @@ pub(super) fn ppi_elements(area: &[u8]) -> Option<Vec<(u32, &[u8])>> {
 }
 
 #[cfg(test)]
-#[path = "offload_tests.rs"]
 mod tests;

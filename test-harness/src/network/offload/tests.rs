@@ -1,6 +1,7 @@
 //! The offload oracle is not an echo: it refuses bad parameters, catches a wrong preload
 //! and reports corrupted frames. Checksums it produces are checked with smoltcp's parsers.
 
+use super::frame::{folded, parse, pseudo, word_sum};
 use super::*;
 use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
 
@@ -210,4 +211,81 @@ fn receive_verdicts_report_what_the_host_finds() {
     let mut f = good.clone();
     assert_eq!(s.receive_bits(&mut f), 0);
     assert_eq!((s.stats.rx_reported_good, s.stats.rx_reported_bad), (1, 2));
+}
+
+/// An LSO frame as a guest hands it over: IPv4 total length and checksum 0, TCP flags
+/// PSH|ACK|FIN, the preload `preload`.
+fn lso4(payload: &[u8], preload: u16) -> Vec<u8> {
+    let mut f = tcp4(payload, preload);
+    f[16..18].fill(0);
+    f[24..26].fill(0);
+    f[47] = 0x19;
+    f
+}
+
+fn lso_on() -> OffloadState {
+    let mut s = tx_on();
+    s.enabled.lso_v2_ipv4 = true;
+    s
+}
+
+/// LSO v2 PPI: MSS, TCP offset 34, v2, IPv4.
+fn lso_ppi(mss: u32) -> u32 {
+    mss | (34 << 20) | (1 << 30)
+}
+
+#[test]
+fn an_lso_frame_is_cut_into_segments_smoltcp_accepts() {
+    let mut s = lso_on();
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    // Preload: addresses and protocol, no length.
+    let preload = folded(word_sum(&[10, 0, 0, 1, 10, 0, 0, 2]) + 6);
+    let f = lso4(&data, preload);
+    let (segs, notes) = s.transmit_lso(&f, lso_ppi(1460), 1514, 0x6_0001).unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(segs.len(), 3);
+    let mut joined = Vec::new();
+    for (i, seg) in segs.iter().enumerate() {
+        assert!(seg.len() <= 1514);
+        assert!(smoltcp_ok(seg), "segment {i}");
+        let tcp = TcpPacket::new_checked(&seg[34..]).unwrap();
+        assert_eq!(tcp.seq_number().0 as u32, 9 + (i as u32) * 1460);
+        assert_eq!(tcp.fin(), i == 2);
+        assert_eq!(tcp.psh(), i == 2);
+        assert!(tcp.ack());
+        joined.extend_from_slice(tcp.payload());
+        s.verify_sent(seg, true);
+    }
+    assert_eq!(joined, data);
+    assert_eq!((s.stats.tx_lso_segments, s.stats.tx_bad_checksums), (3, 0));
+}
+
+#[test]
+fn an_lso_frame_with_a_checksum_offload_preload_is_caught() {
+    let mut s = lso_on();
+    let data = vec![7u8; 2000];
+    // The plain checksum-offload preload (with the length) is wrong for LSO.
+    let with_len = folded(word_sum(&[10, 0, 0, 1, 10, 0, 0, 2]) + 6 + 2020);
+    let mut f = lso4(&data, with_len);
+    f[16..18].copy_from_slice(&2040u16.to_be_bytes()); // and the length not zeroed
+    let (segs, notes) = s.transmit_lso(&f, lso_ppi(1000), 1514, 0x6_0001).unwrap();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for seg in &segs {
+        s.verify_sent(seg, true);
+    }
+    assert_eq!(s.stats.tx_bad_preloads, 1);
+    assert_eq!(s.stats.tx_bad_checksums, 2);
+    // Refusals: LSO not enabled, v1, an MSS beyond the frame size, OpenVMM's offset rule.
+    let ok = lso4(&data, 0);
+    assert!(
+        s.transmit_lso(&ok, lso_ppi(1000) & !(1 << 30), 1514, 0x6_0001)
+            .is_err()
+    );
+    assert!(s.transmit_lso(&ok, lso_ppi(1481), 1514, 0x6_0001).is_err());
+    assert!(
+        s.transmit_lso(&ok, 1000 | (20 << 20) | (1 << 30), 1514, 0x6_0001)
+            .is_err()
+    );
+    s.enabled.lso_v2_ipv4 = false;
+    assert!(s.transmit_lso(&ok, lso_ppi(1000), 1514, 0x6_0001).is_err());
 }
