@@ -566,7 +566,7 @@ fn offload_summary(info: &netvsc::NicInfo) -> String {
     };
     let lso = match (o.lso_v2_ipv4, o.lso_v2_ipv6) {
         (Some(l), _) | (None, Some(l)) => format!(
-            "LSOv2 {}{} up to {} bytes (enabled at the host; this driver sends no LSO frames)",
+            "LSOv2 {}{} up to {} bytes (Nic::send_lso; smoltcp sends MTU-sized segments)",
             if o.lso_v2_ipv4.is_some() { "IPv4" } else { "" },
             if o.lso_v2_ipv6.is_some() { " IPv6" } else { "" },
             l.max_size
