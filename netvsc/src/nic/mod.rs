@@ -88,7 +88,9 @@ pub struct NicConfig {
     /// Ring sizes of the channel.
     pub channel: ChannelConfig,
     /// Negotiate checksum and LSO v2 offloads from the host's capabilities (default on;
-    /// devices §7.1 step 8). Off: every checksum is the guest's.
+    /// devices §7.1 step 8). Off: every checksum is the guest's. With LSO v2 enabled the NIC
+    /// also allocates [`LSO_SLOTS`] slots of 68 KiB of host-visible memory for
+    /// [`Nic::send_lso`].
     pub offloads: bool,
 }
 
