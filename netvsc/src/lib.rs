@@ -8,7 +8,13 @@
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
 //!   one frame and [`Nic::send_batch`] a burst (small frames packed into shared send
-//!   sections, one packet and one completion per section).
+//!   sections, one packet and one completion per section). It negotiates checksum and LSO v2
+//!   offloads at open; [`Nic::send_frame_checksum`] and the other `_checksum` variants
+//!   leave TCP/UDP checksums to the host, [`Nic::send_lso`] hands it a large TCP segment to
+//!   cut (LSO v2), [`Nic::poll_with_checksum`] reports the host's receive verdict per frame.
+//! - [`offload`]: checksum and LSO v2 offloads — the host's capabilities
+//!   ([`offload::parse_offload`]), the negotiation, frame helpers ([`offload::l4_of`]) and
+//!   the receive checksum verdict ([`offload::rx_checksum_of`]); all pure and fuzzable.
 //!
 //! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
 //!
@@ -21,6 +27,7 @@
 extern crate std;
 
 pub mod nic;
+pub mod offload;
 #[cfg(feature = "smoltcp")]
 pub mod phy;
 pub mod protocol;

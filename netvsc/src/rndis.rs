@@ -266,13 +266,24 @@ pub fn packet_message_len(frame_len: usize) -> usize {
 /// The PACKET header for a `frame_len`-byte frame placed right after it (no PPIs, no OOB
 /// data), with `msg_len` = [`packet_message_len`]; `None` if the sizes overflow a u32.
 pub fn packet_header(frame_len: usize) -> Option<RndisPacket> {
+    packet_header_with_ppi(frame_len, 0)
+}
+
+/// The PACKET header for `ppi_len` bytes of PPIs right after the header and a
+/// `frame_len`-byte frame right after them (Linux's layout, devices §2.10: PPIs at offset 36,
+/// data at 36 + PPI bytes), `msg_len` padded to 8 bytes; `None` if the sizes overflow a u32.
+pub fn packet_header_with_ppi(frame_len: usize, ppi_len: usize) -> Option<RndisPacket> {
+    let base = size_of::<RndisPacket>() - RNDIS_OFFSET_BASE;
+    let msg_len = (size_of::<RndisPacket>() + ppi_len + frame_len).next_multiple_of(8);
     Some(RndisPacket {
         header: RndisHeader {
             msg_type: rndis_msg::PACKET.into(),
-            msg_len: u32::try_from(packet_message_len(frame_len)).ok()?.into(),
+            msg_len: u32::try_from(msg_len).ok()?.into(),
         },
-        data_offset: ((size_of::<RndisPacket>() - RNDIS_OFFSET_BASE) as u32).into(),
+        data_offset: u32::try_from(base + ppi_len).ok()?.into(),
         data_length: u32::try_from(frame_len).ok()?.into(),
+        per_packet_info_offset: if ppi_len == 0 { 0 } else { base as u32 }.into(),
+        per_packet_info_length: u32::try_from(ppi_len).ok()?.into(),
         ..Default::default()
     })
 }
@@ -309,7 +320,9 @@ pub fn write_initialize(out: &mut [u8], request_id: u32, max_transfer_size: u32)
 
 /// Writes a QUERY (`msg_type` = [`rndis_msg::QUERY`]) or SET request for `oid` with `info`
 /// as the information buffer (placed right after the 28-byte header, offset 20); returns its
-/// length.
+/// length. The offset is 20 even without information bytes, as Linux and FreeBSD send it:
+/// FreeBSD's hn notes that Hyper-V answers a QUERY whose offset is 0 with a failure status,
+/// although the RNDIS specification asks for 0.
 pub fn write_oid_request(
     out: &mut [u8],
     msg_type: u32,
@@ -326,11 +339,7 @@ pub fn write_oid_request(
         request_id: request_id.into(),
         oid: oid.into(),
         info_buffer_length: u32::try_from(info.len()).ok()?.into(),
-        info_buffer_offset: if info.is_empty() {
-            0u32.into()
-        } else {
-            ((size_of::<RndisOidRequest>() - RNDIS_OFFSET_BASE) as u32).into()
-        },
+        info_buffer_offset: ((size_of::<RndisOidRequest>() - RNDIS_OFFSET_BASE) as u32).into(),
         device_vc_handle: 0.into(),
     };
     let out = out.get_mut(..len)?;

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Room for a QUERY or SET: the 28-byte header and the largest information buffer sent (a
+/// 156-byte NDIS_OFFLOAD header-only query).
+const OID_REQUEST_BYTES: usize = 28 + 160;
+
 impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     pub(super) fn next_id(&mut self) -> u32 {
         let id = self.core.next_request_id;
@@ -58,7 +62,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         self.core.reply = None;
         self.core.control_refused = None;
         let result = loop {
-            if let Err(e) = self.pump(64, &mut |_| true) {
+            if let Err(e) = self.pump(64, &mut |_, _| true) {
                 break Err(e);
             }
             if let Some(r) = self.core.reply.take() {
@@ -80,9 +84,20 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     }
 
     pub(super) fn query(&mut self, oid: u32, waiter: &mut impl Wait) -> Result<Reply, NetError> {
+        self.query_with(oid, &[], waiter)
+    }
+
+    /// QUERY `oid` with `input` as the information buffer (an NDIS object header naming the
+    /// revision the guest understands, for the offload OIDs).
+    pub(super) fn query_with(
+        &mut self,
+        oid: u32,
+        input: &[u8],
+        waiter: &mut impl Wait,
+    ) -> Result<Reply, NetError> {
         let id = self.next_id();
-        let mut m = [0u8; 64];
-        let len = rndis::write_oid_request(&mut m, rndis_msg::QUERY, id, oid, &[])
+        let mut m = [0u8; OID_REQUEST_BYTES];
+        let len = rndis::write_oid_request(&mut m, rndis_msg::QUERY, id, oid, input)
             .ok_or(NetError::InvalidArgument("query"))?;
         let r = self.rndis_request(id, &m[..len], waiter)?;
         if r.msg_type != rndis_msg::QUERY_CMPLT {
@@ -118,9 +133,19 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         value: u32,
         waiter: &mut impl Wait,
     ) -> Result<(), NetError> {
+        self.set(oid, &value.to_le_bytes(), waiter)
+    }
+
+    /// SET `oid` to `value` and waits for a successful SET completion.
+    pub(super) fn set(
+        &mut self,
+        oid: u32,
+        value: &[u8],
+        waiter: &mut impl Wait,
+    ) -> Result<(), NetError> {
         let id = self.next_id();
-        let mut m = [0u8; 64];
-        let len = rndis::write_oid_request(&mut m, rndis_msg::SET, id, oid, &value.to_le_bytes())
+        let mut m = [0u8; OID_REQUEST_BYTES];
+        let len = rndis::write_oid_request(&mut m, rndis_msg::SET, id, oid, value)
             .ok_or(NetError::InvalidArgument("set"))?;
         let r = self.rndis_request(id, &m[..len], waiter)?;
         if r.msg_type != rndis_msg::SET_CMPLT {
@@ -174,7 +199,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         waiter.restart();
         self.send_control(m.as_bytes())?;
         while self.channel.requests_in_flight() > 0 {
-            self.pump(64, &mut |_| true)?;
+            self.pump(64, &mut |_, _| true)?;
             if self.channel.requests_in_flight() == 0 {
                 break;
             }
@@ -240,12 +265,16 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             recv_buf,
             send_buf,
             large_buf,
+            lso_buf,
             ..
         } = self;
         // Buffers first (devices §2.18, vmbus-core §10.1): closing the channel releases a
         // rescinded relid, after which the host no longer knows the channel's GPADLs.
         let mut released = Released::Freed;
-        for b in [recv_buf, send_buf, large_buf].into_iter().flatten() {
+        for b in [recv_buf, send_buf, large_buf, lso_buf]
+            .into_iter()
+            .flatten()
+        {
             waiter.restart();
             if b.release(waiter) == Released::Leaked {
                 released = Released::Leaked;

@@ -8,6 +8,8 @@
 //! caller retries on, so a frame is never dropped without a counted reason.
 
 mod control;
+mod lso;
+mod offload;
 mod open;
 mod receive;
 mod send;
@@ -19,6 +21,7 @@ use vmbus_guest::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::offload::{OffloadCaps, Offloads, RxChecksum};
 use crate::protocol::{
     CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, DATA_PATH_SYNTHETIC, DATA_PATH_VF, NO_SECTION,
     NVSP_MESSAGE_SIZE, NvspHeader, NvspInit, NvspInitComplete, NvspNdisConfig, NvspNdisVersion,
@@ -28,6 +31,7 @@ use crate::protocol::{
     filter, msg, oid, padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
+pub use lso::LSO_SLOTS;
 pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
@@ -83,6 +87,11 @@ pub struct NicConfig {
     pub packet_filter: u32,
     /// Ring sizes of the channel.
     pub channel: ChannelConfig,
+    /// Negotiate checksum and LSO v2 offloads from the host's capabilities (default on;
+    /// devices §7.1 step 8). Off: every checksum is the guest's. With LSO v2 enabled the NIC
+    /// also allocates [`LSO_SLOTS`] slots of 68 KiB of host-visible memory for
+    /// [`Nic::send_lso`].
+    pub offloads: bool,
 }
 
 impl Default for NicConfig {
@@ -98,6 +107,7 @@ impl Default for NicConfig {
                 inbound_pages: 64,
                 ..ChannelConfig::default()
             },
+            offloads: true,
         }
     }
 }
@@ -139,6 +149,8 @@ pub enum NetError {
     FrameSize(usize),
     /// A configuration value is not usable.
     InvalidArgument(&'static str),
+    /// A frame that cannot go as one LSO v2 send.
+    Lso(crate::offload::LsoError),
 }
 
 impl core::fmt::Display for NetError {
@@ -153,6 +165,7 @@ impl core::fmt::Display for NetError {
             Self::Busy(b) => write!(f, "send back-pressure: {b:?}"),
             Self::FrameSize(n) => write!(f, "frame of {n} bytes does not fit the MTU"),
             Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
+            Self::Lso(e) => write!(f, "LSO: {e}"),
         }
     }
 }
@@ -200,6 +213,10 @@ pub struct NicInfo {
     pub packet_alignment: u32,
     /// Link speed in units of 100 bit/s (0 if not reported).
     pub link_speed: u32,
+    /// The host's offload capabilities (`None`: not queried, not answered or malformed).
+    pub offload_caps: Option<OffloadCaps>,
+    /// The offloads in effect (the host accepted TCP_OFFLOAD_PARAMETERS).
+    pub offloads: Offloads,
 }
 
 /// Diagnostic counters. Every frame the driver did not deliver or send is in one of them.
@@ -219,8 +236,24 @@ pub struct NicStats {
     pub tx_busy_requests: u64,
     /// Sends refused: frame size.
     pub tx_bad_size: u64,
+    /// Frames sent with their TCP/UDP checksum left to the host (checksum PPI).
+    pub tx_csum_offloaded: u64,
+    /// Frames sent through the checksum API whose TCP/UDP checksum the guest computed (not
+    /// offloaded for that IP version, protocol or IPv4 options).
+    pub tx_csum_software: u64,
+    /// LSO v2 sends (each one frame in `tx_frames`; the host makes the segments).
+    pub tx_lso: u64,
+    /// Segments the LSO v2 sends asked the host for.
+    pub tx_lso_segments: u64,
     /// Frames delivered.
     pub rx_frames: u64,
+    /// Frames delivered through [`Nic::poll_with_checksum`] or
+    /// [`Nic::receive_with_checksum`] with a checksum the host validated (a negotiated
+    /// receive offload).
+    pub rx_csum_good: u64,
+    /// Frames delivered through those calls with a checksum the host found wrong (a
+    /// negotiated receive offload); handed on with the verdict, for the stack to drop.
+    pub rx_csum_bad: u64,
     /// Transfer-page packets received (each completed once).
     pub rx_packets: u64,
     /// Transfer-page packets rejected whole (bad NVSP message, page set id, range count,
@@ -265,6 +298,11 @@ pub enum Ctx {
     DataPath,
     /// A frame sent as GPA-direct page buffers from page-buffer slot `slot`.
     Large {
+        /// The slot.
+        slot: u8,
+    },
+    /// An LSO v2 send from LSO slot `slot`.
+    Lso {
         /// The slot.
         slot: u8,
     },
@@ -354,12 +392,16 @@ struct Cursor {
     count: usize,
 }
 
+/// Bytes of a control reply's information buffer kept (an NDIS_OFFLOAD is 156 bytes; room
+/// for later revisions).
+const REPLY_INFO: usize = 256;
+
 /// A reply to the pending RNDIS control request.
 #[derive(Clone, Copy, Debug)]
 struct Reply {
     msg_type: u32,
     status: u32,
-    info: [u8; 64],
+    info: [u8; REPLY_INFO],
     info_len: usize,
     init: Option<RndisInitComplete>,
 }
@@ -389,6 +431,8 @@ struct Core {
     switch_owed: bool,
     /// Free page-buffer slots (bit per slot).
     large_free: u16,
+    /// Free LSO slots (bit per slot).
+    lso_free: u8,
     /// The send section the current burst is filling.
     burst: Option<send::OpenSection>,
 }
@@ -426,6 +470,8 @@ pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = M
     /// Page-buffer slots for frames larger than a section (no GPADL: named by GPA-direct
     /// packets), allocated only when the MTU needs them.
     large_buf: Option<HostBuffer<'b, T, H>>,
+    /// Slots for LSO v2 sends (no GPADL), allocated when the host enabled LSO v2.
+    lso_buf: Option<HostBuffer<'b, T, H>>,
     core: Core,
     ring: [u8; RING_PACKET_BUFFER],
     /// Where one RNDIS message is copied out of the receive buffer.
@@ -450,7 +496,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     pub fn can_send(&self) -> bool {
         self.core.burst.is_some_and(|o| {
             u32::from(o.frames) < self.core.info.max_packets_per_message
-                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD)
+                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD + send::PPI_BYTES)
                     <= self.core.info.section_size as usize
         }) || !self.channel.requests_full() && self.core.sections.free_count() > 0
     }
@@ -458,6 +504,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// What the handshake learned.
     pub fn info(&self) -> &NicInfo {
         &self.core.info
+    }
+
+    /// The offloads in effect ([`Offloads::NONE`] when the host offered none, refused the
+    /// parameters, or [`NicConfig::offloads`] was off).
+    pub fn offloads(&self) -> Offloads {
+        self.core.info.offloads
     }
 
     /// The permanent MAC address.

@@ -47,6 +47,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             recv_buf: None,
             send_buf: None,
             large_buf: None,
+            lso_buf: None,
             core: Core {
                 info: NicInfo {
                     version: NvspVersion::V1,
@@ -58,6 +59,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                     max_packets_per_message: 1,
                     packet_alignment: 8,
                     link_speed: 0,
+                    offload_caps: None,
+                    offloads: Offloads::NONE,
                 },
                 ready: false,
                 max_frame: usize::from(config.mtu) + ETHERNET_HEADER,
@@ -75,6 +78,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 vf: VfState::default(),
                 switch_owed: false,
                 large_free: 0,
+                lso_free: 0,
                 burst: None,
             },
             ring: [0; RING_PACKET_BUFFER],
@@ -83,12 +87,14 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         match nic.bring_up(bus, config, waiter) {
             Ok(()) => {
                 log::info!(
-                    "netvsc {relid}: NVSP {:#x}, MAC {:02x?}, MTU {}, {} send sections, link {}",
+                    "netvsc {relid}: NVSP {:#x}, MAC {:02x?}, MTU {}, {} send sections, link {}, \
+                     offloads {:?}",
                     nic.core.info.version.0,
                     nic.core.info.mac,
                     nic.core.info.mtu,
                     nic.core.info.sections,
-                    if nic.core.link_up { "up" } else { "down" }
+                    if nic.core.link_up { "up" } else { "down" },
+                    nic.core.info.offloads
                 );
                 Ok(nic)
             }
@@ -210,7 +216,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             });
         }
         let size = c.section_size.get() as usize;
-        let needed = rndis::packet_message_len(usize::from(MAX_MTU) + ETHERNET_HEADER);
+        let needed =
+            rndis::packet_message_len(usize::from(MAX_MTU) + ETHERNET_HEADER + send::PPI_BYTES);
         if size < needed || size > send_len {
             return Err(NetError::HostValue("send section size"));
         }
@@ -218,7 +225,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         self.core.info.section_size = size as u32;
         self.core.info.sections = count as u16;
         self.core.sections = Sections::new(count);
-        if rndis::packet_message_len(self.core.max_frame) > size {
+        if rndis::packet_message_len(self.core.max_frame + send::PPI_BYTES) > size {
             // Frames that do not fit a section go as page buffers (devices §2.9).
             let pages = large_slot_bytes(self.core.max_frame) / PAGE * LARGE_SLOTS;
             self.large_buf = Some(HostBuffer::new(bus, pages)?);
@@ -267,6 +274,10 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             return Err(NetError::HostValue("MAC address shorter than 6 bytes"));
         }
         self.core.info.mac.copy_from_slice(&mac.info[..6]);
+        if config.offloads {
+            self.negotiate_offloads(waiter)?;
+            self.allocate_lso(bus);
+        }
         let (media, _) = self.query_u32(oid::GEN_MEDIA_CONNECT_STATUS, waiter)?;
         self.core.link_up = match media {
             0 => true,

@@ -35,7 +35,7 @@ impl Core {
                         if let Some(buf) = recv_buf {
                             for r in t.ranges() {
                                 let (off, n) = (r.byte_offset as usize, r.byte_count as usize);
-                                self.on_range(off, n, buf, scratch, &mut |_| {});
+                                self.on_range(off, n, buf, scratch, &mut |_, _| {});
                             }
                         }
                         if reply {
@@ -80,7 +80,7 @@ impl Core {
                         self.control_refused = Some(c.status.get());
                     }
                 }
-                Ctx::Data { .. } | Ctx::Large { .. } => {
+                Ctx::Data { .. } | Ctx::Large { .. } | Ctx::Lso { .. } => {
                     let frames = match context {
                         Ctx::Data { section, frames } => {
                             self.sections.release(section);
@@ -88,6 +88,10 @@ impl Core {
                         }
                         Ctx::Large { slot } => {
                             self.large_free |= 1 << slot;
+                            1
+                        }
+                        Ctx::Lso { slot } => {
+                            self.lso_free |= 1 << slot;
                             1
                         }
                         _ => 0,
@@ -112,7 +116,7 @@ impl Core {
             // memory is only reused after a confirmed release, i.e. never by this NIC).
             Received::Failed { context, .. } => match context {
                 Ctx::Data { frames, .. } => self.stats.tx_failed += u64::from(frames),
-                Ctx::Large { .. } => self.stats.tx_failed += 1,
+                Ctx::Large { .. } | Ctx::Lso { .. } => self.stats.tx_failed += 1,
                 _ => {}
             },
         }
@@ -199,7 +203,7 @@ impl Core {
         ring: &[u8],
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> bool {
         while let Some(mut c) = self.cursor {
             if c.next >= c.count {
@@ -221,7 +225,9 @@ impl Core {
             let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
             let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize;
             let mut stop = false;
-            self.on_range(offset, count, buf, scratch, &mut |f| stop = !on_frame(f));
+            self.on_range(offset, count, buf, scratch, &mut |f, c| {
+                stop = !on_frame(f, c)
+            });
             if stop {
                 return true;
             }
@@ -235,7 +241,7 @@ impl Core {
         count: usize,
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8]),
+        on_frame: &mut dyn FnMut(&[u8], &[u8]),
     ) {
         if count < size_of::<crate::protocol::RndisHeader>()
             || offset
@@ -256,14 +262,14 @@ impl Core {
             return;
         }
         match rndis::parse_message(&scratch[..n]) {
-            Ok(Message::Packet { frame, .. }) => {
+            Ok(Message::Packet { frame, ppi }) => {
                 if frame.len() > self.max_frame {
                     self.stats.rx_too_large += 1;
                 } else if !self.ready {
                     self.stats.rx_not_ready += 1;
                 } else {
                     self.stats.rx_frames += 1;
-                    on_frame(frame);
+                    on_frame(frame, ppi);
                 }
             }
             Ok(Message::IndicateStatus { status, buffer }) => {
@@ -311,8 +317,8 @@ impl Core {
         let mut r = Reply {
             msg_type,
             status,
-            info: [0; 64],
-            info_len: info.len().min(64),
+            info: [0; REPLY_INFO],
+            info_len: info.len().min(REPLY_INFO),
             init,
         };
         r.info[..r.info_len].copy_from_slice(&info[..r.info_len]);
@@ -347,7 +353,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     pub(super) fn pump(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8]) -> bool,
+        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<bool, NetError> {
         // Frames queued by a burst go out now at the latest.
         self.flush_quietly();
@@ -411,10 +417,28 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         budget: usize,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<bool, NetError> {
-        self.pump(budget, &mut |f| {
+        self.pump(budget, &mut |f, _| {
             on_frame(f);
             true
         })
+    }
+
+    /// [`Nic::poll`], with each frame's receive checksum verdict: what the host found for
+    /// the checksums the guest enabled on receive ([`Offloads::rx`]); everything else is
+    /// [`RxChecksum::NOT_CHECKED`]. A frame with a bad verdict is still handed over (and
+    /// counted in [`NicStats::rx_csum_bad`]) for the caller to drop. Interrupt-safe.
+    pub fn poll_with_checksum(
+        &mut self,
+        budget: usize,
+        mut on_frame: impl FnMut(&[u8], RxChecksum),
+    ) -> Result<bool, NetError> {
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let more = self.pump(budget, &mut |f, ppi| {
+            on_frame(f, v.of(f, ppi));
+            true
+        });
+        v.count(&mut self.core.stats);
+        more
     }
 
     /// Receives the next frame and hands it to `f` (pull style, for network stacks that
@@ -429,13 +453,71 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     ) -> Result<Option<R>, NetError> {
         let mut f = Some(f);
         let mut out = None;
-        self.pump(budget, &mut |frame| {
+        self.pump(budget, &mut |frame, _| {
             if let Some(f) = f.take() {
                 out = Some(f(frame));
             }
             false
         })?;
         Ok(out)
+    }
+
+    /// [`Nic::receive_with`], with the frame's receive checksum verdict (see
+    /// [`Nic::poll_with_checksum`]). Interrupt-safe.
+    pub fn receive_with_checksum<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&[u8], RxChecksum) -> R,
+    ) -> Result<Option<R>, NetError> {
+        let mut f = Some(f);
+        let mut out = None;
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let got = self.pump(budget, &mut |frame, ppi| {
+            if let Some(f) = f.take() {
+                out = Some(f(frame, v.of(frame, ppi)));
+            }
+            false
+        });
+        v.count(&mut self.core.stats);
+        got?;
+        Ok(out)
+    }
+}
+
+/// Receive verdicts of one poll, decoded only for callers that ask for them (the plain
+/// `poll` / `receive_with` path pays nothing), counted into the stats afterwards.
+struct Verdicts {
+    rx: crate::offload::ChecksumSet,
+    good: u64,
+    bad: u64,
+}
+
+impl Verdicts {
+    fn new(offloads: &Offloads) -> Self {
+        Self {
+            rx: offloads.rx,
+            good: 0,
+            bad: 0,
+        }
+    }
+
+    /// The verdict on `frame` from its PPI area, masked by what is enabled on receive.
+    fn of(&mut self, frame: &[u8], ppi: &[u8]) -> RxChecksum {
+        if self.rx.is_empty() {
+            return RxChecksum::NOT_CHECKED;
+        }
+        let v = crate::offload::rx_checksum_of(ppi).masked(frame, &self.rx);
+        if v.is_bad() {
+            self.bad += 1;
+        } else if v != RxChecksum::NOT_CHECKED {
+            self.good += 1;
+        }
+        v
+    }
+
+    fn count(&self, stats: &mut NicStats) {
+        stats.rx_csum_good += self.good;
+        stats.rx_csum_bad += self.bad;
     }
 }
 

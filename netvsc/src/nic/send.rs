@@ -5,8 +5,18 @@
 //! A burst: [`Nic::queue_frame`] / [`Nic::queue_frame_with`] append small frames to the open
 //! section (submitted when it is full or a frame does not fit), [`Nic::flush`] submits it.
 //! Frames of a burst reach the host in order.
+//!
+//! Checksum offload: the `_checksum` variants leave the frame's TCP/UDP checksum to the NIC
+//! ([`crate::offload::prepare_tx_checksum`]): with a negotiated transmit offload the
+//! pseudo-header sum is preloaded and a checksum PPI (devices §2.14) goes with the frame,
+//! otherwise the checksum is computed in software.
 
 use super::*;
+use crate::offload::{TxChecksum, prepare_tx_checksum};
+use crate::protocol::PpiU32;
+
+/// Bytes of the one PPI a frame may carry (checksum info).
+pub(super) const PPI_BYTES: usize = size_of::<PpiU32>();
 
 /// Bytes of one page-buffer slot: a page for the RNDIS header, then the frame from the next
 /// page boundary.
@@ -58,9 +68,19 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// frames were taken (a prefix of `frames`; fewer on back-pressure — poll and send the
     /// rest). Errors other than back-pressure end the burst.
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize, NetError> {
+        self.batch(frames, false)
+    }
+
+    /// [`Nic::send_batch`] with each frame's TCP/UDP checksum left to the NIC (see
+    /// [`Nic::queue_frame_checksum_with`]).
+    pub fn send_batch_checksum(&mut self, frames: &[&[u8]]) -> Result<usize, NetError> {
+        self.batch(frames, true)
+    }
+
+    fn batch(&mut self, frames: &[&[u8]], checksum: bool) -> Result<usize, NetError> {
         let mut taken = 0;
         for f in frames {
-            match self.queue_frame(f) {
+            match self.queue(f.len(), |buf| buf.copy_from_slice(f), checksum) {
                 Ok(()) => taken += 1,
                 Err(NetError::Busy(_)) => break,
                 Err(e) => {
@@ -88,8 +108,59 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, NetError> {
+        self.queue(len, build, false)
+    }
+
+    /// [`Nic::send_frame`] with the TCP/UDP checksum left to the NIC (see
+    /// [`Nic::queue_frame_checksum_with`]).
+    pub fn send_frame_checksum(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.queue_frame_checksum(frame)?;
+        match self.flush() {
+            Ok(()) | Err(NetError::Busy(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Nic::queue_frame`] with the TCP/UDP checksum left to the NIC (see
+    /// [`Nic::queue_frame_checksum_with`]).
+    pub fn queue_frame_checksum(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.queue_frame_checksum_with(frame.len(), |buf| buf.copy_from_slice(frame))
+    }
+
+    /// [`Nic::queue_frame_with`] for a frame whose TCP or UDP checksum (over IPv4 or IPv6)
+    /// the NIC fills in; its checksum field may hold anything. When the host offloads that
+    /// checksum ([`Offloads::tx`]), the NIC preloads the pseudo-header sum (with the length,
+    /// the convention of Windows, Linux and FreeBSD) and sends a checksum PPI; otherwise it
+    /// computes the checksum itself. The IPv4 header checksum and any other protocol's
+    /// checksum stay the caller's; a frame that is not TCP/UDP over IP (or an IPv4 fragment,
+    /// or IPv6 with extension headers) is sent as built.
+    pub fn queue_frame_checksum_with<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, NetError> {
+        self.queue(len, build, true)
+    }
+
+    /// The checksum PPI bytes a frame carries: none for the plain API or without transmit
+    /// offloads (the checksum is then computed in software).
+    fn ppi_len(&self, checksum: bool) -> usize {
+        if checksum && !self.core.info.offloads.tx.is_empty() {
+            PPI_BYTES
+        } else {
+            0
+        }
+    }
+
+    fn queue<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+        checksum: bool,
+    ) -> Result<R, NetError> {
         let align = self.core.info.packet_alignment as usize;
-        let msg_len = (HEADER + len).next_multiple_of(align);
+        let ppi_len = self.ppi_len(checksum);
+        let msg_len = (HEADER + ppi_len + len).next_multiple_of(align);
         if len < ETHERNET_HEADER || len > self.core.max_frame || len > M {
             self.core.stats.tx_bad_size += 1;
             return Err(NetError::FrameSize(len));
@@ -106,7 +177,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             self.submit_burst()?;
         }
         if !packable && (msg_len > section_size || msg_len > M) {
-            return self.send_large(len, build);
+            return self.send_large(len, build, checksum);
         }
         if self.core.burst.is_none() {
             if self.channel.requests_full() {
@@ -126,13 +197,18 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         let Some(mut open) = self.core.burst else {
             return Err(NetError::InvalidArgument("no open section"));
         };
-        // Header, frame and padding assembled privately, then one copy into the section.
-        let mut header = rndis::packet_header(len).ok_or(NetError::FrameSize(len))?;
+        // Header, PPI, frame and padding assembled privately, then one copy into the section.
+        let mut header =
+            rndis::packet_header_with_ppi(len, ppi_len).ok_or(NetError::FrameSize(len))?;
         header.header.msg_len = (msg_len as u32).into();
         let message = &mut self.msg[..msg_len];
         message[..HEADER].copy_from_slice(header.as_bytes());
-        let r = build(&mut message[HEADER..HEADER + len]);
-        message[HEADER + len..].fill(0);
+        let end = HEADER + ppi_len + len;
+        let r = build(&mut message[HEADER + ppi_len..end]);
+        if checksum {
+            apply_checksum(&mut self.core, &mut message[HEADER..end], ppi_len);
+        }
+        message[end..].fill(0);
         let at = usize::from(open.section) * section_size + open.used as usize;
         if self
             .send_buf
@@ -180,7 +256,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         }
     }
 
-    fn submit_burst(&mut self) -> Result<(), NetError> {
+    pub(super) fn submit_burst(&mut self) -> Result<(), NetError> {
         let Some(open) = self.core.burst else {
             return Ok(());
         };
@@ -226,7 +302,13 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         &mut self,
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
+        checksum: bool,
     ) -> Result<R, NetError> {
+        let ppi_len = self.ppi_len(checksum);
+        if ppi_len + len > M {
+            self.core.stats.tx_bad_size += 1;
+            return Err(NetError::FrameSize(len));
+        }
         let Some(lb) = self.large_buf.as_ref() else {
             self.core.stats.tx_bad_size += 1;
             return Err(NetError::FrameSize(len));
@@ -241,17 +323,26 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         }
         let slot = self.core.large_free.trailing_zeros() as u8;
         let base = usize::from(slot) * large_slot_bytes(self.core.max_frame);
-        let mut header = rndis::packet_header(len).ok_or(NetError::FrameSize(len))?;
+        let mut header =
+            rndis::packet_header_with_ppi(len, ppi_len).ok_or(NetError::FrameSize(len))?;
         // No padding: msg_len is the bytes the ranges carry.
-        header.header.msg_len = ((HEADER + len) as u32).into();
-        let frame = &mut self.msg[..len];
-        let r = build(frame);
+        header.header.msg_len = ((HEADER + ppi_len + len) as u32).into();
+        // The PPI, then the frame, in the private buffer.
+        let area = &mut self.msg[..ppi_len + len];
+        let r = build(&mut area[ppi_len..]);
+        if checksum {
+            apply_checksum(&mut self.core, area, ppi_len);
+        }
+        let (ppi, frame) = area.split_at(ppi_len);
         let bad = NetError::InvalidArgument("page-buffer slot outside its buffer");
-        if lb.write_at(base, header.as_bytes()).is_err() || lb.write_at(base + PAGE, frame).is_err()
+        // Header and PPI alone in the first page (devices §2.9).
+        if lb.write_at(base, header.as_bytes()).is_err()
+            || lb.write_at(base + HEADER, ppi).is_err()
+            || lb.write_at(base + PAGE, frame).is_err()
         {
             return Err(bad);
         }
-        let first = lb.dma(base, HEADER).map_err(|_| bad)?;
+        let first = lb.dma(base, HEADER + ppi_len).map_err(|_| bad)?;
         let mut ranges = [first; MAX_LARGE_RANGES];
         let mut used = 1;
         for (i, chunk) in frame.chunks(PAGE).enumerate() {
@@ -290,5 +381,25 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }
             Err(e) => Err(NetError::Channel(e)),
         }
+    }
+}
+
+/// Fills in the checksum of the frame at `area[ppi_len..]` and its checksum PPI at
+/// `area[..ppi_len]` (value 0, "nothing to offload", when the frame needs none).
+fn apply_checksum(core: &mut Core, area: &mut [u8], ppi_len: usize) {
+    let (ppi, frame) = area.split_at_mut(ppi_len);
+    let value = match prepare_tx_checksum(frame, &core.info.offloads) {
+        TxChecksum::Offload(v) => {
+            core.stats.tx_csum_offloaded += 1;
+            v
+        }
+        TxChecksum::Software => {
+            core.stats.tx_csum_software += 1;
+            0
+        }
+        TxChecksum::NotApplicable => 0,
+    };
+    if ppi_len == PPI_BYTES {
+        ppi.copy_from_slice(PpiU32::new(crate::protocol::PPI_CHECKSUM, value).as_bytes());
     }
 }

@@ -10,7 +10,9 @@ use static_assertions::const_assert_eq;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+mod offload;
 mod rndis;
+pub use offload::*;
 pub use rndis::*;
 
 /// Every NVSP message the guest sends is padded with zeros to this size (type + 36-byte

@@ -191,10 +191,7 @@ pub fn run<'b, T: Transport, H: Hal>(
         info.sections,
         info.section_size
     ))?;
-    n.say(
-        "offloads: none negotiated (capability bit 802.1Q only; the driver sets no \
-         TCP_OFFLOAD_PARAMETERS, so smoltcp computes every checksum)",
-    )?;
+    n.say(&offload_summary(&info))?;
     n.record(
         "network adapter",
         Ok(format!(
@@ -300,6 +297,14 @@ fn close<T: Transport, H: Hal>(
     host: &mut MockVmbusHost,
     nic: Nic<'_, T, H>,
 ) -> io::Result<()> {
+    let s = nic.stats();
+    if !nic.offloads().tx.is_empty() || !nic.offloads().rx.is_empty() {
+        n.say(&format!(
+            "checksums: {} TCP/UDP frames sent with the checksum left to the host, {} \
+             computed by the guest; {} received frames validated by the host, {} found bad",
+            s.tx_csum_offloaded, s.tx_csum_software, s.rx_csum_good, s.rx_csum_bad
+        ))?;
+    }
     let mut waiter = vmbus_guest::BoundedWait::new(500, || {
         host.step();
     });
@@ -526,6 +531,64 @@ fn kvp_address<T: Transport, H: Hal>(
             )),
             (v, i) => Err(format!("host read {v:?} / {i:?}, guest has {want}")),
         },
+    )
+}
+
+/// One line on the offloads the NIC negotiated (devices §2.13).
+fn offload_summary(info: &netvsc::NicInfo) -> String {
+    let o = &info.offloads;
+    let Some(caps) = info.offload_caps else {
+        return "offloads: none (the host answered no TCP_OFFLOAD_HARDWARE_CAPABILITIES); \
+                smoltcp computes every checksum"
+            .into();
+    };
+    if *o == netvsc::offload::Offloads::NONE {
+        return format!(
+            "offloads: none in effect (capabilities revision {}, parameters refused or \
+             nothing usable); smoltcp computes every checksum",
+            caps.revision
+        );
+    }
+    let set = |c: &netvsc::offload::ChecksumSet| {
+        let names = [
+            (c.ip4, "IPv4 header"),
+            (c.tcp4, "TCPv4"),
+            (c.udp4, "UDPv4"),
+            (c.tcp6, "TCPv6"),
+            (c.udp6, "UDPv6"),
+        ];
+        let on: Vec<_> = names.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        if on.is_empty() {
+            "none".to_string()
+        } else {
+            on.join(" ")
+        }
+    };
+    let lso = match (o.lso_v2_ipv4, o.lso_v2_ipv6) {
+        (Some(l), _) | (None, Some(l)) => format!(
+            "LSOv2 {}{} up to {} bytes (Nic::send_lso; smoltcp sends MTU-sized segments)",
+            if o.lso_v2_ipv4.is_some() { "IPv4" } else { "" },
+            if o.lso_v2_ipv6.is_some() { " IPv6" } else { "" },
+            l.max_size
+        ),
+        (None, None) => "no LSOv2".into(),
+    };
+    format!(
+        "offloads (NDIS_OFFLOAD revision {}): checksum on transmit {}, on receive {}; {lso}; \
+         RSC {}; {}",
+        caps.revision,
+        set(&o.tx),
+        set(&o.rx),
+        if o.rsc_offered {
+            "offered, left off (no reassembly)"
+        } else {
+            "not offered"
+        },
+        if o.tx.is_empty() {
+            "smoltcp computes transmit checksums"
+        } else {
+            "smoltcp leaves TCP/UDP checksums to the NIC"
+        }
     )
 }
 

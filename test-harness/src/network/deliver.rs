@@ -33,10 +33,21 @@ impl State {
             return;
         }
         if let Some((sw, port)) = self.switch.clone() {
-            self.deliver_frames(ch, FRAMES_PER_PACKET, &mut || sw.take(port));
+            self.deliver_frames(ch, FRAMES_PER_PACKET, &mut || {
+                sw.take(port).map(|f| (f, None))
+            });
         }
-        if let Some((frame, per_packet)) = self.generator.take() {
-            self.deliver_frames(ch, per_packet, &mut || Some(frame.clone()));
+        if let Some((mut frame, per_packet)) = self.generator.take() {
+            // The same frame every time: the host's verdict is computed once.
+            let bits = match self.generator_bits {
+                Some(b) => b,
+                None => {
+                    let b = self.offload.receive_bits(&mut frame);
+                    self.generator_bits = Some(b);
+                    b
+                }
+            };
+            self.deliver_frames(ch, per_packet, &mut || Some((frame.clone(), Some(bits))));
             self.generator = Some((frame, per_packet));
         }
     }
@@ -71,12 +82,13 @@ impl State {
 
     /// Places frames from `next` in free data slots (keeping the control slots; a frame is
     /// taken only when a slot is free) and sends them in transfer-page packets of up to
-    /// `per_packet` ranges, until the slots or the frames run out.
+    /// `per_packet` ranges, until the slots or the frames run out. Each frame comes with its
+    /// checksum PPI bits, or `None` for the host to check it now.
     fn deliver_frames(
         &mut self,
         ch: &mut HostChannel,
         per_packet: usize,
-        next: &mut dyn FnMut() -> Option<Vec<u8>>,
+        next: &mut dyn FnMut() -> Option<(Vec<u8>, Option<u32>)>,
     ) {
         let Some(recv) = self.recv.as_ref() else {
             return;
@@ -91,7 +103,7 @@ impl State {
                 if free <= CONTROL_SLOTS {
                     break;
                 }
-                let Some(frame) = next() else {
+                let Some((mut frame, bits)) = next() else {
                     break;
                 };
                 if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
@@ -101,6 +113,7 @@ impl State {
                 let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
                     break;
                 };
+                let bits = bits.unwrap_or_else(|| self.offload.receive_bits(&mut frame));
                 // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
                 // covering the whole slot (OpenVMM's layout, devices §2.8).
                 let mut m = words(&[
@@ -116,7 +129,7 @@ impl State {
                     0,
                     0,
                 ]);
-                m.extend_from_slice(&words(&[16, 0, 12, 0x28]));
+                m.extend_from_slice(&words(&[16, 0, 12, bits]));
                 let offset = slot * slot_size;
                 if ch.write_gpadl(gpadl, offset as u64, &m).is_err()
                     || ch

@@ -30,6 +30,7 @@
 //! completion.
 
 mod deliver;
+pub mod offload;
 mod rndis;
 mod switch;
 pub mod tap;
@@ -42,6 +43,9 @@ use crate::vmbus::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 
+pub use offload::{
+    CapsReply, EnabledChecksums, EnabledOffloads, HostOffloadCaps, OffloadHostConfig, OffloadStats,
+};
 pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
 /// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
@@ -78,6 +82,8 @@ pub struct NetVspConfig {
     /// RNDIS packet alignment factor in INITIALIZE_COMPLETE (3 on Hyper-V: packed messages
     /// start at multiples of 8 bytes).
     pub packet_alignment_factor: u32,
+    /// Task offloads: the capability reply and what the host accepts ([`offload`]).
+    pub offload: OffloadHostConfig,
 }
 
 impl Default for NetVspConfig {
@@ -90,6 +96,7 @@ impl Default for NetVspConfig {
             section_size: SECTION_SIZE,
             max_packets_per_message: 8,
             packet_alignment_factor: 3,
+            offload: OffloadHostConfig::default(),
         }
     }
 }
@@ -168,6 +175,10 @@ struct State {
     host_request_completions: Vec<(u64, Vec<u8>)>,
     /// SWITCH_DATA_PATH values the guest sent.
     data_path_requests: Vec<u32>,
+    /// Task offloads.
+    offload: offload::OffloadState,
+    /// The checksum PPI value of the generator's frame (computed once).
+    generator_bits: Option<u32>,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -194,6 +205,7 @@ impl NetworkVsp {
     /// A NIC not attached to a switch (frames the guest sends are only recorded).
     pub fn new(config: NetVspConfig) -> Self {
         let link_up = config.link_up;
+        let offload = offload::OffloadState::new(config.offload.clone());
         Self {
             shared: Arc::new(Mutex::new(State {
                 config,
@@ -230,6 +242,8 @@ impl NetworkVsp {
                 host_requests: Vec::new(),
                 host_request_completions: Vec::new(),
                 data_path_requests: Vec::new(),
+                offload,
+                generator_bits: None,
             })),
             index: 0,
         }
@@ -305,7 +319,46 @@ impl NetworkVsp {
     /// slots come back, in transfer-page packets of up to `per_packet` frames (clamped to
     /// 1..=64); `None` stops it. Frames go out only once the guest set a packet filter.
     pub fn generate(&self, frame: Option<(&[u8], usize)>) {
-        self.lock().generator = frame.map(|(f, n)| (f.to_vec(), n.clamp(1, 64)));
+        let mut s = self.lock();
+        s.generator = frame.map(|(f, n)| (f.to_vec(), n.clamp(1, 64)));
+        s.generator_bits = None;
+    }
+
+    /// Replaces the offload behaviour (takes effect with the next query or set; what the
+    /// guest enabled stays until it sets new parameters or closes).
+    pub fn set_offload_config(&self, config: OffloadHostConfig) {
+        self.lock().offload.config = config;
+    }
+
+    /// Counters of the offload model; `tx_bad_checksums` must stay 0.
+    pub fn offload_stats(&self) -> OffloadStats {
+        self.lock().offload.stats
+    }
+
+    /// The offloads the guest enabled through TCP_OFFLOAD_PARAMETERS.
+    pub fn offloads_enabled(&self) -> EnabledOffloads {
+        self.lock().offload.enabled
+    }
+
+    /// Fault: the next `n` TCP/UDP frames delivered to the guest get a corrupted checksum
+    /// before the host checks it (so a receive offload reports them bad).
+    pub fn corrupt_rx_checksums(&self, n: u32) {
+        self.lock().offload.corrupt_rx = n;
+    }
+
+    /// Hostile host: every delivered frame carries these checksum PPI bits instead of what
+    /// the host found (`None`: the real verdict again).
+    pub fn force_rx_checksum_bits(&self, bits: Option<u32>) {
+        let mut s = self.lock();
+        s.offload.forced_rx_bits = bits;
+        s.generator_bits = None;
+    }
+
+    /// Whether every IP frame the guest sends has its checksums verified (default on; off
+    /// for benchmarks, where it would be host work the baseline does not do). Frames with a
+    /// checksum PPI are always checked.
+    pub fn verify_checksums(&self, on: bool) {
+        self.lock().offload.verify = on;
     }
 
     /// Frames delivered to the guest.
@@ -739,6 +792,8 @@ impl DeviceModel for NetworkVsp {
             s.withheld.clear();
             s.subchannels = 0;
             s.revoked = false;
+            s.offload.enabled = EnabledOffloads::default();
+            s.generator_bits = None;
             s.host_requests.clear();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);

@@ -201,7 +201,81 @@ impl State {
             );
             return false;
         }
-        let frame = &m[data_off..data_off + data_len];
+        let ppis = if ppi_len == 0 {
+            Vec::new()
+        } else {
+            match m
+                .get(ppi_off..ppi_off + ppi_len)
+                .filter(|_| ppi_off >= 44)
+                .and_then(offload::ppi_elements)
+            {
+                Some(p) => p,
+                None => {
+                    self.reject(
+                        ch,
+                        format!("UnsupportedRndisBehavior: PPI area {ppi_off}+{ppi_len}"),
+                    );
+                    return false;
+                }
+            }
+        };
+        let mut frame = std::borrow::Cow::Borrowed(&m[data_off..data_off + data_len]);
+        let checksummed = self.offload.stats.tx_checksummed;
+        let value_of = |kind: u32| {
+            ppis.iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, p)| u32_at(p, 0).unwrap_or(0))
+                .next_back()
+                .unwrap_or(0)
+        };
+        let (csum, lso) = (value_of(0), value_of(2));
+        if lso != 0 {
+            // LSO v2: the host cuts the frame into segments (a checksum request beside it is
+            // not what guests send).
+            if csum & 0x1C != 0 {
+                self.reject(ch, format!("checksum PPI {csum:#x} beside an LSO PPI"));
+            }
+            let max_frame = self.ndis_config.map_or(1514, |c| c.0) as usize;
+            let nvsp = self.version.unwrap_or(0);
+            match self.offload.transmit_lso(&frame, lso, max_frame, nvsp) {
+                Ok((segments, notes)) => {
+                    for n in notes {
+                        self.reject(ch, n);
+                    }
+                    for s in segments {
+                        self.offload.verify_sent(&s, true);
+                        self.send_to_wire(&s);
+                    }
+                }
+                Err(why) => {
+                    self.reject(ch, why);
+                    return false;
+                }
+            }
+            return true;
+        }
+        // Checksum info: only a request (TCP, UDP or IP header bit) needs the host.
+        if csum & 0x1C != 0 {
+            match self.offload.transmit_checksum(frame.to_mut(), csum) {
+                Ok(notes) => {
+                    for n in notes {
+                        self.reject(ch, n);
+                    }
+                }
+                Err(why) => {
+                    self.reject(ch, why);
+                    return false;
+                }
+            }
+        }
+        let offloaded = self.offload.stats.tx_checksummed != checksummed;
+        self.offload.verify_sent(&frame, offloaded);
+        self.send_to_wire(&frame);
+        true
+    }
+
+    /// A frame leaving the host: to the switch, counted, kept when asked.
+    fn send_to_wire(&mut self, frame: &[u8]) {
         if let Some((sw, port)) = &self.switch {
             sw.forward(*port, frame);
         }
@@ -209,7 +283,6 @@ impl State {
         if self.keep_frames {
             self.frames_from_guest.push(frame.to_vec());
         }
-        true
     }
 
     /// Handles an RNDIS control message; false if it was fatal.
@@ -250,17 +323,23 @@ impl State {
                 let oid = u32_at(m, 12).unwrap_or(0);
                 let mac = self.config.mac;
                 let frame = self.ndis_config.map_or(1514, |c| c.0);
-                let info: Option<Vec<u8>> = match oid {
-                    0x0001_0106 => Some(words(&[frame - 14])),
-                    0x0001_0107 => Some(words(&[100_000_000])),
-                    0x0001_010C => Some(words(&[0x155D])),
-                    0x0001_0114 => Some(words(&[if self.link_up { 0 } else { 1 }])),
-                    0x0101_0101 | 0x0101_0102 => Some(mac.to_vec()),
-                    _ => None,
+                let info: Result<Vec<u8>, u32> = match oid {
+                    0x0001_0106 => Ok(words(&[frame - 14])),
+                    0x0001_0107 => Ok(words(&[100_000_000])),
+                    0x0001_010C => Ok(words(&[0x155D])),
+                    0x0001_0114 => Ok(words(&[if self.link_up { 0 } else { 1 }])),
+                    0x0101_0101 | 0x0101_0102 => Ok(mac.to_vec()),
+                    0xFC01_020B | 0xFC01_020D => {
+                        let len = u32_at(m, 16).unwrap_or(0) as usize;
+                        let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
+                        let input = m.get(off..off + len).unwrap_or(&[]);
+                        self.offload.query(oid, input, self.version.unwrap_or(0))
+                    }
+                    _ => Err(0xC000_00BB),
                 };
                 let (status, info) = match info {
-                    Some(i) => (0, i),
-                    None => (0xC000_00BB, Vec::new()),
+                    Ok(i) => (0, i),
+                    Err(status) => (status, Vec::new()),
                 };
                 let mut reply = words(&[
                     0x8000_0004,
@@ -277,8 +356,26 @@ impl State {
                 let oid = u32_at(m, 12).unwrap_or(0);
                 let len = u32_at(m, 16).unwrap_or(0) as usize;
                 let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
-                let value = m.get(off..off + len).and_then(|v| u32_at(v, 0));
+                let info = m.get(off..off + len);
+                let value = info.and_then(|v| u32_at(v, 0));
                 let status = match (oid, value) {
+                    (0xFC01_020C, _) => {
+                        let nvsp = self.version.unwrap_or(0);
+                        match self.offload.set_parameters(info.unwrap_or(&[]), nvsp) {
+                            Ok(current) => {
+                                // OpenVMM follows every set with the new configuration.
+                                let ind = indicate_status(0x4002_0006, &current);
+                                self.to_guest.push_back(Outgoing::Control(ind));
+                                0
+                            }
+                            Err((status, why)) => {
+                                if let Some(why) = why {
+                                    self.reject(ch, why);
+                                }
+                                status
+                            }
+                        }
+                    }
                     (0x0001_010E, Some(f)) => {
                         self.filter = f;
                         if let Some((sw, port)) = &self.switch {

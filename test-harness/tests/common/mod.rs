@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod frames;
 pub mod net;
 
 use test_harness::guest::boot_vp;

@@ -81,4 +81,7 @@ pub fn assert_clean(host: &MockVmbusHost, vsp: &NetworkVsp) {
     );
     assert!(vsp.rejections().is_empty(), "{:#?}", vsp.rejections());
     assert_eq!(vsp.fatal(), None);
+    let o = vsp.offload_stats();
+    assert_eq!(o.tx_bad_checksums, 0, "{o:#?}");
+    assert_eq!(o.tx_bad_preloads, 0, "{o:#?}");
 }
