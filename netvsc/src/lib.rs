@@ -4,6 +4,9 @@
 //! - [`protocol`]: NVSP and RNDIS wire structs (`zerocopy`, sizes and offsets asserted).
 //! - [`rndis`]: pure parsers and builders of RNDIS messages (fuzzable:
 //!   [`rndis::parse_message`]).
+//! - [`rss`]: the Toeplitz hash, flow tuples, RSS capability / send-table parsers (fuzzable:
+//!   [`rss::parse_rss_capabilities`], [`rss::parse_send_indirection_table`]) and the send
+//!   table the queues share.
 //! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
@@ -25,5 +28,6 @@ pub mod nic;
 pub mod phy;
 pub mod protocol;
 pub mod rndis;
+pub mod rss;
 
 pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats, VfState};

@@ -11,7 +11,9 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 mod rndis;
+mod rss;
 pub use rndis::*;
+pub use rss::*;
 
 /// Every NVSP message the guest sends is padded with zeros to this size (type + 36-byte
 /// union, v6.1 era; devices §2.5: hosts may silently drop shorter ones).
