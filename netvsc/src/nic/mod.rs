@@ -8,7 +8,9 @@
 //! caller retries on, so a frame is never dropped without a counted reason.
 
 mod control;
+mod multi;
 mod open;
+mod queue;
 mod receive;
 mod send;
 
@@ -28,6 +30,8 @@ use crate::protocol::{
     filter, msg, oid, padded, rndis_msg, rndis_status, status,
 };
 use crate::rndis::{self, Message, RndisError};
+pub use multi::{MultiQueueConfig, QueueSetup, SingleQueue};
+pub use queue::{Queue, Shared, SubQueue};
 pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
@@ -81,8 +85,10 @@ pub struct NicConfig {
     pub send_buffer_bytes: usize,
     /// RNDIS packet filter set when opening (default directed + all-multicast + broadcast).
     pub packet_filter: u32,
-    /// Ring sizes of the channel.
+    /// Ring sizes of the channel (the sub-channels of [`Nic::open_queues`] use the same).
     pub channel: ChannelConfig,
+    /// Multi-queue (vRSS): how many queues to ask for and the RSS key.
+    pub multi_queue: MultiQueueConfig,
 }
 
 impl Default for NicConfig {
@@ -98,6 +104,7 @@ impl Default for NicConfig {
                 inbound_pages: 64,
                 ..ChannelConfig::default()
             },
+            multi_queue: MultiQueueConfig::default(),
         }
     }
 }
@@ -139,6 +146,8 @@ pub enum NetError {
     FrameSize(usize),
     /// A configuration value is not usable.
     InvalidArgument(&'static str),
+    /// The host's RSS capabilities or send table are malformed.
+    Rss(crate::rss::RssError),
 }
 
 impl core::fmt::Display for NetError {
@@ -153,6 +162,7 @@ impl core::fmt::Display for NetError {
             Self::Busy(b) => write!(f, "send back-pressure: {b:?}"),
             Self::FrameSize(n) => write!(f, "frame of {n} bytes does not fit the MTU"),
             Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
+            Self::Rss(e) => write!(f, "RSS: {e}"),
         }
     }
 }
@@ -365,7 +375,9 @@ struct Reply {
 }
 
 /// Everything but the channel and the buffers, so receive handling can borrow it while the
-/// channel and the buffers are borrowed separately.
+/// channel and the buffers are borrowed separately. One per queue (the primary's also holds
+/// the control state).
+#[derive(Clone)]
 struct Core {
     info: NicInfo,
     ready: bool,
@@ -385,6 +397,8 @@ struct Core {
     control_refused: Option<u32>,
     /// What the host said about an SR-IOV VF.
     vf: VfState,
+    /// A SEND_INDIRECTION_TABLE received and not yet applied to the shared table.
+    host_send_table: Option<[u32; crate::protocol::SEND_TABLE_ENTRIES]>,
     /// A SWITCH_DATA_PATH (synthetic) is owed to the host.
     switch_owed: bool,
     /// Free page-buffer slots (bit per slot).
@@ -430,6 +444,8 @@ pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = M
     ring: [u8; RING_PACKET_BUFFER],
     /// Where one RNDIS message is copied out of the receive buffer.
     msg: [u8; M],
+    /// Multi-queue state: the shared send table and RSS settings, the sub-channel count.
+    mq: multi::MqState,
 }
 
 impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug
@@ -448,11 +464,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// Whether a frame can be sent or queued now: room in the open section of the burst
     /// (for a small frame), or a free section and request slot.
     pub fn can_send(&self) -> bool {
-        self.core.burst.is_some_and(|o| {
-            u32::from(o.frames) < self.core.info.max_packets_per_message
-                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD)
-                    <= self.core.info.section_size as usize
-        }) || !self.channel.requests_full() && self.core.sections.free_count() > 0
+        self.core.can_send(self.channel.requests_full())
     }
 
     /// What the handshake learned.

@@ -73,12 +73,14 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 control_refused: None,
                 cursor: None,
                 vf: VfState::default(),
+                host_send_table: None,
                 switch_owed: false,
                 large_free: 0,
                 burst: None,
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; M],
+            mq: multi::MqState::new(config),
         };
         match nic.bring_up(bus, config, waiter) {
             Ok(()) => {

@@ -37,7 +37,7 @@ pub(super) struct OpenSection {
     pub(super) frames: u16,
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, H, N, M> {
     /// Sends one Ethernet frame (header + payload, no FCS) now: it goes to the host behind the
     /// frames queued before it, in their section if it is small, and the burst is submitted
     /// ([`Nic::flush`]). On [`NetError::Busy`] this frame was not sent: poll and retry.
