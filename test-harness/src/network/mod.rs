@@ -31,6 +31,7 @@
 
 mod deliver;
 mod rndis;
+mod rss;
 mod switch;
 pub mod tap;
 
@@ -42,6 +43,7 @@ use crate::vmbus::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 
+pub use rss::RssParameters;
 pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
 /// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
@@ -78,6 +80,15 @@ pub struct NetVspConfig {
     /// RNDIS packet alignment factor in INITIALIZE_COMPLETE (3 on Hyper-V: packed messages
     /// start at multiples of 8 bytes).
     pub packet_alignment_factor: u32,
+    /// SUBCHANNEL is all-or-nothing (OpenVMM): a request beyond what the host can give is
+    /// refused with status 2; otherwise the host grants what it can.
+    pub all_or_nothing: bool,
+    /// The host answers the RSS capabilities query (otherwise NOT_SUPPORTED).
+    pub rss: bool,
+    /// Receive queues in the RSS capabilities (0 = `max_subchannels + 1`).
+    pub rss_receive_queues: u32,
+    /// Once every sub-channel is open, send SEND_INDIRECTION_TABLE `i mod n` (OpenVMM).
+    pub send_table_on_open: bool,
 }
 
 impl Default for NetVspConfig {
@@ -90,6 +101,10 @@ impl Default for NetVspConfig {
             section_size: SECTION_SIZE,
             max_packets_per_message: 8,
             packet_alignment_factor: 3,
+            all_or_nothing: true,
+            rss: true,
+            rss_receive_queues: 0,
+            send_table_on_open: true,
         }
     }
 }
@@ -139,7 +154,8 @@ struct State {
     to_guest: VecDeque<Outgoing>,
     raw_xfer: VecDeque<RawTransfer>,
     withhold: bool,
-    withheld: Vec<(u32, u64)>,
+    /// Held send completions: (status, tid, channel index).
+    withheld: Vec<(u32, u64, u16)>,
     refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
     /// Data SEND_RNDIS_PKTs (sections or page buffers) the guest sent.
@@ -168,6 +184,8 @@ struct State {
     host_request_completions: Vec<(u64, Vec<u8>)>,
     /// SWITCH_DATA_PATH values the guest sent.
     data_path_requests: Vec<u32>,
+    /// vRSS: parameters, per-channel frames, send table.
+    rss: rss::Rss,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -230,6 +248,7 @@ impl NetworkVsp {
                 host_requests: Vec::new(),
                 host_request_completions: Vec::new(),
                 data_path_requests: Vec::new(),
+                rss: rss::Rss::default(),
             })),
             index: 0,
         }
@@ -505,6 +524,7 @@ impl State {
             }
             match self.outstanding.remove(&p.transaction_id) {
                 Some(slots) => {
+                    self.check_completion_channel(ch, p.transaction_id, index);
                     if u32_at(&p.payload, 0) != Some(108) {
                         self.reject(
                             ch,
@@ -683,12 +703,17 @@ impl State {
         let op = u32_at(&p.payload, 4).unwrap_or(0);
         let n = u32_at(&p.payload, 8).unwrap_or(0);
         let slots = self.recv.as_ref().map_or(0, |r| r.free.len());
-        let ok = version >= 0x5_0000
-            && op == 1
-            && n > 0
-            && n <= self.config.max_subchannels
-            && self.subchannels == 0
-            && slots.saturating_sub(CONTROL_SLOTS) / (n as usize + 1) >= 1;
+        let fits = |n: u32| {
+            n <= self.config.max_subchannels
+                && slots.saturating_sub(CONTROL_SLOTS) / (n as usize + 1) >= 1
+        };
+        // A host that is not all-or-nothing grants the most it can.
+        let n = if self.config.all_or_nothing {
+            n
+        } else {
+            (0..=n).rev().find(|k| fits(*k)).unwrap_or(0)
+        };
+        let ok = version >= 0x5_0000 && op == 1 && n > 0 && fits(n) && self.subchannels == 0;
         let m = self.padded(&[133, if ok { 1 } else { 2 }, if ok { n } else { 0 }]);
         self.complete(ch, p.transaction_id, &m);
         if ok {
@@ -705,9 +730,7 @@ impl DeviceModel for NetworkVsp {
         let subs = {
             let mut s = self.lock();
             let r = s.on_packet(ch, packet, self.index);
-            if self.index == 0 {
-                s.deliver(ch);
-            }
+            s.deliver(ch, self.index);
             r
         };
         if let Some(n) = subs {
@@ -720,12 +743,19 @@ impl DeviceModel for NetworkVsp {
     }
 
     fn poll(&mut self, ch: &mut HostChannel) {
-        if self.index == 0 {
-            self.lock().deliver(ch);
+        self.lock().deliver(ch, self.index);
+    }
+
+    fn on_open(&mut self, _ch: &mut HostChannel) {
+        if self.index != 0 {
+            self.lock().subchannel_opened(self.index);
         }
     }
 
     fn on_close(&mut self) {
+        if self.index != 0 {
+            self.lock().subchannel_closed(self.index);
+        }
         if self.index == 0 {
             let mut s = self.lock();
             s.version = None;
@@ -740,6 +770,7 @@ impl DeviceModel for NetworkVsp {
             s.subchannels = 0;
             s.revoked = false;
             s.host_requests.clear();
+            s.rss_reset();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);
             }

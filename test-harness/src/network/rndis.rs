@@ -144,6 +144,7 @@ impl State {
                 ok = false;
             } else if msg_type == 1 {
                 ok &= self.on_data(ch, m, at, first_range);
+                self.note_sent(m, index);
             } else if !self.on_control(ch, m) {
                 return;
             }
@@ -159,7 +160,7 @@ impl State {
         };
         if self.withhold {
             let st = if ok { 1 } else { 2 };
-            self.withheld.push((st, p.transaction_id));
+            self.withheld.push((st, p.transaction_id, index));
         } else {
             self.complete(ch, p.transaction_id, &payload);
         }
@@ -256,6 +257,7 @@ impl State {
                     0x0001_010C => Some(words(&[0x155D])),
                     0x0001_0114 => Some(words(&[if self.link_up { 0 } else { 1 }])),
                     0x0101_0101 | 0x0101_0102 => Some(mac.to_vec()),
+                    rss::OID_RSS_CAPABILITIES => self.rss_capabilities(),
                     _ => None,
                 };
                 let (status, info) = match info {
@@ -279,6 +281,10 @@ impl State {
                 let off = u32_at(m, 20).unwrap_or(0) as usize + 8;
                 let value = m.get(off..off + len).and_then(|v| u32_at(v, 0));
                 let status = match (oid, value) {
+                    (rss::OID_RSS_PARAMETERS, _) => {
+                        let info = m.get(off..off + len).unwrap_or(&[]).to_vec();
+                        self.set_rss_parameters(ch, &info)
+                    }
                     (0x0001_010E, Some(f)) => {
                         self.filter = f;
                         if let Some((sw, port)) = &self.switch {
