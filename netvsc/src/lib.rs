@@ -12,6 +12,10 @@
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
 //!   one frame and [`Nic::send_batch`] a burst (small frames packed into shared send
 //!   sections, one packet and one completion per section).
+//! - multi-queue (vRSS): [`Nic::open_queues`] asks the host for sub-channels and sets RSS;
+//!   [`Nic::split`] hands out one [`nic::Queue`] per channel — each owns its channel, its
+//!   send sections and its receive completions, so each VP drives its own without a lock;
+//!   [`Nic::send_steered`] sends where the host's send table says.
 //!
 //! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
 //!

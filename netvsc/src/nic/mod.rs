@@ -6,6 +6,14 @@
 //! ([`Nic::open`], [`Nic::close`]) take a [`Wait`]; the data path ([`Nic::send_frame`],
 //! [`Nic::send_batch`], [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
 //! caller retries on, so a frame is never dropped without a counted reason.
+//!
+//! Multi-queue (devices §2.15): the data path is a [`Queue`] (one channel and its own state);
+//! the `Nic` methods above work on queue 0, the primary channel. [`Nic::open_queues`] adds
+//! sub-channel queues kept in caller storage ([`SubQueue`]), [`Nic::split`] hands every queue
+//! out at once. Interrupt context: every [`Queue`] method and the `Nic` data-path methods
+//! (send, queue, flush, poll, receive, split, queue, send_steered, poll_queues) take no lock
+//! and never wait; open, close, the queue set-up and teardown, and RNDIS control
+//! ([`Nic::keepalive`]) are thread context only.
 
 mod control;
 mod multi;
@@ -431,7 +439,8 @@ type ReadFn<'a> = dyn Fn(usize, &mut [u8]) -> Result<(), vmbus_guest::OutOfBound
 /// A netvsc NIC: the primary channel, the receive and send buffers, and the RNDIS state.
 /// `N` is the request-table capacity (frames in flight + control requests).
 ///
-/// Close it with [`Nic::close`]; dropping it leaks the channel's rings and both buffers.
+/// Close it with [`Nic::close`] ([`Nic::close_all`] when it has sub-queues); dropping it leaks
+/// the channel's rings and both buffers.
 pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = MAX_RECEIVE_MESSAGE>
 {
     channel: Channel<'b, T, H, Ctx, N>,

@@ -81,4 +81,9 @@ pub fn assert_clean(host: &MockVmbusHost, vsp: &NetworkVsp) {
     );
     assert!(vsp.rejections().is_empty(), "{:#?}", vsp.rejections());
     assert_eq!(vsp.fatal(), None);
+    assert_eq!(
+        vsp.steering_mismatches(),
+        0,
+        "frames sent off the send table"
+    );
 }
