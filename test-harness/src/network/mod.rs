@@ -702,6 +702,17 @@ impl State {
     fn on_subchannel(&mut self, ch: &mut HostChannel, p: &HostPacket, version: u32) -> Option<u32> {
         let op = u32_at(&p.payload, 4).unwrap_or(0);
         let n = u32_at(&p.payload, 8).unwrap_or(0);
+        if n >= self.rss_queues() {
+            // OpenVMM grants only below its queue count; a guest should never ask for more
+            // than the RSS capabilities it was given allow.
+            self.reject(
+                ch,
+                format!(
+                    "SUBCHANNEL asks for {n}, beyond the {} queues advertised",
+                    self.rss_queues()
+                ),
+            );
+        }
         let slots = self.recv.as_ref().map_or(0, |r| r.free.len());
         let fits = |n: u32| {
             n <= self.config.max_subchannels

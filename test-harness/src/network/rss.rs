@@ -124,7 +124,7 @@ fn hash_input(frame: &[u8], hash_information: u32) -> Option<Vec<u8>> {
 
 impl State {
     /// Channels the host can steer to (its receive queues).
-    fn rss_queues(&self) -> u32 {
+    pub(super) fn rss_queues(&self) -> u32 {
         match self.config.rss_receive_queues {
             0 => self.config.max_subchannels + 1,
             n => n,
