@@ -164,8 +164,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// slots among the queues, starts the send table as `i mod n` and sets the RSS
     /// parameters (hash types IPv4, TCP/IPv4, IPv6, TCP/IPv6; the configured key; a 128-entry
     /// table `i mod n`). A host that refuses leaves the NIC single-queue and the result says
-    /// why; `Err` only when the primary channel failed. Frames the primary receives meanwhile
-    /// are dropped, as during any control request. Thread context only.
+    /// why; `Err` only when the primary channel failed (sub-queues opened before that stay in
+    /// `subs`: close them with [`Nic::close_all`]). Frames the primary receives meanwhile are
+    /// dropped, as during any control request. Thread context only.
     pub fn open_queues(
         &mut self,
         subs: &mut Subs<'_, 'b, T, H, N, M>,
