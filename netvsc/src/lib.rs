@@ -4,6 +4,9 @@
 //! - [`protocol`]: NVSP and RNDIS wire structs (`zerocopy`, sizes and offsets asserted).
 //! - [`rndis`]: pure parsers and builders of RNDIS messages (fuzzable:
 //!   [`rndis::parse_message`]).
+//! - [`rss`]: the Toeplitz hash, flow tuples, RSS capability / send-table parsers (fuzzable:
+//!   [`rss::parse_rss_capabilities`], [`rss::parse_send_indirection_table`]) and the send
+//!   table the queues share.
 //! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
@@ -15,6 +18,10 @@
 //! - [`offload`]: checksum and LSO v2 offloads — the host's capabilities
 //!   ([`offload::parse_offload`]), the negotiation, frame helpers ([`offload::l4_of`]) and
 //!   the receive checksum verdict ([`offload::rx_checksum_of`]); all pure and fuzzable.
+//! - multi-queue (vRSS): [`Nic::open_queues`] asks the host for sub-channels and sets RSS;
+//!   [`Nic::split`] hands out one [`nic::Queue`] per channel — each owns its channel, its
+//!   send sections and its receive completions, so each VP drives its own without a lock;
+//!   [`Nic::send_steered`] sends where the host's send table says.
 //!
 //! - `phy` (feature `smoltcp`): a `smoltcp::phy::Device` over a NIC.
 //!
@@ -32,5 +39,6 @@ pub mod offload;
 pub mod phy;
 pub mod protocol;
 pub mod rndis;
+pub mod rss;
 
 pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats, VfState};

@@ -214,6 +214,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// confirms the host let go of them; any `Leaked` part makes the result `Leaked`. Thread
     /// context only.
     pub fn close(mut self, waiter: &mut impl Wait) -> Released {
+        if self.mq.subs > 0 {
+            log::warn!("netvsc: closing with sub-queues open (close them first: Nic::close_all)");
+        }
         waiter.restart();
         self.flush_quietly();
         let alive = self.channel.is_alive() && self.core.ready;

@@ -6,11 +6,21 @@
 //! ([`Nic::open`], [`Nic::close`]) take a [`Wait`]; the data path ([`Nic::send_frame`],
 //! [`Nic::send_batch`], [`Nic::poll`]) never blocks, takes no lock and reports back-pressure as an error the
 //! caller retries on, so a frame is never dropped without a counted reason.
+//!
+//! Multi-queue (devices §2.15): the data path is a [`Queue`] (one channel and its own state);
+//! the `Nic` methods above work on queue 0, the primary channel. [`Nic::open_queues`] adds
+//! sub-channel queues kept in caller storage ([`SubQueue`]), [`Nic::split`] hands every queue
+//! out at once. Interrupt context: every [`Queue`] method and the `Nic` data-path methods
+//! (send, queue, flush, poll, receive, split, queue, send_steered, poll_queues) take no lock
+//! and never wait; open, close, the queue set-up and teardown, and RNDIS control
+//! ([`Nic::keepalive`]) are thread context only.
 
 mod control;
 mod lso;
+mod multi;
 mod offload;
 mod open;
+mod queue;
 mod receive;
 mod send;
 
@@ -32,6 +42,8 @@ use crate::protocol::{
 };
 use crate::rndis::{self, Message, RndisError};
 pub use lso::LSO_SLOTS;
+pub use multi::{MultiQueueConfig, QueueSetup, SingleQueue};
+pub use queue::{Queue, Shared, SubQueue};
 pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
@@ -85,13 +97,15 @@ pub struct NicConfig {
     pub send_buffer_bytes: usize,
     /// RNDIS packet filter set when opening (default directed + all-multicast + broadcast).
     pub packet_filter: u32,
-    /// Ring sizes of the channel.
+    /// Ring sizes of the channel (the sub-channels of [`Nic::open_queues`] use the same).
     pub channel: ChannelConfig,
     /// Negotiate checksum and LSO v2 offloads from the host's capabilities (default on;
     /// devices §7.1 step 8). Off: every checksum is the guest's. With LSO v2 enabled the NIC
     /// also allocates [`LSO_SLOTS`] slots of 68 KiB of host-visible memory for
     /// [`Nic::send_lso`].
     pub offloads: bool,
+    /// Multi-queue (vRSS): how many queues to ask for and the RSS key.
+    pub multi_queue: MultiQueueConfig,
 }
 
 impl Default for NicConfig {
@@ -108,6 +122,7 @@ impl Default for NicConfig {
                 ..ChannelConfig::default()
             },
             offloads: true,
+            multi_queue: MultiQueueConfig::default(),
         }
     }
 }
@@ -151,6 +166,8 @@ pub enum NetError {
     InvalidArgument(&'static str),
     /// A frame that cannot go as one LSO v2 send.
     Lso(crate::offload::LsoError),
+    /// The host's RSS capabilities or send table are malformed.
+    Rss(crate::rss::RssError),
 }
 
 impl core::fmt::Display for NetError {
@@ -166,6 +183,7 @@ impl core::fmt::Display for NetError {
             Self::FrameSize(n) => write!(f, "frame of {n} bytes does not fit the MTU"),
             Self::InvalidArgument(w) => write!(f, "invalid argument: {w}"),
             Self::Lso(e) => write!(f, "LSO: {e}"),
+            Self::Rss(e) => write!(f, "RSS: {e}"),
         }
     }
 }
@@ -407,7 +425,9 @@ struct Reply {
 }
 
 /// Everything but the channel and the buffers, so receive handling can borrow it while the
-/// channel and the buffers are borrowed separately.
+/// channel and the buffers are borrowed separately. One per queue (the primary's also holds
+/// the control state).
+#[derive(Clone)]
 struct Core {
     info: NicInfo,
     ready: bool,
@@ -427,6 +447,8 @@ struct Core {
     control_refused: Option<u32>,
     /// What the host said about an SR-IOV VF.
     vf: VfState,
+    /// A SEND_INDIRECTION_TABLE received and not yet applied to the shared table.
+    host_send_table: Option<[u32; crate::protocol::SEND_TABLE_ENTRIES]>,
     /// A SWITCH_DATA_PATH (synthetic) is owed to the host.
     switch_owed: bool,
     /// Free page-buffer slots (bit per slot).
@@ -461,7 +483,8 @@ type ReadFn<'a> = dyn Fn(usize, &mut [u8]) -> Result<(), vmbus_guest::OutOfBound
 /// A netvsc NIC: the primary channel, the receive and send buffers, and the RNDIS state.
 /// `N` is the request-table capacity (frames in flight + control requests).
 ///
-/// Close it with [`Nic::close`]; dropping it leaks the channel's rings and both buffers.
+/// Close it with [`Nic::close`] ([`Nic::close_all`] when it has sub-queues); dropping it leaks
+/// the channel's rings and both buffers.
 pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = MAX_RECEIVE_MESSAGE>
 {
     channel: Channel<'b, T, H, Ctx, N>,
@@ -476,6 +499,8 @@ pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = M
     ring: [u8; RING_PACKET_BUFFER],
     /// Where one RNDIS message is copied out of the receive buffer.
     msg: [u8; M],
+    /// Multi-queue state: the shared send table and RSS settings, the sub-channel count.
+    mq: multi::MqState,
 }
 
 impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug
@@ -494,11 +519,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// Whether a frame can be sent or queued now: room in the open section of the burst
     /// (for a small frame), or a free section and request slot.
     pub fn can_send(&self) -> bool {
-        self.core.burst.is_some_and(|o| {
-            u32::from(o.frames) < self.core.info.max_packets_per_message
-                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD + send::PPI_BYTES)
-                    <= self.core.info.section_size as usize
-        }) || !self.channel.requests_full() && self.core.sections.free_count() > 0
+        self.core.can_send(self.channel.requests_full())
     }
 
     /// What the handshake learned.

@@ -76,6 +76,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 control_refused: None,
                 cursor: None,
                 vf: VfState::default(),
+                host_send_table: None,
                 switch_owed: false,
                 large_free: 0,
                 lso_free: 0,
@@ -83,6 +84,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; M],
+            mq: multi::MqState::new(config),
         };
         match nic.bring_up(bus, config, waiter) {
             Ok(()) => {

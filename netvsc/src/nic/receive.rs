@@ -48,9 +48,7 @@ impl Core {
                         .unwrap_or(0);
                     let reply = p.completion_requested().then(|| p.transaction_id());
                     match t {
-                        // The send table only matters with sub-channels, which this driver
-                        // does not open.
-                        msg::SEND_INDIRECTION_TABLE => {}
+                        msg::SEND_INDIRECTION_TABLE => self.on_send_table(p.payload()),
                         msg::SEND_VF_ASSOCIATION => self.on_vf_association(p.payload(), reply),
                         msg::SWITCH_DATA_PATH => self.on_host_switch(p.payload(), reply),
                         other => {
@@ -349,8 +347,8 @@ impl Core {
     }
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
-    pub(super) fn pump(
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, H, N, M> {
+    pub(super) fn pump_ring(
         &mut self,
         budget: usize,
         on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,

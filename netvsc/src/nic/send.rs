@@ -47,7 +47,7 @@ pub(super) struct OpenSection {
     pub(super) frames: u16,
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
+impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, H, N, M> {
     /// Sends one Ethernet frame (header + payload, no FCS) now: it goes to the host behind the
     /// frames queued before it, in their section if it is small, and the burst is submitted
     /// ([`Nic::flush`]). On [`NetError::Busy`] this frame was not sent: poll and retry.
@@ -206,7 +206,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         let end = HEADER + ppi_len + len;
         let r = build(&mut message[HEADER + ppi_len..end]);
         if checksum {
-            apply_checksum(&mut self.core, &mut message[HEADER..end], ppi_len);
+            apply_checksum(self.core, &mut message[HEADER..end], ppi_len);
         }
         message[end..].fill(0);
         let at = usize::from(open.section) * section_size + open.used as usize;
@@ -331,7 +331,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         let area = &mut self.msg[..ppi_len + len];
         let r = build(&mut area[ppi_len..]);
         if checksum {
-            apply_checksum(&mut self.core, area, ppi_len);
+            apply_checksum(self.core, area, ppi_len);
         }
         let (ppi, frame) = area.split_at(ppi_len);
         let bad = NetError::InvalidArgument("page-buffer slot outside its buffer");

@@ -12,8 +12,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 mod offload;
 mod rndis;
+mod rss;
 pub use offload::*;
 pub use rndis::*;
+pub use rss::*;
 
 /// Every NVSP message the guest sends is padded with zeros to this size (type + 36-byte
 /// union, v6.1 era; devices §2.5: hosts may silently drop shorter ones).

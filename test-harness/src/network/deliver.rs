@@ -4,17 +4,40 @@
 
 use super::*;
 
+/// A frame for the guest with its checksum PPI bits (`None`: the host checks it when sending).
+type RxFrame = (Vec<u8>, Option<u32>);
+
 impl State {
-    /// Sends what waits for the guest: held completions when released, raw packets, control
-    /// messages (any free slot) and frames from the switch (keeping the control slots).
-    pub(super) fn deliver(&mut self, ch: &mut HostChannel) {
+    /// Sends what waits for the guest on channel `index`: held completions of that channel
+    /// when released; on the primary also raw packets, NVSP messages, control messages (any
+    /// free slot); then frames from the switch or the generator (keeping the control slots)
+    /// — on the primary, or, while RSS spreads them, on the channel the guest's indirection
+    /// table picks (the primary sorts them, each channel sends its own).
+    pub(super) fn deliver(&mut self, ch: &mut HostChannel, index: u16) {
         if self.fatal.is_some() {
             return;
         }
         if !self.withhold {
-            for (st, tid) in std::mem::take(&mut self.withheld) {
+            let (mine, others) = std::mem::take(&mut self.withheld)
+                .into_iter()
+                .partition(|w| w.2 == index);
+            self.withheld = others;
+            for (st, tid, _) in mine {
                 let m = self.padded(&[108, st]);
                 self.complete(ch, tid, &m);
+            }
+        }
+        if index != 0 {
+            if self.rndis_initialized && self.filter != 0 {
+                self.deliver_frames(ch, index, FRAMES_PER_PACKET, &mut |s| {
+                    s.next_pending(index).map(|f| (f, None))
+                });
+            }
+            return;
+        }
+        while let Some(m) = self.rss.notes.pop_front() {
+            if let Err(e) = ch.send_packet(PACKET_TYPE_INBAND, 0, 0, &[], &m) {
+                log::warn!("network VSP: NVSP message not sent: {e}");
             }
         }
         while let Some((tid, m)) = self.nvsp_to_guest.pop_front() {
@@ -32,8 +55,21 @@ impl State {
         if !self.rndis_initialized || self.filter == 0 {
             return;
         }
+        if self.spreading() {
+            if let Some((sw, port)) = self.switch.clone() {
+                self.classify(&mut || sw.take(port));
+            }
+            if let Some((frame, per_packet)) = self.generator.take() {
+                self.classify(&mut || Some(frame.clone()));
+                self.generator = Some((frame, per_packet));
+            }
+            self.deliver_frames(ch, 0, FRAMES_PER_PACKET, &mut |s| {
+                s.next_pending(0).map(|f| (f, None))
+            });
+            return;
+        }
         if let Some((sw, port)) = self.switch.clone() {
-            self.deliver_frames(ch, FRAMES_PER_PACKET, &mut || {
+            self.deliver_frames(ch, 0, FRAMES_PER_PACKET, &mut |_| {
                 sw.take(port).map(|f| (f, None))
             });
         }
@@ -47,7 +83,9 @@ impl State {
                     b
                 }
             };
-            self.deliver_frames(ch, per_packet, &mut || Some((frame.clone(), Some(bits))));
+            self.deliver_frames(ch, 0, per_packet, &mut |_| {
+                Some((frame.clone(), Some(bits)))
+            });
             self.generator = Some((frame, per_packet));
         }
     }
@@ -81,14 +119,15 @@ impl State {
     }
 
     /// Places frames from `next` in free data slots (keeping the control slots; a frame is
-    /// taken only when a slot is free) and sends them in transfer-page packets of up to
-    /// `per_packet` ranges, until the slots or the frames run out. Each frame comes with its
-    /// checksum PPI bits, or `None` for the host to check it now.
+    /// taken only when a slot is free) and sends them on channel `index` in transfer-page
+    /// packets of up to `per_packet` ranges, until the slots or the frames run out. Each
+    /// frame comes with its checksum PPI bits, or `None` for the host to check it now.
     fn deliver_frames(
         &mut self,
         ch: &mut HostChannel,
+        index: u16,
         per_packet: usize,
-        next: &mut dyn FnMut() -> Option<(Vec<u8>, Option<u32>)>,
+        next: &mut dyn FnMut(&mut Self) -> Option<RxFrame>,
     ) {
         let Some(recv) = self.recv.as_ref() else {
             return;
@@ -103,7 +142,7 @@ impl State {
                 if free <= CONTROL_SLOTS {
                     break;
                 }
-                let Some((mut frame, bits)) = next() else {
+                let Some((mut frame, bits)) = next(self) else {
                     break;
                 };
                 if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
@@ -148,6 +187,7 @@ impl State {
             }
             let tid = self.take_tid();
             self.outstanding.insert(tid, slots);
+            self.note_delivery(tid, index, ranges.len() as u64);
             send_xfer(ch, tid, id, &ranges, &payload);
         }
     }

@@ -32,6 +32,7 @@
 mod deliver;
 pub mod offload;
 mod rndis;
+mod rss;
 mod switch;
 pub mod tap;
 
@@ -46,6 +47,7 @@ use crate::vmbus::{
 pub use offload::{
     CapsReply, EnabledChecksums, EnabledOffloads, HostOffloadCaps, OffloadHostConfig, OffloadStats,
 };
+pub use rss::RssParameters;
 pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
 /// Network adapter class GUID, devices §1.1 (a literal here, not the guest's table).
@@ -84,6 +86,15 @@ pub struct NetVspConfig {
     pub packet_alignment_factor: u32,
     /// Task offloads: the capability reply and what the host accepts ([`offload`]).
     pub offload: OffloadHostConfig,
+    /// SUBCHANNEL is all-or-nothing (OpenVMM): a request beyond what the host can give is
+    /// refused with status 2; otherwise the host grants what it can.
+    pub all_or_nothing: bool,
+    /// The host answers the RSS capabilities query (otherwise NOT_SUPPORTED).
+    pub rss: bool,
+    /// Receive queues in the RSS capabilities (0 = `max_subchannels + 1`).
+    pub rss_receive_queues: u32,
+    /// Once every sub-channel is open, send SEND_INDIRECTION_TABLE `i mod n` (OpenVMM).
+    pub send_table_on_open: bool,
 }
 
 impl Default for NetVspConfig {
@@ -97,6 +108,10 @@ impl Default for NetVspConfig {
             max_packets_per_message: 8,
             packet_alignment_factor: 3,
             offload: OffloadHostConfig::default(),
+            all_or_nothing: true,
+            rss: true,
+            rss_receive_queues: 0,
+            send_table_on_open: true,
         }
     }
 }
@@ -146,7 +161,8 @@ struct State {
     to_guest: VecDeque<Outgoing>,
     raw_xfer: VecDeque<RawTransfer>,
     withhold: bool,
-    withheld: Vec<(u32, u64)>,
+    /// Held send completions: (status, tid, channel index).
+    withheld: Vec<(u32, u64, u16)>,
     refuse_control: bool,
     frames_from_guest: Vec<Vec<u8>>,
     /// Data SEND_RNDIS_PKTs (sections or page buffers) the guest sent.
@@ -179,6 +195,8 @@ struct State {
     offload: offload::OffloadState,
     /// The checksum PPI value of the generator's frame (computed once).
     generator_bits: Option<u32>,
+    /// vRSS: parameters, per-channel frames, send table.
+    rss: rss::Rss,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -244,6 +262,7 @@ impl NetworkVsp {
                 data_path_requests: Vec::new(),
                 offload,
                 generator_bits: None,
+                rss: rss::Rss::default(),
             })),
             index: 0,
         }
@@ -558,6 +577,7 @@ impl State {
             }
             match self.outstanding.remove(&p.transaction_id) {
                 Some(slots) => {
+                    self.check_completion_channel(ch, p.transaction_id, index);
                     if u32_at(&p.payload, 0) != Some(108) {
                         self.reject(
                             ch,
@@ -735,13 +755,29 @@ impl State {
     fn on_subchannel(&mut self, ch: &mut HostChannel, p: &HostPacket, version: u32) -> Option<u32> {
         let op = u32_at(&p.payload, 4).unwrap_or(0);
         let n = u32_at(&p.payload, 8).unwrap_or(0);
+        if n >= self.rss_queues() {
+            // OpenVMM grants only below its queue count; a guest should never ask for more
+            // than the RSS capabilities it was given allow.
+            self.reject(
+                ch,
+                format!(
+                    "SUBCHANNEL asks for {n}, beyond the {} queues advertised",
+                    self.rss_queues()
+                ),
+            );
+        }
         let slots = self.recv.as_ref().map_or(0, |r| r.free.len());
-        let ok = version >= 0x5_0000
-            && op == 1
-            && n > 0
-            && n <= self.config.max_subchannels
-            && self.subchannels == 0
-            && slots.saturating_sub(CONTROL_SLOTS) / (n as usize + 1) >= 1;
+        let fits = |n: u32| {
+            n <= self.config.max_subchannels
+                && slots.saturating_sub(CONTROL_SLOTS) / (n as usize + 1) >= 1
+        };
+        // A host that is not all-or-nothing grants the most it can.
+        let n = if self.config.all_or_nothing {
+            n
+        } else {
+            (0..=n).rev().find(|k| fits(*k)).unwrap_or(0)
+        };
+        let ok = version >= 0x5_0000 && op == 1 && n > 0 && fits(n) && self.subchannels == 0;
         let m = self.padded(&[133, if ok { 1 } else { 2 }, if ok { n } else { 0 }]);
         self.complete(ch, p.transaction_id, &m);
         if ok {
@@ -758,9 +794,7 @@ impl DeviceModel for NetworkVsp {
         let subs = {
             let mut s = self.lock();
             let r = s.on_packet(ch, packet, self.index);
-            if self.index == 0 {
-                s.deliver(ch);
-            }
+            s.deliver(ch, self.index);
             r
         };
         if let Some(n) = subs {
@@ -773,12 +807,19 @@ impl DeviceModel for NetworkVsp {
     }
 
     fn poll(&mut self, ch: &mut HostChannel) {
-        if self.index == 0 {
-            self.lock().deliver(ch);
+        self.lock().deliver(ch, self.index);
+    }
+
+    fn on_open(&mut self, _ch: &mut HostChannel) {
+        if self.index != 0 {
+            self.lock().subchannel_opened(self.index);
         }
     }
 
     fn on_close(&mut self) {
+        if self.index != 0 {
+            self.lock().subchannel_closed(self.index);
+        }
         if self.index == 0 {
             let mut s = self.lock();
             s.version = None;
@@ -795,6 +836,7 @@ impl DeviceModel for NetworkVsp {
             s.offload.enabled = EnabledOffloads::default();
             s.generator_bits = None;
             s.host_requests.clear();
+            s.rss_reset();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);
             }

@@ -144,6 +144,7 @@ impl State {
                 ok = false;
             } else if msg_type == 1 {
                 ok &= self.on_data(ch, m, at, first_range);
+                self.note_sent(m, index);
             } else if !self.on_control(ch, m) {
                 return;
             }
@@ -159,7 +160,7 @@ impl State {
         };
         if self.withhold {
             let st = if ok { 1 } else { 2 };
-            self.withheld.push((st, p.transaction_id));
+            self.withheld.push((st, p.transaction_id, index));
         } else {
             self.complete(ch, p.transaction_id, &payload);
         }
@@ -335,6 +336,7 @@ impl State {
                         let input = m.get(off..off + len).unwrap_or(&[]);
                         self.offload.query(oid, input, self.version.unwrap_or(0))
                     }
+                    rss::OID_RSS_CAPABILITIES => self.rss_capabilities().ok_or(0xC000_00BB),
                     _ => Err(0xC000_00BB),
                 };
                 let (status, info) = match info {
@@ -375,6 +377,10 @@ impl State {
                                 status
                             }
                         }
+                    }
+                    (rss::OID_RSS_PARAMETERS, _) => {
+                        let info = m.get(off..off + len).unwrap_or(&[]).to_vec();
+                        self.set_rss_parameters(ch, &info)
                     }
                     (0x0001_010E, Some(f)) => {
                         self.filter = f;

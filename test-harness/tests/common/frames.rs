@@ -107,3 +107,31 @@ pub fn checksum_field(f: &[u8]) -> std::ops::Range<usize> {
     let at = l4 + if proto == 6 { 16 } else { 6 };
     at..at + 2
 }
+
+/// Fills in the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included) of an
+/// IPv4 or IPv6 frame built by a test, as a guest stack without offloads does. The IP
+/// length fields say where the packet ends (Ethernet padding after it is not summed).
+pub fn fill_checksums(f: &mut [u8]) {
+    let (l4, end, proto, mut pseudo) = if f[12] == 0x86 {
+        let len = usize::from(u16::from_be_bytes([f[18], f[19]]));
+        (54, 54 + len, f[20], sum16(&f[22..54]))
+    } else {
+        let ihl = usize::from(f[14] & 15) * 4;
+        f[24..26].fill(0);
+        let c = !fold(sum16(&f[14..14 + ihl]));
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        (14 + ihl, 14 + total, f[23], sum16(&f[26..34]))
+    };
+    if proto != 6 && proto != 17 {
+        return;
+    }
+    let field = checksum_field(f);
+    f[field.clone()].fill(0);
+    pseudo += u32::from(proto) + (end - l4) as u32 + sum16(&f[l4..end]);
+    let c = match !fold(pseudo) {
+        0 if proto == 17 => 0xFFFF,
+        c => c,
+    };
+    f[field].copy_from_slice(&c.to_be_bytes());
+}

@@ -84,4 +84,9 @@ pub fn assert_clean(host: &MockVmbusHost, vsp: &NetworkVsp) {
     let o = vsp.offload_stats();
     assert_eq!(o.tx_bad_checksums, 0, "{o:#?}");
     assert_eq!(o.tx_bad_preloads, 0, "{o:#?}");
+    assert_eq!(
+        vsp.steering_mismatches(),
+        0,
+        "frames sent off the send table"
+    );
 }
