@@ -635,6 +635,26 @@ impl StorageVsp {
         {
             return Self::srb_result(out, 0x04, 2, Some(FixedSense::new(0x6, asc, ascq)), 0);
         }
+        // READ/WRITE of an in-memory disk: one copy, straight between the disk and the
+        // guest pages (what a real host's DMA does), no staging buffer.
+        if let Some(rw) = scsi::read_write_in_place(s.luns.get_mut(&lun_no), cdb, srb.data_in, want)
+        {
+            return match rw {
+                Err(sense) => Self::srb_result(out, 0x04, 2, Some(sense), 0),
+                Ok((_, 0)) => Self::srb_result(out, 0x01, 0, None, 0),
+                Ok((disk, n)) => match &range {
+                    Some(r) => match gpa_copy(ch, r, disk, srb.data_in == 1) {
+                        Ok(()) => Self::srb_result(out, 0x01, 0, None, n as u32),
+                        Err(e) => {
+                            let dir = if srb.data_in == 1 { "in" } else { "out" };
+                            Self::error(s, ch, format!("SRB data {dir}: {e}"));
+                            Self::srb_result(out, 0x06, 0, None, 0)
+                        }
+                    },
+                    None => Self::srb_result(out, 0x01, 0, None, 0),
+                },
+            };
+        }
         // Gather write data.
         let mut data = vec![0u8; want];
         if let Some(r) = &range
@@ -644,7 +664,11 @@ impl StorageVsp {
             Self::error(s, ch, format!("SRB data out: {e}"));
             return Self::srb_result(out, 0x06, 0, None, 0);
         }
-        let lun_list: Vec<u8> = s.luns.keys().copied().collect();
+        let lun_list: Vec<u8> = if is_report_luns {
+            s.luns.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         let lun = s.luns.get_mut(&lun_no);
         let outcome = scsi::execute(lun, &lun_list, cdb, srb.data_in, &mut data);
         match outcome {

@@ -93,6 +93,9 @@ pub struct HostChannel {
     errors: ErrorLog,
     pub(crate) rings: Option<OpenRings>,
     backlog: VecDeque<Vec<u8>>,
+    /// Inside [`Self::begin_batch`]: packets are written but published only by
+    /// [`Self::end_batch`].
+    batch: bool,
     pub(crate) packets_sent: u64,
     pub(crate) signals_to_guest: u64,
     pub(crate) pending_offers: Vec<(DeviceOffer, Box<dyn super::DeviceModel>)>,
@@ -120,6 +123,7 @@ impl HostChannel {
             errors,
             rings: None,
             backlog: VecDeque::new(),
+            batch: false,
             packets_sent: 0,
             signals_to_guest: 0,
             pending_offers: Vec::new(),
@@ -218,27 +222,65 @@ impl HostChannel {
         Ok(())
     }
 
-    /// Writes one encoded packet; `Ok(false)` when the ring is full (retry later).
+    /// Writes one encoded packet (and publishes it, unless in a batch); `Ok(false)` when the
+    /// ring is full (retry later).
     fn write_now(&mut self, bytes: &[u8]) -> Result<bool, HostRingError> {
         let Some(rings) = self.rings.as_mut() else {
             return Err(HostRingError::NotOpen);
         };
-        match rings.writer.write(bytes) {
-            Ok(signal) => {
+        let mut result = rings.writer.write(bytes);
+        if result == Err(WriteError::Full) && self.batch {
+            // Publish what the batch wrote first: the guest frees space only for packets it
+            // can see, and pending send size counts from the published index.
+            if rings.writer.commit() {
+                self.signal_guest();
+            }
+            let Some(rings) = self.rings.as_mut() else {
+                return Err(HostRingError::NotOpen);
+            };
+            result = rings.writer.write(bytes);
+        }
+        match result {
+            Ok(()) => {
                 self.packets_sent += 1;
-                if signal {
-                    self.signal_guest();
+                if !self.batch {
+                    self.commit();
                 }
                 Ok(true)
             }
             Err(WriteError::Full) => Ok(false),
             Err(WriteError::TooLarge) => Err(HostRingError::TooLarge),
             Err(WriteError::Corrupt(e)) => {
-                rings.corrupt = true;
+                if let Some(rings) = self.rings.as_mut() {
+                    rings.corrupt = true;
+                }
                 self.errors.push(format!("channel {}: {e}", self.relid));
                 Err(HostRingError::Corrupt(e))
             }
         }
+    }
+
+    /// Publishes what was written and interrupts the guest if the rule says so.
+    fn commit(&mut self) {
+        let signal = self.rings.as_mut().is_some_and(|r| r.writer.commit());
+        if signal {
+            self.signal_guest();
+        }
+    }
+
+    /// Starts a batch: packets sent until [`Self::end_batch`] are written into the ring at
+    /// once but published together, with at most one interrupt (the host's side of the
+    /// batching a guest does with its interrupt mask; vmbus-core §7.8 step 6 applied to the
+    /// whole batch).
+    pub(crate) fn begin_batch(&mut self) {
+        self.batch = true;
+    }
+
+    /// Ends a batch: publishes its packets and interrupts the guest if the ring was empty
+    /// before them and the guest's mask is clear.
+    pub(crate) fn end_batch(&mut self) {
+        self.batch = false;
+        self.commit();
     }
 
     /// Writes queued packets while they fit; returns how many went out.

@@ -129,6 +129,9 @@ pub struct MockVmbusHost {
     pub(super) host_features: u32,
     pub(super) multi_client_connection_id: u32,
     pub(super) poll_rings: bool,
+    /// With `poll_rings`: the host thread is spinning on the rings, so their interrupt masks
+    /// are set ([`Self::set_polling`]).
+    pub(super) polling: bool,
     pub(super) stray_signals: u64,
     pub(super) connection_state: u8,
     pub(super) fail_next_open: BTreeMap<u32, u32>,
@@ -173,6 +176,7 @@ impl MockVmbusHost {
             host_features: DEFAULT_HOST_FEATURES,
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
+            polling: false,
             stray_signals: 0,
             connection_state: 0,
             fail_next_open: BTreeMap::new(),
@@ -211,6 +215,30 @@ impl MockVmbusHost {
     /// Off by default so a guest that forgets to signal is caught (its packets are never seen).
     pub fn set_poll_rings(&mut self, on: bool) {
         self.poll_rings = on;
+        if !on {
+            self.unmask_rings();
+        }
+    }
+
+    /// With ring polling on ([`Self::set_poll_rings`]): `true` = the host is watching every
+    /// outbound ring right now (a spinning host thread), so it sets their interrupt masks and
+    /// the guest does not signal; `false` = it is about to stop watching, so the masks are
+    /// cleared (followed by a full barrier: the caller steps once more before it sleeps, to
+    /// catch packets committed while they were set). Without ring polling the masks stay
+    /// clear: the host reads a ring only when signalled.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+        if !on {
+            self.unmask_rings();
+        }
+    }
+
+    fn unmask_rings(&mut self) {
+        for e in self.channels.values_mut() {
+            if let Some(r) = e.ch.rings.as_mut() {
+                r.reader.set_mask(false);
+            }
+        }
     }
 
     pub(super) fn lock_gpadls(&self) -> MutexGuard<'_, GpadlTable> {
@@ -453,9 +481,12 @@ impl MockVmbusHost {
         work
     }
 
-    /// Services one channel's rings and model.
+    /// Services one channel's rings and model. Everything the host sends on the channel
+    /// meanwhile (completions of the packets it read, backlog, the model's own packets) is
+    /// published as one batch with at most one interrupt.
     fn service(&mut self, relid: u32) -> usize {
         let poll = self.poll_rings;
+        let mask = poll && self.polling;
         let Some(e) = self.channels.get_mut(&relid) else {
             return 0;
         };
@@ -463,12 +494,19 @@ impl MockVmbusHost {
             return 0;
         }
         let mut work = 0;
+        e.ch.begin_batch();
         if e.signalled || poll {
             e.signalled = false;
             work += e.ch.flush_backlog();
             let drained = match e.ch.rings.as_mut() {
-                Some(r) => r.reader.drain(),
-                None => return work,
+                Some(r) => {
+                    r.reader.set_mask(mask);
+                    r.reader.drain()
+                }
+                None => {
+                    e.ch.end_batch();
+                    return work;
+                }
             };
             match drained {
                 Ok(d) => {
@@ -499,6 +537,7 @@ impl MockVmbusHost {
             e.model.poll(&mut e.ch);
             work += (e.ch.packets_sent - before) as usize;
         }
+        e.ch.end_batch();
         let offers = std::mem::take(&mut e.ch.pending_offers);
         for (offer, model) in offers {
             work += 1;

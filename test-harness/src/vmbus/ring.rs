@@ -114,6 +114,8 @@ fn used(w: u32, r: u32, size: u32) -> u32 {
 pub(crate) struct HostReader {
     ring: RingMem,
     read: u32,
+    /// Whether this reader set the ring's interrupt mask.
+    masked: bool,
 }
 
 /// What one drain produced.
@@ -131,7 +133,24 @@ pub(crate) struct Drained {
 impl HostReader {
     /// The reader over `ring`, starting at read index 0.
     pub fn new(ring: RingMem) -> Self {
-        Self { ring, read: 0 }
+        Self {
+            ring,
+            read: 0,
+            masked: false,
+        }
+    }
+
+    /// Sets or clears the ring's interrupt mask (§7.2 @0x08, owned by the reader): while set,
+    /// the guest does not signal for packets it writes (§7.8 step 6), because the host is
+    /// watching the ring anyway. Clearing it is followed by a full barrier, so a drain after
+    /// it sees every packet committed while the mask was still set.
+    pub fn set_mask(&mut self, on: bool) {
+        if self.masked == on {
+            return;
+        }
+        self.masked = on;
+        self.ring.set_ctl(INTERRUPT_MASK, u32::from(on));
+        fence(Ordering::SeqCst);
     }
 
     /// Reads every complete packet the guest published (§7.9), publishes the new read index and
@@ -246,10 +265,15 @@ pub(crate) enum WriteError {
     Corrupt(String),
 }
 
-/// Host writer of the guest's inbound ring.
+/// Host writer of the guest's inbound ring: [`HostWriter::write`] copies packets in,
+/// [`HostWriter::commit`] publishes every packet written since the last commit with one
+/// write-index store and says whether to interrupt the guest.
 pub(crate) struct HostWriter {
     ring: RingMem,
+    /// Next byte to fill (packets between `committed` and here are not yet published).
     write: u32,
+    /// The write index as last published.
+    committed: u32,
 }
 
 impl HostWriter {
@@ -257,7 +281,11 @@ impl HostWriter {
     /// size), as the writer of this ring.
     pub fn new(ring: RingMem) -> Self {
         ring.set_ctl(FEATURE_BITS, ring.ctl(FEATURE_BITS) | 1);
-        Self { ring, write: 0 }
+        Self {
+            ring,
+            write: 0,
+            committed: 0,
+        }
     }
 
     /// Data size of the ring.
@@ -265,9 +293,11 @@ impl HostWriter {
         self.ring.size()
     }
 
-    /// Writes `packet` (descriptor .. padding, a multiple of 8) plus its trailer (§7.8).
-    /// Returns whether the guest must be signalled (ring was empty and not masked).
-    pub fn write(&mut self, packet: &[u8]) -> Result<bool, WriteError> {
+    /// Copies `packet` (descriptor .. padding, a multiple of 8) plus its trailer (§7.8) into
+    /// the ring after the packets already written, without publishing it. When it does not
+    /// fit, pending send size is set to what the host waits for, measured from the published
+    /// write index as the guest computes it (§7.8 step 7), and `Full` is returned.
+    pub fn write(&mut self, packet: &[u8]) -> Result<(), WriteError> {
         let size = self.ring.size();
         let total = packet.len() as u32 + 8;
         if total >= size - 8 {
@@ -278,7 +308,8 @@ impl HostWriter {
             .index(READ_INDEX, "inbound read index")
             .map_err(WriteError::Corrupt)?;
         if size - used(self.write, read, size) <= total {
-            self.ring.set_ctl(PENDING_SEND_SIZE, total);
+            let uncommitted = used(self.write, self.committed, size);
+            self.ring.set_ctl(PENDING_SEND_SIZE, uncommitted + total);
             fence(Ordering::SeqCst);
             let read = self
                 .ring
@@ -294,15 +325,29 @@ impl HostWriter {
             old + packet.len() as u32,
             &(u64::from(old) << 32).to_le_bytes(),
         );
-        fence(Ordering::SeqCst);
         self.write = (old + total) % size;
-        self.ring.set_ctl(WRITE_INDEX, self.write);
         if self.ring.ctl(PENDING_SEND_SIZE) != 0 {
             self.ring.set_ctl(PENDING_SEND_SIZE, 0);
         }
+        Ok(())
+    }
+
+    /// Publishes the packets written since the last commit (one write-index store) and says
+    /// whether to interrupt the guest: only if the ring was empty before them and the guest's
+    /// interrupt mask is clear (§7.8 step 6), so a batch of completions costs at most one
+    /// interrupt.
+    pub fn commit(&mut self) -> bool {
+        if self.write == self.committed {
+            return false;
+        }
+        let old = self.committed;
+        // Every packet byte is visible before the index that publishes it.
+        fence(Ordering::SeqCst);
+        self.committed = self.write;
+        self.ring.set_ctl(WRITE_INDEX, self.write);
         fence(Ordering::SeqCst);
         let mask = self.ring.ctl(INTERRUPT_MASK);
         let read = self.ring.ctl(READ_INDEX);
-        Ok(mask == 0 && read == old)
+        mask == 0 && read == old
     }
 }
