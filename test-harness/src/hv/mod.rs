@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use config::MockConfig;
 pub use hal::{MockHal, POISON_BYTE};
-pub use host_map::{FreedWhileMapped, HostMapping, ViolationHook};
+pub use host_map::{
+    FreedWhileMapped, HostMapping, MapOwner, RequestSet, SharedRequestSet, ViolationHook,
+};
 pub use hypercall::status;
 pub use hypercall::{
     FLUSH_VIRTUAL_ADDRESS_LIST, FLUSH_VIRTUAL_ADDRESS_SPACE, NOTIFY_LONG_SPIN_WAIT, POST_MESSAGE,

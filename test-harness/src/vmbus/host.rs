@@ -144,7 +144,7 @@ pub struct MockVmbusHost {
     pub(super) withheld_torndowns: Vec<u32>,
     /// GPA-direct requests of channels closed while TORNDOWN is withheld: the host still
     /// works on them, so their pages stay mapped.
-    pub(super) lingering_requests: Vec<(u64, HostMapping)>,
+    pub(super) lingering_requests: Vec<HostMapping>,
 }
 
 impl MockVmbusHost {
@@ -521,6 +521,9 @@ impl MockVmbusHost {
                         work += 1;
                         e.ch.begin_request(p);
                         e.model.on_packet(&mut e.ch, p);
+                    }
+                    if let Some(r) = e.ch.rings.as_mut() {
+                        r.reader.recycle(d.packets);
                     }
                 }
                 Err(err) => {

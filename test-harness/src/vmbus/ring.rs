@@ -116,6 +116,12 @@ pub(crate) struct HostReader {
     read: u32,
     /// Whether this reader set the ring's interrupt mask.
     masked: bool,
+    /// Where each packet is copied out of the ring.
+    scratch: Vec<u8>,
+    /// The vector the next drain returns (empty; its allocation kept).
+    out: Vec<HostPacket>,
+    /// Packets handled and given back ([`Self::recycle`]), decoded into again.
+    spare: Vec<HostPacket>,
 }
 
 /// What one drain produced.
@@ -137,6 +143,9 @@ impl HostReader {
             ring,
             read: 0,
             masked: false,
+            scratch: Vec::new(),
+            out: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -157,7 +166,8 @@ impl HostReader {
     /// decides whether the guest must be signalled for space.
     pub fn drain(&mut self) -> Result<Drained, String> {
         let size = self.ring.size();
-        let mut packets = Vec::new();
+        // Decoded into packets of earlier drains (see `recycle`): no allocation per packet.
+        let mut packets = std::mem::take(&mut self.out);
         let old_read = self.read;
         loop {
             let write = self.ring.index(WRITE_INDEX, "outbound write index")?;
@@ -193,8 +203,11 @@ impl HostReader {
                     self.read
                 ));
             }
-            let mut bytes = vec![0u8; total as usize];
-            self.ring.read(self.read, &mut bytes);
+            // Copied once into the reader's own buffer (reused: no allocation per packet).
+            let bytes = &mut self.scratch;
+            bytes.clear();
+            bytes.resize(total as usize, 0);
+            self.ring.read(self.read, bytes);
             let trailer =
                 u64::from_le_bytes(bytes[total as usize - 8..].try_into().unwrap_or([0; 8]));
             if trailer != u64::from(self.read) << 32 {
@@ -204,9 +217,9 @@ impl HostReader {
                     u64::from(self.read) << 32
                 ));
             }
-            bytes.truncate(total as usize - 8);
-            let packet =
-                parse_packet(&bytes).map_err(|e| format!("packet at {:#x}: {e}", self.read))?;
+            let mut packet = self.spare.pop().unwrap_or_else(HostPacket::empty);
+            parse_packet(&bytes[..total as usize - 8], &mut packet)
+                .map_err(|e| format!("packet at {:#x}: {e}", self.read))?;
             packets.push(packet);
             self.read = (self.read + total) % size;
         }
@@ -231,6 +244,13 @@ impl HostReader {
             signal_guest,
             more,
         })
+    }
+
+    /// Takes back the packets of a drain once they were handled, to decode later packets
+    /// into (their buffers are reused).
+    pub fn recycle(&mut self, mut packets: Vec<HostPacket>) {
+        self.spare.append(&mut packets);
+        self.out = packets;
     }
 
     /// §7.9 steps 4–7: signal only on the blocked → unblocked transition of pending send size.
