@@ -92,7 +92,7 @@ impl<T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usize> S
         // Back-pressure from queued requests: wait for room.
         self.waiter.restart();
         let tag = loop {
-            match self.send(request, stage, Owner::Blocking) {
+            match self.send(request, stage, Owner::Blocking, None) {
                 Ok(tag) => break tag,
                 Err(e) if is_back_pressure(&e) => {
                     self.bus.poll();

@@ -51,6 +51,11 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
     /// Frees slot `index` (a new generation for its next request).
     pub(super) fn release_slot(&mut self, index: usize) {
         let s = &mut self.slots[index];
+        if s.phase != Phase::Free {
+            self.free[self.free_len] = index as u16;
+            self.free_len += 1;
+        }
+        let s = &mut self.slots[index];
         s.phase = Phase::Free;
         s.generation = s.generation.wrapping_add(1).max(1);
         s.request = None;

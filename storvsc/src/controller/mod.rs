@@ -3,8 +3,9 @@
 //! allows them (devices.md §3.10, vmbus-core §9) and opens them
 //! ([`Channel::open_subchannels`]), then executes SRBs — queued (many in flight, spread over
 //! every channel, ends reported by [`StorvscController::poll`] or, from the interrupt path,
-//! [`StorvscController::poll_interrupt`]) or blocking as [`ScsiTransport`], which is built on
-//! the queue.
+//! [`StorvscController::poll_interrupt`]), in bursts that cost one publish and at most one
+//! signal per channel ([`Burst`]), or blocking as [`ScsiTransport`], which is built on the
+//! queue.
 //!
 //! The controller borrows the bus (`&Vmbus`: other drivers use it meanwhile) and owns only
 //! its channels and its two bounce buffers. Requests are tracked by each channel's own
@@ -19,10 +20,14 @@
 //! [`StorvscController::close_with`] learns from the bus whether the host let go of it.
 
 mod blocking;
+mod burst;
 mod close;
 mod complete;
 mod open;
 mod submit;
+
+pub use burst::Burst;
+use burst::BurstState;
 
 use vmbus_guest::{
     Channel, ChannelConfig, Hal, HostBuffer, Released, RequestId, Transport, Vmbus, Wait,
@@ -191,8 +196,11 @@ impl Slot {
 /// defaults ([`DEFAULT_CHANNELS`], [`DEFAULT_DEPTH`]) keep the value under 16 KiB.
 ///
 /// Queued I/O: [`Self::submit`] (or [`Self::submit_read`] / [`Self::submit_write`]) sends an
-/// SRB and returns a [`Tag`] at once; [`Self::poll`] (thread context) or
-/// [`Self::poll_interrupt`] (given the bus's [`Work`]) reports each ended request once.
+/// SRB and returns a [`Tag`] at once; a [`Burst`] ([`Self::burst`], [`Self::burst_on_vp`])
+/// sends many and publishes them with one index store and at most one signal per channel;
+/// [`Self::poll`] (thread context) or [`Self::poll_interrupt`] (given the bus's [`Work`])
+/// reports each ended request once, draining with a budget while the host's interrupts stay
+/// masked and unmasking only when a ring is empty (NAPI-style).
 /// Blocking I/O: [`ScsiTransport::execute`] submits and waits with the waiter's full budget
 /// per request ([`Wait::restart`]). Unsolicited ENUMERATE_BUS / REMOVE_DEVICE messages seen
 /// meanwhile are recorded ([`StorvscController::take_bus_change`]) so the caller can rescan.
@@ -223,6 +231,10 @@ pub struct StorvscController<
     waiter: W,
     negotiated: Negotiated,
     slots: [Slot; DEPTH],
+    /// Indices of the free slots (a stack: `free[..free_len]`), so a submission takes one
+    /// without scanning.
+    free: [u16; DEPTH],
+    free_len: usize,
     /// Queued requests ended while a blocking call waited, not yet reported.
     undelivered: usize,
     pool: Option<HostBuffer<'b, T, H>>,

@@ -170,6 +170,8 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             waiter,
             negotiated,
             slots: [const { Slot::new() }; DEPTH],
+            free: core::array::from_fn(|i| (DEPTH - 1 - i) as u16),
+            free_len: DEPTH,
             undelivered: 0,
             pool: Some(pool),
             pool_pages: PagePool::new(pool_pages),

@@ -2,7 +2,7 @@
 
 use vmbus_guest::{ChannelError, HV_PAGE_SIZE, Hal, Transport, Wait};
 
-use super::{Owner, Phase, Stage, Staging, StorvscController};
+use super::{BurstState, Owner, Phase, Stage, Staging, StorvscController};
 use crate::StorError;
 use crate::protocol::{DataDirection, VSTOR_PACKET_SIZE_WIN8 as VSTOR_PACKET_SIZE};
 use crate::queue::{CallerMemory, IoBuffer, Memory, SLOT_BOUNCE_BYTES, Tag};
@@ -44,12 +44,28 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         request: &ScsiRequest,
         data: IoBuffer,
     ) -> Result<Tag, StorError> {
+        // SAFETY: the caller holds this function's contract for `data`.
+        unsafe { self.submit_in(request, data, None) }
+    }
+
+    /// [`Self::submit`], inside `burst` if given (its channels' send batches stay open).
+    ///
+    /// # Safety
+    ///
+    /// [`Self::submit`]'s contract for `data`.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn submit_in(
+        &mut self,
+        request: &ScsiRequest,
+        data: IoBuffer,
+        burst: Option<&mut BurstState>,
+    ) -> Result<Tag, StorError> {
         if data.len() != request.transfer_length as usize {
             return Err(StorError::InvalidArgument(
                 "data length differs from the request's transfer length",
             ));
         }
-        // SAFETY: the caller holds this function's contract for `data`, which is
+        // SAFETY: the caller holds `submit`'s contract for `data`, which is
         // `CallerMemory`'s invariant.
         let memory = unsafe { CallerMemory::new(data) };
         let stage = match memory {
@@ -67,7 +83,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
                 ));
             }
         };
-        self.send(request, stage, Owner::Queued)
+        self.send(request, stage, Owner::Queued, burst)
     }
 
     /// Submits READ(10/16) of `blocks` blocks at `lba` from `lun` into `buffer` (whose length
@@ -129,8 +145,11 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         true
     }
 
+    /// The slot the next request takes (the top of the free stack; popped by `send` only
+    /// once the request is sent).
     pub(super) fn free_slot(&self) -> Option<usize> {
-        self.slots.iter().position(|s| s.phase == Phase::Free)
+        let top = self.free_len.checked_sub(1)?;
+        Some(usize::from(self.free[top]))
     }
 
     /// Stages the data, takes a slot and sends the SRB on a live channel.
@@ -139,6 +158,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         request: &ScsiRequest,
         stage: Stage,
         owner: Owner,
+        mut burst: Option<&mut BurstState>,
     ) -> Result<Tag, StorError> {
         if !self.is_alive() {
             return Err(StorError::ChannelClosed);
@@ -176,7 +196,10 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         };
         let context = index as u16;
         let mut last = StorError::Channel(ChannelError::Full);
-        let start = self.pick_channel();
+        let start = match burst.as_ref().and_then(|b| b.home) {
+            Some(home) if home < self.opened => home,
+            _ => self.pick_channel(),
+        };
         let mut sent = None;
         for k in 0..self.opened {
             let ci = (start + k) % self.opened;
@@ -186,6 +209,20 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             let Some(ch) = self.channels[ci].as_mut() else {
                 continue;
             };
+            // The first request of a burst on this channel opens its send batch (and checks
+            // the channel's liveness, once for the burst).
+            if let Some(b) = burst.as_deref_mut()
+                && b.open & (1 << ci) == 0
+            {
+                match ch.begin_send_batch() {
+                    Ok(()) => b.open |= 1 << ci,
+                    Err(e) => {
+                        self.more |= 1 << ci;
+                        last = StorError::from(e);
+                        continue;
+                    }
+                }
+            }
             let payload: [&[u8]; 1] = [&packet[..n]];
             let r = match (staging, data) {
                 (Staging::None, _) => ch.request(&payload, context),
@@ -250,6 +287,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
                 StorError::ChannelClosed
             });
         };
+        self.free_len -= 1;
         let slot = &mut self.slots[index];
         slot.phase = Phase::InFlight;
         slot.channel = ci as u8;
@@ -296,7 +334,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
     }
 }
 
-fn rw_request(
+pub(super) fn rw_request(
     write: bool,
     lun: LunAddress,
     lba: u64,
