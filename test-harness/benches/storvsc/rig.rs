@@ -324,7 +324,9 @@ pub fn run_raw(mode: Mode, depth: usize, stop: Stop, threaded: bool) -> Run {
     let guest = &vm.guest;
     let relid = vm.relid;
     let run = drive(&host, &[relid], mode, stop, &mut |t| {
-        if t.submit {
+        if t.submit && !free.is_empty() {
+            // One send batch per burst: one publish, at most one signal.
+            ch.begin_send_batch().expect("begin batch");
             while let Some(i) = free.pop() {
                 let p = NonNull::new(pages.page(i.into())).expect("page");
                 // SAFETY: page `i` is named by one request at a time and not touched until
@@ -335,6 +337,7 @@ pub fn run_raw(mode: Mode, depth: usize, stop: Stop, threaded: bool) -> Run {
                     break;
                 }
             }
+            ch.end_send_batch().expect("end batch");
         }
         let drain = mode == Mode::Poll
             || t.force
@@ -407,7 +410,9 @@ pub fn run_storvsc(
     let mut page_of = [usize::MAX; DEPTH];
     let guest = &vm.guest;
     let run = drive(&host, &relids, mode, stop, &mut |t| {
-        if t.submit {
+        if t.submit && !free.is_empty() {
+            // One burst: each channel it uses publishes once and signals at most once.
+            let mut burst = c.burst();
             while let Some(i) = free.pop() {
                 let lba = (rng.next() % slots) * (IO / BLOCK) as u64;
                 let p = pages.page(i);
@@ -415,9 +420,9 @@ pub fn run_storvsc(
                 // its completion is reported; `pages` outlives the controller.
                 let r = unsafe {
                     if write {
-                        c.submit_write(lun, lba, 8, std::slice::from_raw_parts(p, IO))
+                        burst.submit_write(lun, lba, 8, std::slice::from_raw_parts(p, IO))
                     } else {
-                        c.submit_read(lun, lba, 8, std::slice::from_raw_parts_mut(p, IO))
+                        burst.submit_read(lun, lba, 8, std::slice::from_raw_parts_mut(p, IO))
                     }
                 };
                 match r {
@@ -428,6 +433,7 @@ pub fn run_storvsc(
                     }
                 }
             }
+            burst.finish().expect("end of burst");
         }
         let mut n = 0;
         let mut done = |d: Done| {
