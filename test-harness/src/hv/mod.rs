@@ -306,6 +306,9 @@ impl MockHypervisor {
     /// Messages the guest posted, in order; frees the ports' capacity.
     pub fn take_posted_messages(&self) -> Vec<PostedMessage> {
         let mut state = self.state();
+        if state.posted.is_empty() {
+            return Vec::new();
+        }
         for port in state.message_ports.values_mut() {
             port.queued = 0;
         }
@@ -315,6 +318,16 @@ impl MockHypervisor {
     /// Events the guest signalled: (connection id, flag number), in order.
     pub fn take_signaled_events(&self) -> Vec<(u32, u16)> {
         std::mem::take(&mut self.state().signaled)
+    }
+
+    /// [`Self::take_signaled_events`] into `out` (cleared first), swapping buffers so that a
+    /// caller that polls keeps reusing two allocations.
+    pub fn take_signaled_events_into(&self, out: &mut Vec<(u32, u16)>) {
+        out.clear();
+        let mut state = self.state();
+        if !state.signaled.is_empty() {
+            std::mem::swap(&mut state.signaled, out);
+        }
     }
 
     /// Makes the next `n` otherwise valid PostMessage calls fail with `status`.

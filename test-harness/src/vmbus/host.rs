@@ -145,6 +145,9 @@ pub struct MockVmbusHost {
     /// GPA-direct requests of channels closed while TORNDOWN is withheld: the host still
     /// works on them, so their pages stay mapped.
     pub(super) lingering_requests: Vec<HostMapping>,
+    /// Buffers a step reuses (no allocation per step).
+    signal_buf: Vec<(u32, u16)>,
+    relid_buf: Vec<u32>,
 }
 
 impl MockVmbusHost {
@@ -185,6 +188,8 @@ impl MockVmbusHost {
             withhold_torndown: false,
             withheld_torndowns: Vec::new(),
             lingering_requests: Vec::new(),
+            signal_buf: Vec::new(),
+            relid_buf: Vec::new(),
         }
     }
 
@@ -439,7 +444,9 @@ impl MockVmbusHost {
             work += 1;
             self.handle_posted(m.connection_id, m.message_type, &m.payload);
         }
-        for (conn, _flag) in self.hv.take_signaled_events() {
+        let mut signals = std::mem::take(&mut self.signal_buf);
+        self.hv.take_signaled_events_into(&mut signals);
+        for &(conn, _flag) in &signals {
             work += 1;
             let hit = self
                 .channels
@@ -453,11 +460,15 @@ impl MockVmbusHost {
                 None => self.stray_signals += 1,
             }
         }
+        self.signal_buf = signals;
         work += self.scan_monitor_page();
-        let relids: Vec<u32> = self.channels.keys().copied().collect();
-        for relid in relids {
+        let mut relids = std::mem::take(&mut self.relid_buf);
+        relids.clear();
+        relids.extend(self.channels.keys().copied());
+        for &relid in &relids {
             work += self.service(relid);
         }
+        self.relid_buf = relids;
         work
     }
 
