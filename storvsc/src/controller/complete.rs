@@ -51,6 +51,9 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
     /// Frees slot `index` (a new generation for its next request).
     pub(super) fn release_slot(&mut self, index: usize) {
         let s = &mut self.slots[index];
+        if matches!(s.phase, Phase::InFlight | Phase::Ended) {
+            self.active -= 1;
+        }
         if s.phase != Phase::Free {
             self.free[self.free_len] = index as u16;
             self.free_len += 1;
@@ -97,6 +100,10 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         if s.request.is_none() && s.memory == Memory::Returned {
             self.release_slot(index);
         } else {
+            if matches!(s.phase, Phase::InFlight | Phase::Ended) {
+                self.active -= 1;
+            }
+            let s = &mut self.slots[index];
             s.phase = Phase::Lingering;
         }
     }

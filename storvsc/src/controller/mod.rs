@@ -235,6 +235,8 @@ pub struct StorvscController<
     /// without scanning.
     free: [u16; DEPTH],
     free_len: usize,
+    /// Slots in flight or ended and not yet reported ([`Self::in_flight`]).
+    active: usize,
     /// Queued requests ended while a blocking call waited, not yet reported.
     undelivered: usize,
     pool: Option<HostBuffer<'b, T, H>>,
@@ -292,10 +294,14 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
 
     /// Requests submitted and not yet reported (blocking ones included).
     pub fn in_flight(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| matches!(s.phase, Phase::InFlight | Phase::Ended))
-            .count()
+        debug_assert_eq!(
+            self.active,
+            self.slots
+                .iter()
+                .filter(|s| matches!(s.phase, Phase::InFlight | Phase::Ended))
+                .count()
+        );
+        self.active
     }
 
     /// Requests reported with [`Memory::HeldUntilClose`] whose buffers wait for

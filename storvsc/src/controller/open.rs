@@ -172,6 +172,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             slots: [const { Slot::new() }; DEPTH],
             free: core::array::from_fn(|i| (DEPTH - 1 - i) as u16),
             free_len: DEPTH,
+            active: 0,
             undelivered: 0,
             pool: Some(pool),
             pool_pages: PagePool::new(pool_pages),

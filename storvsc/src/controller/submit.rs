@@ -288,6 +288,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             });
         };
         self.free_len -= 1;
+        self.active += 1;
         let slot = &mut self.slots[index];
         slot.phase = Phase::InFlight;
         slot.channel = ci as u8;
