@@ -600,7 +600,7 @@ impl StorageVsp {
         // The data buffer: exactly one multi-page range covering data_transfer_length.
         let range = match (packet.gpa_ranges.as_slice(), want) {
             (_, 0) => None,
-            ([r], _) if r.0 as usize >= want => Some(r.clone()),
+            ([r], _) if r.0 as usize >= want => Some(r),
             (ranges, _) => {
                 Self::error(
                     s,
@@ -642,7 +642,7 @@ impl StorageVsp {
             return match rw {
                 Err(sense) => Self::srb_result(out, 0x04, 2, Some(sense), 0),
                 Ok((_, 0)) => Self::srb_result(out, 0x01, 0, None, 0),
-                Ok((disk, n)) => match &range {
+                Ok((disk, n)) => match range {
                     Some(r) => match gpa_copy(ch, r, disk, srb.data_in == 1) {
                         Ok(()) => Self::srb_result(out, 0x01, 0, None, n as u32),
                         Err(e) => {
@@ -657,7 +657,7 @@ impl StorageVsp {
         }
         // Gather write data.
         let mut data = vec![0u8; want];
-        if let Some(r) = &range
+        if let Some(r) = range
             && srb.data_in == 0
             && let Err(e) = gpa_copy(ch, r, &mut data, false)
         {
@@ -674,7 +674,7 @@ impl StorageVsp {
         match outcome {
             ScsiOutcome::Good(n) => {
                 let n = n.min(want);
-                if let Some(r) = &range
+                if let Some(r) = range
                     && srb.data_in == 1
                     && n > 0
                     && let Err(e) = gpa_copy(ch, r, &mut data[..n], true)
