@@ -20,6 +20,10 @@
 //!   the channels named in the work `Vmbus::handle_interrupt` returns (`poll_interrupt`; the
 //!   guest spins on the flags, the mock delivers no real interrupt).
 //!
+//! The storvsc guest submits each round as one burst from VP 0 (`burst_on_vp(0)`): with 5
+//! channels (4 sub-channels) its requests stay on VP 0's channel, as a kernel's would, so the
+//! 5-channel rows show what the other channels cost a single submitter (polling them).
+//!
 //! Variants of one configuration are interleaved round by round (order rotated each round)
 //! and the ratio columns are medians of the per-round ratios, because the machine's vCPUs
 //! change speed within minutes; absolute rates are medians, for context only. Instruction

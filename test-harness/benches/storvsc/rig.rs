@@ -411,8 +411,9 @@ pub fn run_storvsc(
     let guest = &vm.guest;
     let run = drive(&host, &relids, mode, stop, &mut |t| {
         if t.submit && !free.is_empty() {
-            // One burst: each channel it uses publishes once and signals at most once.
-            let mut burst = c.burst();
+            // One burst from VP 0 (the guest thread's VP): it stays on VP 0's channel, which
+            // publishes once and signals at most once.
+            let mut burst = c.burst_on_vp(0);
             while let Some(i) = free.pop() {
                 let lba = (rng.next() % slots) * (IO / BLOCK) as u64;
                 let p = pages.page(i);
