@@ -191,6 +191,14 @@ fn print_insns() {
     println!("{}", insns::footnote());
 }
 
+/// The 1-minute load average (Linux), or "n/a".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".into())
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(insns::CHILD_ENV) {
         std::process::exit(insns::child(&spec));
@@ -213,7 +221,14 @@ fn main() {
         (DISK_BLOCKS * 512) >> 20,
         dur.as_millis()
     );
-    println!("host: MockVmbusHost::spawn() (own thread); guest: this thread\n");
+    println!("host: MockVmbusHost::spawn() (own thread); guest: this thread");
+    // Host and guest (and the bare loop's two threads) spin: the timings mean something only
+    // with two idle cores. Say how busy the machine was.
+    println!(
+        "cores: {}, load average before: {}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
     println!(
         "{:<5} {:>3} {:<22} {:>10} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>6}",
         "mode",
@@ -247,6 +262,11 @@ fn main() {
          (all channels); wake/IO = their sum; sleeps = times the host thread slept after its\n\
          spin window without work; stalls = lost wakeups recovered by making the mock host read\n\
          its rings.\n"
+    );
+    println!(
+        "load average after: {} (each side spins; other load makes the host sleep and the rates\n\
+         measure the scheduler: see the sleeps column)\n",
+        load_average()
     );
     if !quick {
         print_insns();
