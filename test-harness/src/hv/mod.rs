@@ -20,6 +20,7 @@ mod types;
 mod vp;
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use config::MockConfig;
@@ -47,6 +48,10 @@ use synic::{MAX_PAYLOAD, QueuedMessage};
 pub(crate) struct Shared {
     memory: GuestMemory,
     state: Mutex<State>,
+    /// Bumped after every PostMessage or SignalEvent hypercall (outside the lock), so a
+    /// host that polls can tell without taking the lock that nothing was posted or
+    /// signalled since it last looked ([`MockHypervisor::guest_activity`]).
+    activity: AtomicU64,
 }
 
 /// Locks the state, ignoring poisoning (faults panic only after the guard is dropped).
@@ -79,6 +84,7 @@ impl MockHypervisor {
             shared: Arc::new(Shared {
                 memory,
                 state: Mutex::new(state),
+                activity: AtomicU64::new(0),
             }),
         }
     }
@@ -313,6 +319,14 @@ impl MockHypervisor {
             port.queued = 0;
         }
         std::mem::take(&mut state.posted)
+    }
+
+    /// A counter that moves after every PostMessage and SignalEvent hypercall: while it
+    /// stands still, [`Self::take_posted_messages`] and [`Self::take_signaled_events`] have
+    /// nothing new. A poller reads it, then takes; a call counted after the read is seen at
+    /// the next look.
+    pub fn guest_activity(&self) -> u64 {
+        self.shared.activity.load(Ordering::Acquire)
     }
 
     /// Events the guest signalled: (connection id, flag number), in order.

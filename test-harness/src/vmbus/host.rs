@@ -147,6 +147,8 @@ pub struct MockVmbusHost {
     pub(super) lingering_requests: Vec<HostMapping>,
     /// Buffers a step reuses (no allocation per step).
     signal_buf: Vec<(u32, u16)>,
+    /// [`MockHypervisor::guest_activity`] at the last step.
+    seen_activity: u64,
     relid_buf: Vec<u32>,
 }
 
@@ -190,6 +192,7 @@ impl MockVmbusHost {
             lingering_requests: Vec::new(),
             signal_buf: Vec::new(),
             relid_buf: Vec::new(),
+            seen_activity: 0,
         }
     }
 
@@ -440,12 +443,21 @@ impl MockVmbusHost {
     /// idle).
     pub fn step(&mut self) -> usize {
         let mut work = 0;
-        for m in self.hv.take_posted_messages() {
-            work += 1;
-            self.handle_posted(m.connection_id, m.message_type, &m.payload);
+        // Posts and signals only when the guest made some since the last look (no lock).
+        let activity = self.hv.guest_activity();
+        let fresh = activity != self.seen_activity;
+        self.seen_activity = activity;
+        if fresh {
+            for m in self.hv.take_posted_messages() {
+                work += 1;
+                self.handle_posted(m.connection_id, m.message_type, &m.payload);
+            }
         }
         let mut signals = std::mem::take(&mut self.signal_buf);
-        self.hv.take_signaled_events_into(&mut signals);
+        signals.clear();
+        if fresh {
+            self.hv.take_signaled_events_into(&mut signals);
+        }
         for &(conn, _flag) in &signals {
             work += 1;
             let hit = self
