@@ -145,11 +145,10 @@ pub struct MockVmbusHost {
     /// GPA-direct requests of channels closed while TORNDOWN is withheld: the host still
     /// works on them, so their pages stay mapped.
     pub(super) lingering_requests: Vec<HostMapping>,
-    /// Buffers a step reuses (no allocation per step).
+    /// A buffer a step reuses (no allocation per step).
     signal_buf: Vec<(u32, u16)>,
     /// [`MockHypervisor::guest_activity`] at the last step.
     seen_activity: u64,
-    relid_buf: Vec<u32>,
 }
 
 impl MockVmbusHost {
@@ -191,7 +190,6 @@ impl MockVmbusHost {
             withheld_torndowns: Vec::new(),
             lingering_requests: Vec::new(),
             signal_buf: Vec::new(),
-            relid_buf: Vec::new(),
             seen_activity: 0,
         }
     }
@@ -474,13 +472,19 @@ impl MockVmbusHost {
         }
         self.signal_buf = signals;
         work += self.scan_monitor_page();
-        let mut relids = std::mem::take(&mut self.relid_buf);
-        relids.clear();
-        relids.extend(self.channels.keys().copied());
-        for &relid in &relids {
-            work += self.service(relid);
+        let poll = self.poll_rings;
+        let mask = poll && self.polling;
+        let mut offers = Vec::new();
+        for (&relid, e) in self.channels.iter_mut() {
+            work += service(relid, e, poll, mask, &self.errors);
+            if !e.ch.pending_offers.is_empty() {
+                offers.append(&mut e.ch.pending_offers);
+            }
         }
-        self.relid_buf = relids;
+        for (offer, model) in offers {
+            work += 1;
+            self.add_device(offer, model);
+        }
         work
     }
 
@@ -500,74 +504,6 @@ impl MockVmbusHost {
                 e.signal_count += 1;
                 work += 1;
             }
-        }
-        work
-    }
-
-    /// Services one channel's rings and model. Everything the host sends on the channel
-    /// meanwhile (completions of the packets it read, backlog, the model's own packets) is
-    /// published as one batch with at most one interrupt.
-    fn service(&mut self, relid: u32) -> usize {
-        let poll = self.poll_rings;
-        let mask = poll && self.polling;
-        let Some(e) = self.channels.get_mut(&relid) else {
-            return 0;
-        };
-        if !e.ch.is_open() {
-            return 0;
-        }
-        let mut work = 0;
-        e.ch.begin_batch();
-        if e.signalled || poll {
-            e.signalled = false;
-            work += e.ch.flush_backlog();
-            let drained = match e.ch.rings.as_mut() {
-                Some(r) => {
-                    r.reader.set_mask(mask);
-                    r.reader.drain()
-                }
-                None => {
-                    e.ch.end_batch();
-                    return work;
-                }
-            };
-            match drained {
-                Ok(d) => {
-                    if d.signal_guest {
-                        e.ch.signal_guest();
-                    }
-                    if d.more {
-                        e.signalled = true;
-                        work += 1;
-                    }
-                    for p in &d.packets {
-                        work += 1;
-                        e.ch.begin_request(p);
-                        e.model.on_packet(&mut e.ch, p);
-                    }
-                    if let Some(r) = e.ch.rings.as_mut() {
-                        r.reader.recycle(d.packets);
-                    }
-                }
-                Err(err) => {
-                    if let Some(r) = e.ch.rings.as_mut() {
-                        r.corrupt = true;
-                    }
-                    self.errors
-                        .push(format!("channel {relid}: outbound ring: {err}"));
-                }
-            }
-        }
-        if e.ch.is_open() {
-            let before = e.ch.packets_sent;
-            e.model.poll(&mut e.ch);
-            work += (e.ch.packets_sent - before) as usize;
-        }
-        e.ch.end_batch();
-        let offers = std::mem::take(&mut e.ch.pending_offers);
-        for (offer, model) in offers {
-            work += 1;
-            self.add_device(offer, model);
         }
         work
     }
@@ -800,6 +736,64 @@ impl MockVmbusHost {
             None => false,
         }
     }
+}
+
+/// Services one channel's rings and model (`poll`: read the ring unsignalled; `mask`: keep
+/// the guest's signals masked meanwhile). Everything the host sends on the channel meanwhile
+/// (completions of the packets it read, backlog, the model's own packets) is published as
+/// one batch with at most one interrupt. Returns the work done.
+fn service(relid: u32, e: &mut Entry, poll: bool, mask: bool, errors: &ErrorLog) -> usize {
+    if !e.ch.is_open() {
+        return 0;
+    }
+    let mut work = 0;
+    e.ch.begin_batch();
+    if e.signalled || poll {
+        e.signalled = false;
+        work += e.ch.flush_backlog();
+        let drained = match e.ch.rings.as_mut() {
+            Some(r) => {
+                r.reader.set_mask(mask);
+                r.reader.drain()
+            }
+            None => {
+                e.ch.end_batch();
+                return work;
+            }
+        };
+        match drained {
+            Ok(d) => {
+                if d.signal_guest {
+                    e.ch.signal_guest();
+                }
+                if d.more {
+                    e.signalled = true;
+                    work += 1;
+                }
+                for p in &d.packets {
+                    work += 1;
+                    e.ch.begin_request(p);
+                    e.model.on_packet(&mut e.ch, p);
+                }
+                if let Some(r) = e.ch.rings.as_mut() {
+                    r.reader.recycle(d.packets);
+                }
+            }
+            Err(err) => {
+                if let Some(r) = e.ch.rings.as_mut() {
+                    r.corrupt = true;
+                }
+                errors.push(format!("channel {relid}: outbound ring: {err}"));
+            }
+        }
+    }
+    if e.ch.is_open() {
+        let before = e.ch.packets_sent;
+        e.model.poll(&mut e.ch);
+        work += (e.ch.packets_sent - before) as usize;
+    }
+    e.ch.end_batch();
+    work
 }
 
 #[cfg(test)]
