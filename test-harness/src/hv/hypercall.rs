@@ -100,7 +100,7 @@ impl State {
         let Some(page) = self.hypercall_page.gpa() else {
             return Err(Fault::Ud("hypercall page not enabled".into()));
         };
-        if mem.read(page, HYPERCALL_STUB.len()).as_deref() != Some(&HYPERCALL_STUB[..]) {
+        if !mem.holds(page, &HYPERCALL_STUB) {
             // The page is read+execute only on Hyper-V; the guest's write would have faulted.
             return Err(Fault::Gp(format!(
                 "the hypercall page overlay at {page:#x} was written (writes fault on Hyper-V)"
