@@ -308,16 +308,27 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
         }
         let mut left = budget;
         let mut rx = [0u8; RX_BUF];
+        // The channels of `mask`, from the cursor round (bits at and above it, then below).
         let start = self.poll_cursor;
-        for k in 0..self.opened {
-            let ci = (start + k) % self.opened;
-            if mask & (1 << ci) == 0 {
-                continue;
+        let opened = if self.opened >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.opened) - 1
+        };
+        let below = (1u32 << start.min(31)) - 1;
+        for mut half in [mask & opened & !below, mask & opened & below] {
+            while half != 0 {
+                let ci = half.trailing_zeros() as usize;
+                half &= half - 1;
+                reported += self.drain_channel(ci, &mut left, &mut rx, &mut on_done);
             }
-            reported += self.drain_channel(ci, &mut left, &mut rx, &mut on_done);
         }
         if self.opened > 0 {
-            self.poll_cursor = (start + 1) % self.opened;
+            self.poll_cursor = if start + 1 >= self.opened {
+                0
+            } else {
+                start + 1
+            };
         }
         Polled {
             reported,
