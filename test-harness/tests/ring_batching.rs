@@ -174,11 +174,13 @@ impl Drop for Page {
     }
 }
 
-fn request(ch: &mut GuestChannel<'_>, host: &mut MockVmbusHost, page: &Page, op: u8) {
+fn request(ch: &mut GuestChannel<'_>, host: &mut MockVmbusHost, page: &Page, op: u8, at: u64) {
     // SAFETY: the page is named by this one request and not touched until it completes.
     let dma = unsafe { Dma::from_raw(page.1, 4096) }.unwrap();
-    ch.request_dma(&[dma], &[&[op, 0, 0, 0, 0, 0, 0, 0]], u64::from(op))
-        .unwrap();
+    let mut payload = [0u8; 16];
+    payload[0] = op;
+    payload[8..].copy_from_slice(&at.to_le_bytes());
+    ch.request_dma(&[dma], &[&payload], u64::from(op)).unwrap();
     host.step();
     assert_eq!(completions(ch), vec![u64::from(op)]);
 }
@@ -188,22 +190,31 @@ fn the_data_echo_device_moves_a_block_each_way() {
     let (hv, mut host, guest) = rig(HostRelease::Ws2022);
     let relid = host.add_device(
         DeviceOffer::new(NET, instance(1)),
-        Box::new(DataEchoDevice::new(4096)),
+        Box::new(DataEchoDevice::new(16 * 4096)),
     );
     guest.connect(&mut step(&mut host)).unwrap();
     let mut ch = open_echo_channel(&guest, &mut host, relid);
     let hal = hv.hal();
     let page = Page(hal.clone(), hal.alloc_pages(1).unwrap());
-    // Read: the device's block (0x5A) lands in the page.
-    request(&mut ch, &mut host, &page, DATA_ECHO_READ);
+    // Read: the disk's bytes (0x5A) land in the page.
+    request(&mut ch, &mut host, &page, DATA_ECHO_READ, 0);
     assert!(page.bytes().iter().all(|&b| b == 0x5A));
-    // Write: the page's bytes become the block, and a read brings them back.
+    // Write at block 5: the page's bytes go onto the disk there, and a read brings them back;
+    // block 4 is untouched.
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     page.fill(&pattern);
-    request(&mut ch, &mut host, &page, DATA_ECHO_WRITE);
+    request(&mut ch, &mut host, &page, DATA_ECHO_WRITE, 5 * 4096);
     page.fill(&[0u8; 4096]);
-    request(&mut ch, &mut host, &page, DATA_ECHO_READ);
+    request(&mut ch, &mut host, &page, DATA_ECHO_READ, 5 * 4096);
     assert_eq!(page.bytes(), pattern);
+    request(&mut ch, &mut host, &page, DATA_ECHO_READ, 4 * 4096);
+    assert!(page.bytes().iter().all(|&b| b == 0x5A));
+    assert_clean(&host);
+    // Past the end of the disk: completed, no data, and a protocol error.
+    request(&mut ch, &mut host, &page, DATA_ECHO_READ, 15 * 4096 + 1);
+    let errors = host.take_protocol_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("beyond the disk"), "{errors:?}");
     assert_eq!(ch.close(&mut step(&mut host)), Released::Freed);
     drop(page);
     assert_clean(&host);

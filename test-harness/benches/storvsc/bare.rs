@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use test_harness::vmbus::YIELD_AFTER;
+
 use crate::rig::{IO, Rng, Run, insns_guest_turn, insns_host_step};
 
 /// Request and response slots (a power of two, above any queue depth used).
 const SLOTS: usize = 64;
-/// Blocks of the host's disk (4 MiB).
-const DISK_IOS: usize = 1024;
+/// Blocks of the host's disk (32 MiB, the size of the benchmark's LUN).
+const DISK_IOS: usize = 8192;
 
 /// An index on its own cache line.
 #[repr(align(64))]
@@ -170,22 +172,50 @@ fn pair(depth: usize) -> (Guest, Host) {
     (guest, host)
 }
 
+/// How a side of the loop waits: it spins, and after [`YIELD_AFTER`] without progress it
+/// yields its core between looks, as the mock host does (so two threads the scheduler put on
+/// one core hand it back and forth instead of by time slice).
+#[derive(Default)]
+struct Idle {
+    since: Option<Instant>,
+    looks: u32,
+}
+
+impl Idle {
+    fn after(&mut self, progress: bool) {
+        if progress {
+            self.since = None;
+            self.looks = 0;
+            return;
+        }
+        self.looks += 1;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.looks >= 16 && since.elapsed() > YIELD_AFTER {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Runs the loop on two threads for `dur` at queue depth `depth`.
 pub fn run_threaded(depth: usize, dur: Duration) -> Run {
     let (mut guest, mut host) = pair(depth);
     let shared = guest.shared.clone();
     let server = std::thread::spawn(move || {
+        let mut idle = Idle::default();
         while !host.shared.stop.load(Ordering::Relaxed) {
-            if host.step() == 0 {
-                std::hint::spin_loop();
-            }
+            idle.after(host.step() > 0);
         }
     });
     let start = Instant::now();
     let mut ops = 0u64;
     let mut iter = 0u64;
+    let mut idle = Idle::default();
     let secs = loop {
-        ops += guest.turn(true);
+        let n = guest.turn(true);
+        ops += n;
+        idle.after(n > 0);
         iter += 1;
         if iter.is_multiple_of(64) && start.elapsed() >= dur {
             break start.elapsed().as_secs_f64();

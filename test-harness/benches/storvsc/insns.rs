@@ -22,18 +22,26 @@ const LONG: u64 = 3_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
     Bare,
-    Raw,
+    RawRead,
+    RawWrite,
     Read,
     Write,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 4] = [Self::Bare, Self::Raw, Self::Read, Self::Write];
+    pub const ALL: [Subject; 5] = [
+        Self::Bare,
+        Self::RawRead,
+        Self::RawWrite,
+        Self::Read,
+        Self::Write,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Bare => "bare loop",
-            Self::Raw => "raw ring (echo)",
+            Self::RawRead => "raw ring read  (echo)",
+            Self::RawWrite => "raw ring write (echo)",
             Self::Read => "storvsc read  1ch",
             Self::Write => "storvsc write 1ch",
         }
@@ -42,7 +50,8 @@ impl Subject {
     fn key(self) -> &'static str {
         match self {
             Self::Bare => "bare",
-            Self::Raw => "raw",
+            Self::RawRead => "rawread",
+            Self::RawWrite => "rawwrite",
             Self::Read => "read",
             Self::Write => "write",
         }
@@ -67,7 +76,8 @@ fn run(subject: Subject, depth: usize, ios: u64) -> u64 {
     let stop = Stop::Ios(ios);
     match subject {
         Subject::Bare => bare::run_stepped(depth, ios),
-        Subject::Raw => run_raw(Mode::Intr, depth, stop, false).ops,
+        Subject::RawRead => run_raw(Mode::Intr, false, depth, stop, false).ops,
+        Subject::RawWrite => run_raw(Mode::Intr, true, depth, stop, false).ops,
         Subject::Read => run_storvsc(Mode::Intr, false, 1, depth, stop, false).ops,
         Subject::Write => run_storvsc(Mode::Intr, true, 1, depth, stop, false).ops,
     }

@@ -1,18 +1,23 @@
 //! storvsc IOPS benchmark: 4 KiB random reads and writes at queue depth 1 and 32 against the
-//! mock storage VSP's in-memory disk, next to two baselines measured in the same run:
+//! mock storage VSP's 32 MiB in-memory disk, next to two baselines measured in the same run:
 //!
 //! - the raw ring: the same VMBus channel type and ring size carrying packets of the same
 //!   shape (a 64-byte in-band payload — the size of a WIN8+ EXECUTE_SRB — plus one 4 KiB
-//!   GPA-direct range of caller memory) to the mock's `DataEchoDevice`, which does the same
-//!   4 KiB copy into the guest page as the VSP and completes at once, with no VSTOR or SCSI;
+//!   GPA-direct range of caller memory) to the mock's `DataEchoDevice`, which does the VSP's
+//!   4 KiB copy — between the guest page and a random place of its own 32 MiB disk — and
+//!   completes at once, with no VSTOR or SCSI; reads and writes, each the baseline of the
+//!   storvsc rows of its direction;
 //! - the bare loop (`bare.rs`): two threads, shared memory, 64-byte requests and a 4 KiB
-//!   memcpy each, no VMBus at all — the physical reference.
+//!   memcpy each from a random place of a 32 MiB disk, no VMBus at all — the physical
+//!   reference.
 //!
 //! `cargo bench -p test-harness --bench storvsc` (env: `STORVSC_BENCH_ROUNDS`, default 7;
 //! `STORVSC_BENCH_MS`, default 150 ms per run; `STORVSC_BENCH_INSNS=0` skips the instruction
 //! counts, which need valgrind: `apt-get install valgrind`). Host and guest run on their own
-//! threads (`MockVmbusHost::spawn`: the host spins while idle for a window before it sleeps,
-//! and the table says how often it slept). Two modes:
+//! threads (`MockVmbusHost::spawn`: the host spins while idle — yielding its core after
+//! `YIELD_AFTER` — for a window before it sleeps, and the table says how often it slept; the
+//! guest loop and the bare loop's threads wait the same way, so two threads the scheduler put
+//! on one core hand it over at once). Two modes:
 //!
 //! - `poll`: the host reads every ring on every step (`set_poll_rings(true)`), masking the
 //!   guest's signals while it spins, and the guest polls every channel in a loop;
@@ -42,8 +47,8 @@ use rig::{DISK_BLOCKS, IO, Mode, Run, Stop, run_raw, run_storvsc};
 enum Variant {
     /// The bare two-thread loop.
     Bare,
-    /// Raw ring to the data echo device.
-    Raw,
+    /// Raw ring to the data echo device: reads (`write` false) or writes.
+    Raw { write: bool },
     /// storvsc with `channels` channels (1 = primary only).
     Stor { write: bool, channels: u16 },
 }
@@ -52,7 +57,9 @@ impl Variant {
     fn name(self) -> String {
         match self {
             Self::Bare => "bare loop (no VMBus)".into(),
-            Self::Raw => "raw ring (echo)".into(),
+            Self::Raw { write } => {
+                format!("raw ring {} (echo)", if write { "write" } else { "read " })
+            }
             Self::Stor { write, channels } => format!(
                 "storvsc {} {}ch",
                 if write { "write" } else { "read " },
@@ -61,19 +68,28 @@ impl Variant {
         }
     }
 
+    /// Whether the variant writes (compared with the raw ring's writes).
+    fn writes(self) -> bool {
+        matches!(
+            self,
+            Self::Raw { write: true } | Self::Stor { write: true, .. }
+        )
+    }
+
     fn run(self, mode: Mode, depth: usize, dur: Duration) -> Run {
         let stop = Stop::Time(dur);
         match self {
             Self::Bare => bare::run_threaded(depth, dur),
-            Self::Raw => run_raw(mode, depth, stop, true),
+            Self::Raw { write } => run_raw(mode, write, depth, stop, true),
             Self::Stor { write, channels } => run_storvsc(mode, write, channels, depth, stop, true),
         }
     }
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     Variant::Bare,
-    Variant::Raw,
+    Variant::Raw { write: false },
+    Variant::Raw { write: true },
     Variant::Stor {
         write: false,
         channels: 1,
@@ -92,7 +108,8 @@ const VARIANTS: [Variant; 6] = [
     },
 ];
 const BARE: usize = 0;
-const RAW: usize = 1;
+const RAW_READ: usize = 1;
+const RAW_WRITE: usize = 2;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -141,7 +158,10 @@ fn print_group(mode: Mode, depth: usize, runs: &[Vec<Run>]) {
             depth,
             v.name(),
             median(&mut r.iter().map(Run::iops).collect::<Vec<_>>()),
-            cell(ratio(r, &runs[RAW])),
+            cell(ratio(
+                r,
+                &runs[if v.writes() { RAW_WRITE } else { RAW_READ }]
+            )),
             ratio(r, &runs[BARE]),
             cell(to_host),
             cell(to_guest),
@@ -222,8 +242,8 @@ fn main() {
         dur.as_millis()
     );
     println!("host: MockVmbusHost::spawn() (own thread); guest: this thread");
-    // Host and guest (and the bare loop's two threads) spin: the timings mean something only
-    // with two idle cores. Say how busy the machine was.
+    // Host and guest (and the bare loop's two threads) poll: the timings are best with two
+    // idle cores. Say how busy the machine was.
     println!(
         "cores: {}, load average before: {}\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -257,15 +277,16 @@ fn main() {
         }
     }
     println!(
-        "x raw, x bare = median of per-round ratios to raw ring / bare loop (same mode, depth);\n\
+        "x raw, x bare = median of per-round ratios to the raw ring of the same direction / the\n\
+         bare loop (same mode, depth);\n\
          g>h/IO, h>g/IO = guest->host and host->guest signals per I/O counted by the mock host\n\
          (all channels); wake/IO = their sum; sleeps = times the host thread slept after its\n\
          spin window without work; stalls = lost wakeups recovered by making the mock host read\n\
          its rings.\n"
     );
     println!(
-        "load average after: {} (each side spins; other load makes the host sleep and the rates\n\
-         measure the scheduler: see the sleeps column)\n",
+        "load average after: {} (both sides poll, yielding their core while idle; other load\n\
+         still stretches the rates, the ratios less so)\n",
         load_average()
     );
     if !quick {

@@ -14,7 +14,8 @@ use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
 use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
 use test_harness::vmbus::{
-    DATA_ECHO_READ, DataEchoDevice, DeviceOffer, HostRelease, MockVmbusHost, ThreadedHost,
+    DATA_ECHO_READ, DATA_ECHO_WRITE, DataEchoDevice, DeviceOffer, HostRelease, MockVmbusHost,
+    ThreadedHost, YIELD_AFTER,
 };
 use vmbus_guest::protocol::Guid;
 use vmbus_guest::{
@@ -165,7 +166,7 @@ fn vm(mode: Mode, raw: bool) -> (Vm, MockVmbusHost) {
     let relid = if raw {
         host.add_device(
             DeviceOffer::new(ECHO_CLASS, INSTANCE),
-            Box::new(DataEchoDevice::new(IO)),
+            Box::new(DataEchoDevice::new(DISK_BLOCKS as usize * BLOCK)),
         )
     } else {
         let offer = DeviceOffer::new(SCSI_CLASS, INSTANCE);
@@ -257,11 +258,17 @@ fn drive(
         }
         if n > 0 {
             last = Instant::now();
-        } else if matches!(host, Host::Threaded(_)) && last.elapsed() > STALL {
-            host.kick(mode);
-            run.stalls += 1;
-            force = true;
-            last = Instant::now();
+        } else if matches!(host, Host::Threaded(_)) {
+            let waited = last.elapsed();
+            if waited > STALL {
+                host.kick(mode);
+                run.stalls += 1;
+                force = true;
+                last = Instant::now();
+            } else if waited > YIELD_AFTER {
+                // As the host does: a host thread sharing this core runs now.
+                std::thread::yield_now();
+            }
         }
         iter += 1;
         if submit {
@@ -304,9 +311,10 @@ fn finish(host: RefCell<Host>) {
 }
 
 /// The raw ring: GPA-direct packets of the same shape as storvsc's (a 64-byte in-band
-/// payload, one 4 KiB range of caller memory) to [`DataEchoDevice`], which copies 4 KiB into
-/// the page and completes each at once.
-pub fn run_raw(mode: Mode, depth: usize, stop: Stop, threaded: bool) -> Run {
+/// payload, one 4 KiB range of caller memory) to [`DataEchoDevice`], which copies 4 KiB
+/// between the page and a random place of its 32 MiB disk (into the page for a read, out of
+/// it for a write) and completes each at once.
+pub fn run_raw(mode: Mode, write: bool, depth: usize, stop: Stop, threaded: bool) -> Run {
     let (vm, host) = vm(mode, true);
     let host = start(host, threaded);
     let pages = Pages::new(vm.hv.hal(), depth);
@@ -318,7 +326,13 @@ pub fn run_raw(mode: Mode, depth: usize, stop: Stop, threaded: bool) -> Run {
     let mut ch: Channel<'_, _, _, u16, DEPTH> =
         Channel::open(&vm.guest, vm.relid, &config, &mut wait(&host)).expect("open");
     let mut payload = [0x5Au8; 64];
-    payload[0] = DATA_ECHO_READ;
+    payload[0] = if write {
+        DATA_ECHO_WRITE
+    } else {
+        DATA_ECHO_READ
+    };
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let slots = DISK_BLOCKS / (IO / BLOCK) as u64;
     let mut rx = [0u8; 256];
     let mut free: Vec<u16> = (0..depth as u16).rev().collect();
     let guest = &vm.guest;
@@ -332,6 +346,8 @@ pub fn run_raw(mode: Mode, depth: usize, stop: Stop, threaded: bool) -> Run {
                 // SAFETY: page `i` is named by one request at a time and not touched until
                 // its completion; `pages` outlives the channel.
                 let dma = unsafe { Dma::from_raw(p, IO) }.expect("dma");
+                let at = (rng.next() % slots) * IO as u64;
+                payload[8..16].copy_from_slice(&at.to_le_bytes());
                 if ch.request_dma(&[dma], &[&payload], i).is_err() {
                     free.push(i);
                     break;

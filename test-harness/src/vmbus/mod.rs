@@ -96,7 +96,7 @@ pub use packet::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 pub use release::HostRelease;
-pub use threaded::{SPIN_WINDOW, ThreadedHost};
+pub use threaded::{SPIN_WINDOW, ThreadedHost, YIELD_AFTER};
 
 /// Shared list of protocol errors (host and channels append to it).
 #[derive(Clone, Default)]

@@ -2,8 +2,9 @@
 //!
 //! The thread steps in a loop. After a step that found work it steps again at once; when
 //! steps keep finding nothing it spins on for [`SPIN_WINDOW`] (a host that polls, as
-//! Hyper-V's and OpenVMM's ring workers do while traffic flows) and only then sleeps
-//! [`IDLE_SLEEP`] at a time until work appears. How often it slept is counted
+//! Hyper-V's and OpenVMM's ring workers do while traffic flows) — yielding its core between
+//! steps after [`YIELD_AFTER`] — and only then sleeps [`IDLE_SLEEP`] at a time until work
+//! appears. How often it slept is counted
 //! ([`ThreadedHost::sleeps`]): a benchmark whose host slept measured the sleep, not the path.
 //!
 //! With ring polling on ([`MockVmbusHost::set_poll_rings`]) the host masks the guest's
@@ -23,6 +24,10 @@ use super::MockVmbusHost;
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
 /// How long the host thread keeps stepping without finding work before it sleeps.
 pub const SPIN_WINDOW: Duration = Duration::from_micros(200);
+/// After this long without work the spinning host yields its core between steps, so a
+/// guest thread the scheduler put on the same core runs at once instead of after a time
+/// slice (on a machine with other load); an idle core gives it straight back.
+pub const YIELD_AFTER: Duration = Duration::from_micros(5);
 /// Idle steps between two clock reads while spinning.
 const STEPS_PER_CLOCK_READ: u32 = 16;
 
@@ -44,6 +49,8 @@ fn run(host: &Mutex<MockVmbusHost>, stop: &AtomicBool, sleeps: &AtomicU64) {
     let mut idle_since: Option<Instant> = None;
     // Whether the outbound rings are masked (traffic is flowing; see `set_polling`).
     let mut polling = false;
+    // Idle past `YIELD_AFTER`: the core is offered to others between steps.
+    let mut yielding = false;
     while !stop.load(Ordering::Acquire) {
         let work = lock(host).step();
         if work > 0 {
@@ -53,16 +60,19 @@ fn run(host: &Mutex<MockVmbusHost>, stop: &AtomicBool, sleeps: &AtomicU64) {
             }
             idle_steps = 0;
             idle_since = None;
+            yielding = false;
             continue;
         }
         idle_steps += 1;
         if !idle_steps.is_multiple_of(STEPS_PER_CLOCK_READ) {
-            std::hint::spin_loop();
+            pause(yielding);
             continue;
         }
         let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < SPIN_WINDOW {
-            std::hint::spin_loop();
+        let idle = since.elapsed();
+        if idle < SPIN_WINDOW {
+            yielding = idle >= YIELD_AFTER;
+            pause(yielding);
             continue;
         }
         if polling {
@@ -77,6 +87,7 @@ fn run(host: &Mutex<MockVmbusHost>, stop: &AtomicBool, sleeps: &AtomicU64) {
             if work > 0 {
                 idle_steps = 0;
                 idle_since = None;
+                yielding = false;
                 continue;
             }
         }
@@ -84,6 +95,17 @@ fn run(host: &Mutex<MockVmbusHost>, stop: &AtomicBool, sleeps: &AtomicU64) {
         std::thread::sleep(IDLE_SLEEP);
     }
     lock(host).set_polling(false);
+}
+
+/// Between two idle steps: a spin-loop hint, or (`yield_core`) the core offered to another
+/// thread (a guest thread the scheduler put on the same core runs now, not after a time
+/// slice; an otherwise idle core comes straight back).
+fn pause(yield_core: bool) {
+    if yield_core {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
 }
 
 impl MockVmbusHost {
