@@ -172,6 +172,10 @@ fn vm(mode: Mode, raw: bool) -> (Vm, MockVmbusHost) {
         let offer = DeviceOffer::new(SCSI_CLASS, INSTANCE);
         let vsp = StorageVsp::new(VspConfig::default()).with_offer(offer.clone());
         vsp.add_lun(0, Lun::memory(BLOCK as u32, DISK_BLOCKS));
+        // Every page of the disk written once, as the echo device's: untouched pages of a
+        // zeroed allocation are all the one shared zero page (reads always hit the cache,
+        // first writes fault), which would measure the allocator, not the copy.
+        assert!(vsp.write_lun(0, 0, &vec![0x5A; DISK_BLOCKS as usize * BLOCK]));
         host.add_device(offer, Box::new(vsp))
     };
     let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
