@@ -79,6 +79,7 @@ mod mem;
 mod packet;
 mod release;
 mod ring;
+mod service;
 mod threaded;
 
 use std::sync::{Arc, Mutex, PoisonError};
