@@ -391,6 +391,12 @@ impl VstorPacket {
         VmscsiRequest::read_from_bytes(&self.payload[..])
             .unwrap_or_else(|_| VmscsiRequest::new_zeroed())
     }
+    /// The SRB in the payload, in place.
+    pub fn srb_ref(&self) -> &VmscsiRequest {
+        // The payload is exactly one SRB (the size assertion after `VmscsiRequest`), both
+        // unaligned plain data.
+        zerocopy::transmute_ref!(&self.payload)
+    }
     /// Puts `srb` in the payload.
     pub fn set_srb(&mut self, srb: &VmscsiRequest) {
         self.payload.copy_from_slice(srb.as_bytes());

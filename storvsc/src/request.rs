@@ -2,8 +2,8 @@
 //! command, decoding its completion and splitting large transfers by the host's limit.
 //! Transaction ids are the channel's business ([`vmbus_guest::RequestTable`]).
 
-use zerocopy::FromZeros;
 use zerocopy::byteorder::little_endian::U32;
+use zerocopy::{FromBytes, FromZeros};
 
 use crate::error::StorError;
 use crate::protocol::{
@@ -151,14 +151,23 @@ impl SrbCompletion {
 
     /// Decodes an EXECUTE_SRB completion (48- or 64-byte vstor packet).
     pub fn parse(packet: &[u8]) -> Result<Self, StorError> {
-        let p = VstorPacket::parse(packet).ok_or(StorError::ShortPacket {
-            needed: VSTOR_PACKET_SIZE_PRE_WIN8,
-            got: packet.len(),
-        })?;
+        // A full (Win8+) packet is read where it lies; a shorter one is copied and
+        // zero-extended (`VstorPacket::parse`).
+        let copy;
+        let p = match VstorPacket::ref_from_prefix(packet) {
+            Ok((p, _)) => p,
+            Err(_) => {
+                copy = VstorPacket::parse(packet).ok_or(StorError::ShortPacket {
+                    needed: VSTOR_PACKET_SIZE_PRE_WIN8,
+                    got: packet.len(),
+                })?;
+                &copy
+            }
+        };
         if p.op() != Operation::COMPLETE_IO {
             return Err(StorError::UnexpectedOperation(p.op()));
         }
-        let srb = p.srb();
+        let srb = p.srb_ref();
         Ok(Self {
             status: p.nt_status(),
             srb_status: srb.status(),

@@ -5,168 +5,20 @@
 //! interrupt-driven path) or close, memory the host may still access never given back, and
 //! the sizes of the types a kernel holds.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::ptr::NonNull;
-use std::rc::Rc;
+mod common;
 
+use std::collections::HashMap;
+
+use common::storage::{BS, BUDGET, HalBuf, collect, collect_done, pattern, rig, stepper};
 use storvsc::StorError;
 use storvsc::block::ScsiDisk;
 use storvsc::controller::{ControllerOptions, StorvscController};
-use storvsc::queue::{Done, IoResult, Memory, Reclaimed, Tag};
+use storvsc::queue::{Memory, Reclaimed};
 use storvsc::request::LunAddress;
-use test_harness::guest::boot_vp;
-use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
-use test_harness::storage::{Lun, SCSI_CLASS, StorageVsp, VspConfig};
-use test_harness::vmbus::{ChannelState, DeviceOffer, HostRelease, MockVmbusHost};
-use vmbus_guest::protocol::Guid;
-use vmbus_guest::{BoundedWait, ConnectionConfig, Hal, Released, SynicTransport, Vmbus};
-
-type Guest = Vmbus<SynicTransport<MockVp>, MockHal>;
-
-const INSTANCE: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f");
-const BS: usize = 512;
-/// Packets one poll may take.
-const BUDGET: usize = 16;
-
-struct Rig {
-    hv: MockHypervisor,
-    host: Rc<RefCell<MockVmbusHost>>,
-    guest: Guest,
-    vsp: StorageVsp,
-    relid: u32,
-}
-
-fn rig(config: VspConfig, blocks: u64) -> Rig {
-    let hv = MockHypervisor::new(MockConfig::new(HostPreset::Ws2022).with_memory_bytes(64 << 20));
-    let vp = boot_vp(&hv, 0).unwrap();
-    let mut host = MockVmbusHost::new(hv.clone(), HostRelease::Ws2022);
-    let offer = DeviceOffer::new(SCSI_CLASS, INSTANCE);
-    let vsp = StorageVsp::new(config).with_offer(offer.clone());
-    vsp.add_lun(0, Lun::memory(BS as u32, blocks));
-    let relid = host.add_device(offer, Box::new(vsp.clone()));
-    let transport = SynicTransport::for_current_vp(vp.hypercalls, vp.synic);
-    let guest = Vmbus::new(transport, hv.hal(), ConnectionConfig::default());
-    guest
-        .connect(&mut BoundedWait::new(200, || {
-            host.step();
-        }))
-        .unwrap();
-    Rig {
-        hv,
-        host: Rc::new(RefCell::new(host)),
-        guest,
-        vsp,
-        relid,
-    }
-}
-
-impl Rig {
-    /// Neither the host nor the VSP saw a protocol error, and the guest never freed memory
-    /// the host still mapped.
-    fn assert_clean(&self) {
-        let host = self.host.borrow();
-        assert_eq!(host.freed_while_mapped(), [], "freed while host-mapped");
-        assert!(
-            host.protocol_errors().is_empty(),
-            "{:?}",
-            host.protocol_errors()
-        );
-        assert!(
-            self.vsp.protocol_errors().is_empty(),
-            "{:?}",
-            self.vsp.protocol_errors()
-        );
-    }
-}
-
-fn stepper(host: &Rc<RefCell<MockVmbusHost>>, budget: u32) -> BoundedWait<impl FnMut()> {
-    let host = host.clone();
-    BoundedWait::new(budget, move || {
-        host.borrow_mut().step();
-    })
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-/// Host-visible pages from the HAL (GPA-direct on them), freed on drop — so a test drops one
-/// only when the controller gave it back, and forgets one it reported leaked.
-struct HalBuf {
-    hal: MockHal,
-    ptr: NonNull<u8>,
-    pages: usize,
-}
-
-impl HalBuf {
-    fn new(hal: &MockHal, pages: usize) -> Self {
-        Self {
-            hal: hal.clone(),
-            ptr: hal.alloc_pages(pages).unwrap(),
-            pages,
-        }
-    }
-    fn slice_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `pages` pages allocated above, owned by this value.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.pages * 4096) }
-    }
-}
-
-impl Drop for HalBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated by this HAL with these pages; no request names them any more.
-        unsafe { self.hal.free_pages(self.ptr, self.pages) };
-    }
-}
-
-/// Polls (stepping the host) until `n` requests were reported; returns how each ended.
-fn collect_done<T, H, W, const C: usize, const D: usize>(
-    c: &mut StorvscController<'_, T, H, W, C, D>,
-    host: &Rc<RefCell<MockVmbusHost>>,
-    n: usize,
-) -> HashMap<Tag, Done>
-where
-    T: vmbus_guest::Transport,
-    H: Hal,
-    W: vmbus_guest::Wait,
-{
-    let mut done = HashMap::new();
-    for _ in 0..10_000 {
-        let polled = c.poll(BUDGET, |d| {
-            assert!(done.insert(d.tag, d).is_none(), "tag reported twice");
-        });
-        assert!(polled.reported <= BUDGET + n, "{polled:?}");
-        if done.len() >= n {
-            break;
-        }
-        host.borrow_mut().step();
-    }
-    assert_eq!(done.len(), n, "every request was reported");
-    done
-}
-
-/// [`collect_done`] for requests that must give their buffers back: their results.
-fn collect<T, H, W, const C: usize, const D: usize>(
-    c: &mut StorvscController<'_, T, H, W, C, D>,
-    host: &Rc<RefCell<MockVmbusHost>>,
-    n: usize,
-) -> HashMap<Tag, IoResult>
-where
-    T: vmbus_guest::Transport,
-    H: Hal,
-    W: vmbus_guest::Wait,
-{
-    collect_done(c, host, n)
-        .into_iter()
-        .map(|(t, d)| {
-            assert_eq!(d.memory, Memory::Returned, "{d:?}");
-            (t, d.result)
-        })
-        .collect()
-}
+use test_harness::hv::{MockHal, MockVp};
+use test_harness::storage::{Lun, VspConfig};
+use test_harness::vmbus::ChannelState;
+use vmbus_guest::{BoundedWait, Released, SynicTransport};
 
 #[test]
 fn queued_io_spreads_over_sub_channels_and_moves_the_right_data() {

@@ -12,6 +12,14 @@
 //! path calls ([`Channel::send`], [`Channel::request`], [`Channel::recv`],
 //! [`Channel::end_batch`], ...) take no lock. Everything that opens, closes, negotiates or waits
 //! takes the bus's control lock and must run in thread context.
+//!
+//! # Batching
+//!
+//! Both directions of a channel work in batches, as vmbus-core §7.8–7.9 allow: a receive
+//! batch ([`Channel::recv`] ... [`Channel::end_batch`], or [`Channel::yield_batch`] when a
+//! budget runs out) keeps the host's interrupts masked and publishes the read index once; a
+//! send batch ([`Channel::begin_send_batch`] ... [`Channel::end_send_batch`]) publishes its
+//! packets with one write-index store and signals the host at most once.
 #![no_std]
 #![deny(unsafe_code)]
 // The loom model tests (`--cfg loom`) build only the ring protocol and what it needs: the

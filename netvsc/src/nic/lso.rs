@@ -59,7 +59,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             return Err(NetError::Busy(Busy::NoSection));
         }
         // Order: what a burst queued goes first.
-        self.lane().submit_burst()?;
+        self.lane().flush()?;
         if self.channel.requests_full() {
             self.core.stats.tx_busy_requests += 1;
             return Err(NetError::Busy(Busy::Requests));

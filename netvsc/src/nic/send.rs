@@ -4,7 +4,8 @@
 //!
 //! A burst: [`Nic::queue_frame`] / [`Nic::queue_frame_with`] append small frames to the open
 //! section (submitted when it is full or a frame does not fit), [`Nic::flush`] submits it.
-//! Frames of a burst reach the host in order.
+//! Frames of a burst reach the host in order; its sections are one send batch of the channel
+//! (one publish, at most one signal at the flush).
 //!
 //! Checksum offload: the `_checksum` variants leave the frame's TCP/UDP checksum to the NIC
 //! ([`crate::offload::prepare_tx_checksum`]): with a negotiated transmit offload the
@@ -239,7 +240,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
     /// [`NetError::Busy`] (ring full): the frames stay queued; flush again after a poll.
     /// Interrupt-safe.
     pub fn flush(&mut self) -> Result<(), NetError> {
-        self.submit_burst()
+        let r = self.submit_burst();
+        self.end_send_batch();
+        r
     }
 
     /// Frames queued and not yet handed to the host.
@@ -254,9 +257,19 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         {
             log::warn!("netvsc: queued frames not submitted: {e}");
         }
+        self.end_send_batch();
     }
 
-    pub(super) fn submit_burst(&mut self) -> Result<(), NetError> {
+    /// Ends the channel's send batch the burst opened ([`Nic::flush`]): its sections reach
+    /// the host with one publish and at most one signal. A failed signal leaves them in the
+    /// ring (the host finds them when it next looks).
+    fn end_send_batch(&mut self) {
+        if let Err(e) = self.channel.end_send_batch() {
+            log::warn!("netvsc: signalling a burst failed: {e}");
+        }
+    }
+
+    fn submit_burst(&mut self) -> Result<(), NetError> {
         let Some(open) = self.core.burst else {
             return Ok(());
         };
@@ -270,6 +283,11 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             section: open.section,
             frames: open.frames,
         };
+        // The burst's first section opens a send batch, ended by the flush: the sections of
+        // one burst are published together. (A dead channel fails the request below.)
+        if !self.channel.in_send_batch() {
+            let _ = self.channel.begin_send_batch();
+        }
         match self.channel.request(&[&padded(m.as_bytes())], ctx) {
             Ok(_) => {
                 self.core.burst = None;

@@ -15,9 +15,9 @@
 //! [`ViolationHook`] (the VMBus host puts it in its protocol-error log). It is never fatal:
 //! the free goes ahead (and the pages are poisoned) so the test carries on and reports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{MockHypervisor, lock};
 
@@ -65,11 +65,147 @@ fn pfn_list(pfns: &[u64]) -> String {
     s
 }
 
+/// Who maps pages, as reports name it. A GPA-direct request is described without formatting a
+/// string per request (the host maps one per I/O); the text is made only for a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOwner {
+    /// Free text, e.g. "GPADL 0xe1e10 of relid 1".
+    Text(String),
+    /// The pages of a GPA-direct request the host has not completed.
+    GpaDirectRequest {
+        /// The channel.
+        relid: u32,
+        /// The request's transaction id.
+        transaction_id: u64,
+    },
+}
+
+impl fmt::Display for MapOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(s) => f.write_str(s),
+            Self::GpaDirectRequest {
+                relid,
+                transaction_id,
+            } => write!(
+                f,
+                "GPA-direct request {transaction_id:#x} on channel {relid} (not completed)"
+            ),
+        }
+    }
+}
+
+impl From<String> for MapOwner {
+    fn from(s: String) -> Self {
+        Self::Text(s)
+    }
+}
+
+impl From<&str> for MapOwner {
+    fn from(s: &str) -> Self {
+        Self::Text(s.to_owned())
+    }
+}
+
+/// The GPA-direct requests of one channel that the host has taken and not yet completed,
+/// mapped as one group ([`MockHypervisor::map_requests_for_host`]): the host side adds and
+/// removes requests under the set's own lock, so taking and completing a request costs no
+/// trip through the hypervisor's lock (the host does it once per I/O).
+#[derive(Default)]
+pub struct RequestSet {
+    /// (transaction id, PFNs), oldest first.
+    requests: Vec<(u64, Vec<u64>)>,
+    /// PFN vectors of completed requests, reused.
+    spare: Vec<Vec<u64>>,
+}
+
+impl RequestSet {
+    /// The host took request `transaction_id` naming `pfns`.
+    pub fn add(&mut self, transaction_id: u64, pfns: impl IntoIterator<Item = u64>) {
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v.extend(pfns);
+        self.requests.push((transaction_id, v));
+    }
+
+    /// The host completed `transaction_id` (no-op if not there); returns whether it was.
+    pub fn remove(&mut self, transaction_id: u64) -> bool {
+        match self.requests.iter().position(|(t, _)| *t == transaction_id) {
+            Some(i) => {
+                let (_, v) = self.requests.remove(i);
+                self.spare.push(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every request (the host dropped them with the channel).
+    pub fn clear(&mut self) {
+        for (_, v) in self.requests.drain(..) {
+            self.spare.push(v);
+        }
+    }
+
+    /// Moves every request into a new set (a closing host that still works on them).
+    pub fn take(&mut self) -> RequestSet {
+        RequestSet {
+            requests: std::mem::take(&mut self.requests),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Transaction ids, oldest first.
+    pub fn transaction_ids(&self) -> Vec<u64> {
+        self.requests.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// Whether no request is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+/// A request set shared by the host side (which fills it) and the hypervisor (which checks
+/// frees against it).
+pub type SharedRequestSet = Arc<Mutex<RequestSet>>;
+
+fn lock_set(s: &Mutex<RequestSet>) -> std::sync::MutexGuard<'_, RequestSet> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a live host mapping covers.
+enum Pages {
+    /// Fixed pages, sorted, without duplicates.
+    Fixed { owner: MapOwner, pfns: Vec<u64> },
+    /// The requests of channel `relid` in a set that changes.
+    Requests { relid: u32, set: SharedRequestSet },
+}
+
 /// One live host mapping.
 struct Entry {
-    owner: String,
-    pfns: BTreeSet<u64>,
+    pages: Pages,
     hook: Option<ViolationHook>,
+}
+
+impl Entry {
+    /// Every (owner, PFNs) the entry covers now.
+    fn each(&self, mut f: impl FnMut(&dyn Fn() -> MapOwner, &[u64])) {
+        match &self.pages {
+            Pages::Fixed { owner, pfns } => f(&|| owner.clone(), pfns),
+            Pages::Requests { relid, set } => {
+                for (tid, pfns) in &lock_set(set).requests {
+                    f(
+                        &|| MapOwner::GpaDirectRequest {
+                            relid: *relid,
+                            transaction_id: *tid,
+                        },
+                        pfns,
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The registry, kept in the hypervisor's state.
@@ -81,10 +217,15 @@ pub(crate) struct HostMap {
 }
 
 impl HostMap {
-    fn insert(&mut self, owner: String, pfns: BTreeSet<u64>, hook: Option<ViolationHook>) -> u64 {
+    fn insert(&mut self, owner: MapOwner, mut pfns: Vec<u64>, hook: Option<ViolationHook>) -> u64 {
+        pfns.sort_unstable();
+        pfns.dedup();
+        self.add(Pages::Fixed { owner, pfns }, hook)
+    }
+
+    fn add(&mut self, pages: Pages, hook: Option<ViolationHook>) -> u64 {
         self.next_id += 1;
-        self.entries
-            .insert(self.next_id, Entry { owner, pfns, hook });
+        self.entries.insert(self.next_id, Entry { pages, hook });
         self.next_id
     }
 
@@ -103,17 +244,23 @@ impl HostMap {
         let end = first + pages as u64;
         let mut out = Vec::new();
         for e in self.entries.values() {
-            let hit: Vec<u64> = e.pfns.range(first..end).copied().collect();
-            if !hit.is_empty() {
-                let v = FreedWhileMapped {
-                    gpa,
-                    pages,
-                    owner: e.owner.clone(),
-                    pfns: hit,
-                };
-                self.violations.push(v.clone());
-                out.push((v, e.hook.clone()));
-            }
+            e.each(|owner, pfns| {
+                let hit: Vec<u64> = pfns
+                    .iter()
+                    .copied()
+                    .filter(|p| (first..end).contains(p))
+                    .collect();
+                if !hit.is_empty() {
+                    let v = FreedWhileMapped {
+                        gpa,
+                        pages,
+                        owner: owner().to_string(),
+                        pfns: hit,
+                    };
+                    self.violations.push(v.clone());
+                    out.push((v, e.hook.clone()));
+                }
+            });
         }
         out
     }
@@ -146,15 +293,30 @@ impl MockHypervisor {
     /// silent.
     pub fn map_for_host(
         &self,
-        owner: impl Into<String>,
+        owner: impl Into<MapOwner>,
         pfns: impl IntoIterator<Item = u64>,
         hook: Option<ViolationHook>,
     ) -> HostMapping {
-        let id = lock(&self.shared.state).host_map.insert(
-            owner.into(),
-            pfns.into_iter().collect(),
-            hook,
-        );
+        let (owner, pfns) = (owner.into(), pfns.into_iter().collect());
+        let id = lock(&self.shared.state).host_map.insert(owner, pfns, hook);
+        HostMapping {
+            hv: self.clone(),
+            id,
+        }
+    }
+
+    /// Records that the host maps the pages of every GPA-direct request of channel `relid`
+    /// that `set` holds, for as long as it holds them, until the returned guard is dropped
+    /// (violations as for [`Self::map_for_host`], each naming its request).
+    pub fn map_requests_for_host(
+        &self,
+        relid: u32,
+        set: SharedRequestSet,
+        hook: Option<ViolationHook>,
+    ) -> HostMapping {
+        let id = lock(&self.shared.state)
+            .host_map
+            .add(Pages::Requests { relid, set }, hook);
         HostMapping {
             hv: self.clone(),
             id,
@@ -172,18 +334,22 @@ impl MockHypervisor {
             .host_map
             .entries
             .values()
-            .map(|e| (e.owner.clone(), e.pfns.iter().copied().collect()))
+            .flat_map(|e| {
+                let mut v = Vec::new();
+                e.each(|owner, pfns| v.push((owner().to_string(), pfns.to_vec())));
+                v
+            })
             .collect()
     }
 
     /// Whether a live host mapping covers the page of `gpa`.
     pub fn is_host_mapped(&self, gpa: u64) -> bool {
         let pfn = gpa / 4096;
-        self.state()
-            .host_map
-            .entries
-            .values()
-            .any(|e| e.pfns.contains(&pfn))
+        self.state().host_map.entries.values().any(|e| {
+            let mut hit = false;
+            e.each(|_, pfns| hit |= pfns.contains(&pfn));
+            hit
+        })
     }
 }
 

@@ -100,7 +100,7 @@ impl State {
         let Some(page) = self.hypercall_page.gpa() else {
             return Err(Fault::Ud("hypercall page not enabled".into()));
         };
-        if mem.read(page, HYPERCALL_STUB.len()).as_deref() != Some(&HYPERCALL_STUB[..]) {
+        if !mem.holds(page, &HYPERCALL_STUB) {
             // The page is read+execute only on Hyper-V; the guest's write would have faulted.
             return Err(Fault::Gp(format!(
                 "the hypercall page overlay at {page:#x} was written (writes fault on Hyper-V)"
@@ -162,27 +162,33 @@ impl State {
             return bad("rep count/start for a simple call");
         }
         let size = spec.header + spec.element * usize::from(rep_count);
-        let input = match params {
+        // Register input needs no allocation (a signal is one such call per burst).
+        let mut registers = [0u8; 16];
+        let from_memory;
+        let input: &[u8] = match params {
             Params::Fast { input0, input1 } => {
                 if size > 16 {
                     return bad(
                         "input larger than 16 bytes passed in registers (XMM fast input is not modelled)",
                     );
                 }
-                let mut b = input0.to_le_bytes().to_vec();
-                b.extend_from_slice(&input1.to_le_bytes());
-                b
+                registers[..8].copy_from_slice(&input0.to_le_bytes());
+                registers[8..].copy_from_slice(&input1.to_le_bytes());
+                &registers
             }
-            Params::Slow { input, .. } => self.read_input(mem, input, size)?,
+            Params::Slow { input, .. } => {
+                from_memory = self.read_input(mem, input, size)?;
+                &from_memory
+            }
         };
         match code {
             FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => {
-                self.flush(code, &input, rep_start, rep_count)
+                self.flush(code, input, rep_start, rep_count)
             }
             NOTIFY_LONG_SPIN_WAIT => Ok(0),
-            SEND_SYNTHETIC_CLUSTER_IPI => self.cluster_ipi(&input),
-            POST_MESSAGE => self.post_message(&input),
-            SIGNAL_EVENT => self.signal_event(&input),
+            SEND_SYNTHETIC_CLUSTER_IPI => self.cluster_ipi(input),
+            POST_MESSAGE => self.post_message(input),
+            SIGNAL_EVENT => self.signal_event(input),
             _ => unreachable!("spec() covers the codes"),
         }
     }

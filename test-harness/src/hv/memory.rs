@@ -159,6 +159,16 @@ impl GuestMemory {
         )
     }
 
+    /// Whether RAM at `gpa` holds `bytes` (read like [`Self::read`], without allocating);
+    /// `false` outside RAM.
+    pub(crate) fn holds(&self, gpa: u64, bytes: &[u8]) -> bool {
+        self.ram.ptr(gpa, bytes.len()).is_some()
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| self.byte(gpa + i as u64).load(Ordering::Relaxed) == b)
+    }
+
     /// Writes RAM bytes (one relaxed atomic store per byte); `false` outside RAM.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> bool {
         if self.ram.ptr(gpa, data.len()).is_none() {

@@ -20,11 +20,14 @@ mod types;
 mod vp;
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use config::MockConfig;
 pub use hal::{MockHal, POISON_BYTE};
-pub use host_map::{FreedWhileMapped, HostMapping, ViolationHook};
+pub use host_map::{
+    FreedWhileMapped, HostMapping, MapOwner, RequestSet, SharedRequestSet, ViolationHook,
+};
 pub use hypercall::status;
 pub use hypercall::{
     FLUSH_VIRTUAL_ADDRESS_LIST, FLUSH_VIRTUAL_ADDRESS_SPACE, NOTIFY_LONG_SPIN_WAIT, POST_MESSAGE,
@@ -45,6 +48,10 @@ use synic::{MAX_PAYLOAD, QueuedMessage};
 pub(crate) struct Shared {
     memory: GuestMemory,
     state: Mutex<State>,
+    /// Bumped after every PostMessage or SignalEvent hypercall (outside the lock), so a
+    /// host that polls can tell without taking the lock that nothing was posted or
+    /// signalled since it last looked ([`MockHypervisor::guest_activity`]).
+    activity: AtomicU64,
 }
 
 /// Locks the state, ignoring poisoning (faults panic only after the guard is dropped).
@@ -77,6 +84,7 @@ impl MockHypervisor {
             shared: Arc::new(Shared {
                 memory,
                 state: Mutex::new(state),
+                activity: AtomicU64::new(0),
             }),
         }
     }
@@ -304,15 +312,36 @@ impl MockHypervisor {
     /// Messages the guest posted, in order; frees the ports' capacity.
     pub fn take_posted_messages(&self) -> Vec<PostedMessage> {
         let mut state = self.state();
+        if state.posted.is_empty() {
+            return Vec::new();
+        }
         for port in state.message_ports.values_mut() {
             port.queued = 0;
         }
         std::mem::take(&mut state.posted)
     }
 
+    /// A counter that moves after every PostMessage and SignalEvent hypercall: while it
+    /// stands still, [`Self::take_posted_messages`] and [`Self::take_signaled_events`] have
+    /// nothing new. A poller reads it, then takes; a call counted after the read is seen at
+    /// the next look.
+    pub fn guest_activity(&self) -> u64 {
+        self.shared.activity.load(Ordering::Acquire)
+    }
+
     /// Events the guest signalled: (connection id, flag number), in order.
     pub fn take_signaled_events(&self) -> Vec<(u32, u16)> {
         std::mem::take(&mut self.state().signaled)
+    }
+
+    /// [`Self::take_signaled_events`] into `out` (cleared first), swapping buffers so that a
+    /// caller that polls keeps reusing two allocations.
+    pub fn take_signaled_events_into(&self, out: &mut Vec<(u32, u16)>) {
+        out.clear();
+        let mut state = self.state();
+        if !state.signaled.is_empty() {
+            std::mem::swap(&mut state.signaled, out);
+        }
     }
 
     /// Makes the next `n` otherwise valid PostMessage calls fail with `status`.

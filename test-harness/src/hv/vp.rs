@@ -2,7 +2,7 @@
 
 use winhv::{Cpu, CpuidResult, SyntheticRegister};
 
-use super::hypercall::Params;
+use super::hypercall::{POST_MESSAGE, Params, SIGNAL_EVENT};
 use super::memory::GuestMemory;
 use super::presets;
 use super::state::{Fault, State};
@@ -26,6 +26,17 @@ impl MockVp {
     /// cannot invalidate a Rust reference. Tests that play the guest by hand use this.
     pub fn write_register(&self, register: SyntheticRegister, value: u64) {
         self.run(|s, mem, vp| s.write_register(mem, vp, register, value))
+    }
+
+    /// After a PostMessage or SignalEvent (whatever its status): moves the activity counter
+    /// a polling host checks before taking the lock.
+    fn note_activity(&self, control: u64) {
+        if matches!(control as u16, POST_MESSAGE | SIGNAL_EVENT) {
+            self.hv
+                .shared
+                .activity
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Runs `f` under the lock; a fault is recorded, the lock released, then it panics.
@@ -59,12 +70,16 @@ impl Cpu for MockVp {
     unsafe fn hypercall(&self, control: u64, input_gpa: u64, output_gpa: u64) -> u64 {
         let _ = output_gpa;
         let params = Params::Slow { input: input_gpa };
-        self.run(|s, mem, _| s.hypercall(mem, control, params))
+        let r = self.run(|s, mem, _| s.hypercall(mem, control, params));
+        self.note_activity(control);
+        r
     }
 
     fn fast_hypercall(&self, control: u64, input0: u64, input1: u64) -> u64 {
         let params = Params::Fast { input0, input1 };
-        self.run(|s, mem, _| s.hypercall(mem, control, params))
+        let r = self.run(|s, mem, _| s.hypercall(mem, control, params));
+        self.note_activity(control);
+        r
     }
 
     fn read_tsc(&self) -> u64 {

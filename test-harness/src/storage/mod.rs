@@ -14,12 +14,11 @@
 //! inject faults (error status, bus reset, unit attention, withheld completions, resize, hot
 //! add/remove) after handing another to the host.
 
+mod lun;
 mod scsi;
 mod vstor;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use storvsc::protocol::{
@@ -34,6 +33,7 @@ use crate::vmbus::{
     PACKET_TYPE_GPA_DIRECT, PACKET_TYPE_INBAND,
 };
 
+pub use lun::{Backing, Lun};
 pub use scsi::{FixedSense, ScsiOutcome};
 
 /// Storage controller class GUID (SCSI), devices §1.1 (a literal here, not the guest's table).
@@ -77,124 +77,6 @@ impl VspChannel for HostChannel {
     }
     fn protocol_error(&self, reason: String) {
         HostChannel::protocol_error(self, reason)
-    }
-}
-
-/// Where a LUN's blocks live.
-#[derive(Debug)]
-pub enum Backing {
-    /// In memory.
-    Memory(Vec<u8>),
-    /// In a file (read and written in place; SYNCHRONIZE CACHE calls `sync_data`).
-    File(File),
-}
-
-/// One LUN: a virtual disk.
-#[derive(Debug)]
-pub struct Lun {
-    backing: Backing,
-    block_size: u32,
-    num_blocks: u64,
-    read_only: bool,
-    /// Unit attention (ASC, ASCQ) reported on the next command.
-    pending_ua: Option<(u8, u8)>,
-}
-
-impl Lun {
-    /// A zero-filled in-memory disk of `num_blocks` blocks of `block_size` (512 or 4096).
-    pub fn memory(block_size: u32, num_blocks: u64) -> Self {
-        assert!(
-            block_size == 512 || block_size == 4096,
-            "block size 512 or 4096"
-        );
-        let len = usize::try_from(num_blocks * u64::from(block_size)).expect("disk fits memory");
-        Self {
-            backing: Backing::Memory(vec![0; len]),
-            block_size,
-            num_blocks,
-            read_only: false,
-            pending_ua: None,
-        }
-    }
-
-    /// A disk backed by `file`; the capacity is the file length rounded down to whole blocks.
-    pub fn file(file: File, block_size: u32) -> std::io::Result<Self> {
-        assert!(
-            block_size == 512 || block_size == 4096,
-            "block size 512 or 4096"
-        );
-        let len = file.metadata()?.len();
-        Ok(Self {
-            backing: Backing::File(file),
-            block_size,
-            num_blocks: len / u64::from(block_size),
-            read_only: false,
-            pending_ua: None,
-        })
-    }
-
-    /// Marks the disk write-protected (MODE SENSE WP bit; writes fail with DATA PROTECT).
-    pub fn read_only(mut self) -> Self {
-        self.read_only = true;
-        self
-    }
-
-    /// Logical block size.
-    pub fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    /// Number of blocks.
-    pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-
-    pub(crate) fn read(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        match &mut self.backing {
-            Backing::Memory(m) => {
-                let s = offset as usize;
-                buf.copy_from_slice(&m[s..s + buf.len()]);
-                Ok(())
-            }
-            Backing::File(f) => {
-                f.seek(SeekFrom::Start(offset))?;
-                f.read_exact(buf)
-            }
-        }
-    }
-
-    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.backing {
-            Backing::Memory(m) => {
-                let s = offset as usize;
-                m[s..s + data.len()].copy_from_slice(data);
-                Ok(())
-            }
-            Backing::File(f) => {
-                f.seek(SeekFrom::Start(offset))?;
-                f.write_all(data)
-            }
-        }
-    }
-
-    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.backing {
-            Backing::Memory(_) => Ok(()),
-            Backing::File(f) => f.sync_data(),
-        }
-    }
-
-    /// Changes the capacity (memory: truncates or zero-extends; file: sets the length) and
-    /// queues CAPACITY DATA HAS CHANGED.
-    pub fn resize(&mut self, num_blocks: u64) -> std::io::Result<()> {
-        let len = num_blocks * u64::from(self.block_size);
-        match &mut self.backing {
-            Backing::Memory(m) => m.resize(len as usize, 0),
-            Backing::File(f) => f.set_len(len)?,
-        }
-        self.num_blocks = num_blocks;
-        self.pending_ua = Some((0x2A, 0x09));
-        Ok(())
     }
 }
 
@@ -600,7 +482,7 @@ impl StorageVsp {
         // The data buffer: exactly one multi-page range covering data_transfer_length.
         let range = match (packet.gpa_ranges.as_slice(), want) {
             (_, 0) => None,
-            ([r], _) if r.0 as usize >= want => Some(r.clone()),
+            ([r], _) if r.0 as usize >= want => Some(r),
             (ranges, _) => {
                 Self::error(
                     s,
@@ -635,22 +517,46 @@ impl StorageVsp {
         {
             return Self::srb_result(out, 0x04, 2, Some(FixedSense::new(0x6, asc, ascq)), 0);
         }
+        // READ/WRITE of an in-memory disk: one copy, straight between the disk and the
+        // guest pages (what a real host's DMA does), no staging buffer.
+        if let Some(rw) = scsi::read_write_in_place(s.luns.get_mut(&lun_no), cdb, srb.data_in, want)
+        {
+            return match rw {
+                Err(sense) => Self::srb_result(out, 0x04, 2, Some(sense), 0),
+                Ok((_, 0)) => Self::srb_result(out, 0x01, 0, None, 0),
+                Ok((disk, n)) => match range {
+                    Some(r) => match gpa_copy(ch, r, disk, srb.data_in == 1) {
+                        Ok(()) => Self::srb_result(out, 0x01, 0, None, n as u32),
+                        Err(e) => {
+                            let dir = if srb.data_in == 1 { "in" } else { "out" };
+                            Self::error(s, ch, format!("SRB data {dir}: {e}"));
+                            Self::srb_result(out, 0x06, 0, None, 0)
+                        }
+                    },
+                    None => Self::srb_result(out, 0x01, 0, None, 0),
+                },
+            };
+        }
         // Gather write data.
         let mut data = vec![0u8; want];
-        if let Some(r) = &range
+        if let Some(r) = range
             && srb.data_in == 0
             && let Err(e) = gpa_copy(ch, r, &mut data, false)
         {
             Self::error(s, ch, format!("SRB data out: {e}"));
             return Self::srb_result(out, 0x06, 0, None, 0);
         }
-        let lun_list: Vec<u8> = s.luns.keys().copied().collect();
+        let lun_list: Vec<u8> = if is_report_luns {
+            s.luns.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         let lun = s.luns.get_mut(&lun_no);
         let outcome = scsi::execute(lun, &lun_list, cdb, srb.data_in, &mut data);
         match outcome {
             ScsiOutcome::Good(n) => {
                 let n = n.min(want);
-                if let Some(r) = &range
+                if let Some(r) = range
                     && srb.data_in == 1
                     && n > 0
                     && let Err(e) = gpa_copy(ch, r, &mut data[..n], true)

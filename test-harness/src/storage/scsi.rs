@@ -1,6 +1,6 @@
 //! The SCSI command set of the mock virtual disk (SPC-3 / SBC-3 as Hyper-V answers it).
 
-use super::Lun;
+use super::{Backing, Lun};
 
 /// Fixed-format sense data (18 bytes, current error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +113,6 @@ pub fn execute(
     let Some(lun) = lun else {
         return ScsiOutcome::Check(FixedSense::new(0x5, 0x25, 0x00));
     };
-    let bs = u64::from(lun.block_size);
     match cdb[0] {
         0x00 => ScsiOutcome::Good(0),
         0x03 => reply(data, usize::from(cdb[4]), &FixedSense::new(0, 0, 0).bytes()),
@@ -134,30 +133,18 @@ pub fn execute(
             reply(data, be32(cdb, 10) as usize, &r)
         }
         0x28 | 0x2A | 0x88 | 0x8A => {
-            let (lba, blocks) = if cdb[0] & 0x80 == 0 {
-                (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)))
-            } else {
-                (be64(cdb, 2), u64::from(be32(cdb, 10)))
+            let (offset, len, write) = match read_write(lun, cdb, data_in, data.len()) {
+                Some(Ok(rw)) => rw,
+                Some(Err(sense)) => return ScsiOutcome::Check(sense),
+                None => return ScsiOutcome::Check(FixedSense::INVALID_OPCODE),
             };
-            let write = cdb[0] & 0x02 != 0;
-            match lba.checked_add(blocks) {
-                Some(end) if end <= lun.num_blocks => {}
-                _ => return ScsiOutcome::Check(FixedSense::LBA_OUT_OF_RANGE),
-            }
-            let len = blocks * bs;
-            if len != data.len() as u64 || (blocks > 0 && data_in != u8::from(!write)) {
-                return ScsiOutcome::Check(FixedSense::INVALID_FIELD);
-            }
-            if write && lun.read_only {
-                return ScsiOutcome::Check(FixedSense::WRITE_PROTECTED);
-            }
             let r = if write {
-                lun.write(lba * bs, data)
+                lun.write(offset, data)
             } else {
-                lun.read(lba * bs, data)
+                lun.read(offset, data)
             };
             match r {
-                Ok(()) => ScsiOutcome::Good(len as usize),
+                Ok(()) => ScsiOutcome::Good(len),
                 Err(e) => {
                     log::warn!("storage VSP: backing store: {e}");
                     ScsiOutcome::Check(FixedSense::MEDIUM_ERROR)
@@ -171,6 +158,65 @@ pub fn execute(
         0x42 => unmap(lun, cdb, data),
         _ => ScsiOutcome::Check(FixedSense::INVALID_OPCODE),
     }
+}
+
+/// READ/WRITE(10/16) checked against `lun` for a data buffer of `data_len` bytes moving in
+/// SRB direction `data_in`: `(byte offset, bytes, is_write)`, the sense data of the check
+/// condition it earns, or `None` if `cdb` is not a read or write.
+pub fn read_write(
+    lun: &Lun,
+    cdb: &[u8],
+    data_in: u8,
+    data_len: usize,
+) -> Option<Result<(u64, usize, bool), FixedSense>> {
+    if !matches!(cdb.first(), Some(0x28 | 0x2A | 0x88 | 0x8A)) {
+        return None;
+    }
+    if !cdb_len_ok(cdb) {
+        return Some(Err(FixedSense::INVALID_FIELD));
+    }
+    let (lba, blocks) = if cdb[0] & 0x80 == 0 {
+        (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)))
+    } else {
+        (be64(cdb, 2), u64::from(be32(cdb, 10)))
+    };
+    let write = cdb[0] & 0x02 != 0;
+    match lba.checked_add(blocks) {
+        Some(end) if end <= lun.num_blocks => {}
+        _ => return Some(Err(FixedSense::LBA_OUT_OF_RANGE)),
+    }
+    let bs = u64::from(lun.block_size);
+    let len = blocks * bs;
+    if len != data_len as u64 || (blocks > 0 && data_in != u8::from(!write)) {
+        return Some(Err(FixedSense::INVALID_FIELD));
+    }
+    if write && lun.read_only {
+        return Some(Err(FixedSense::WRITE_PROTECTED));
+    }
+    Some(Ok((lba * bs, len as usize, write)))
+}
+
+/// [`read_write`] on an in-memory `lun`, for a one-copy transfer: the disk bytes the command
+/// names (to copy to or from the guest) and their length, or the check condition. `None`
+/// if `cdb` is not a read or write, or the disk is not in memory (the caller takes the
+/// general path).
+pub fn read_write_in_place<'l>(
+    lun: Option<&'l mut Lun>,
+    cdb: &[u8],
+    data_in: u8,
+    data_len: usize,
+) -> Option<Result<(&'l mut [u8], usize), FixedSense>> {
+    let lun = lun?;
+    let rw = read_write(lun, cdb, data_in, data_len)?;
+    let Backing::Memory(m) = &mut lun.backing else {
+        return None;
+    };
+    Some(rw.and_then(|(offset, len, _)| {
+        let start = usize::try_from(offset).map_err(|_| FixedSense::LBA_OUT_OF_RANGE)?;
+        m.get_mut(start..start + len)
+            .map(|b| (b, len))
+            .ok_or(FixedSense::LBA_OUT_OF_RANGE)
+    }))
 }
 
 fn inquiry(lun: &Lun, cdb: &[u8], data: &mut [u8]) -> ScsiOutcome {

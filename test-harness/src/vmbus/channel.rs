@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::gpadl::GpadlTable;
 use super::mem::GuestRam;
@@ -13,7 +13,7 @@ use super::packet::{
 };
 use super::ring::{HostReader, HostWriter, WriteError};
 use super::{DeviceOffer, ErrorLog};
-use crate::hv::{HostMapping, MockHypervisor, ViolationHook};
+use crate::hv::{HostMapping, MockHypervisor, RequestSet, SharedRequestSet, ViolationHook};
 
 /// Lifecycle state of a channel on the host (vmbus-core §5.8, §10.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,12 +93,18 @@ pub struct HostChannel {
     errors: ErrorLog,
     pub(crate) rings: Option<OpenRings>,
     backlog: VecDeque<Vec<u8>>,
+    /// Where the next packet is encoded (its allocation reused).
+    scratch: Vec<u8>,
+    /// Inside [`Self::begin_batch`]: packets are written but published only by
+    /// [`Self::end_batch`].
+    batch: bool,
     pub(crate) packets_sent: u64,
     pub(crate) signals_to_guest: u64,
     pub(crate) pending_offers: Vec<(DeviceOffer, Box<dyn super::DeviceModel>)>,
-    /// GPA-direct requests received and not yet completed, with the host's mapping of their
-    /// pages.
-    in_flight: Vec<(u64, HostMapping)>,
+    /// GPA-direct requests received and not yet completed: their pages count as host-mapped
+    /// (`_requests_mapping`, kept for its drop, registers the set with the hypervisor once).
+    requests: SharedRequestSet,
+    _requests_mapping: HostMapping,
     map_hook: ViolationHook,
 }
 
@@ -111,6 +117,9 @@ impl HostChannel {
         errors: ErrorLog,
         map_hook: ViolationHook,
     ) -> Self {
+        let requests = SharedRequestSet::default();
+        let requests_mapping =
+            hv.map_requests_for_host(relid, requests.clone(), Some(map_hook.clone()));
         Self {
             relid,
             offer,
@@ -120,10 +129,13 @@ impl HostChannel {
             errors,
             rings: None,
             backlog: VecDeque::new(),
+            scratch: Vec::new(),
+            batch: false,
             packets_sent: 0,
             signals_to_guest: 0,
             pending_offers: Vec::new(),
-            in_flight: Vec::new(),
+            _requests_mapping: requests_mapping,
+            requests,
             map_hook,
         }
     }
@@ -191,13 +203,8 @@ impl HostChannel {
         header: &[u8],
         payload: &[u8],
     ) -> Result<(), HostRingError> {
-        if packet_type == PACKET_TYPE_COMPLETION
-            && let Some(i) = self
-                .in_flight
-                .iter()
-                .position(|(tid, _)| *tid == transaction_id)
-        {
-            drop(self.in_flight.remove(i));
+        if packet_type == PACKET_TYPE_COMPLETION {
+            self.lock_requests().remove(transaction_id);
         }
         match self.rings.as_ref() {
             None => return Err(HostRingError::NotOpen),
@@ -206,39 +213,91 @@ impl HostChannel {
             }
             Some(_) => {}
         }
-        let bytes = encode_packet(packet_type, flags, transaction_id, header, payload)
-            .ok_or(HostRingError::TooLarge)?;
+        let mut bytes = std::mem::take(&mut self.scratch);
+        if !encode_packet(
+            &mut bytes,
+            packet_type,
+            flags,
+            transaction_id,
+            header,
+            payload,
+        ) {
+            self.scratch = bytes;
+            return Err(HostRingError::TooLarge);
+        }
         if !self.backlog.is_empty() {
             self.backlog.push_back(bytes);
             return Ok(());
         }
-        if !self.write_now(&bytes)? {
+        let written = self.write_now(&bytes);
+        if written == Ok(false) {
             self.backlog.push_back(bytes);
+        } else {
+            // Kept for the next packet: no allocation per packet sent.
+            self.scratch = bytes;
         }
-        Ok(())
+        written.map(|_| ())
     }
 
-    /// Writes one encoded packet; `Ok(false)` when the ring is full (retry later).
+    /// Writes one encoded packet (and publishes it, unless in a batch); `Ok(false)` when the
+    /// ring is full (retry later).
     fn write_now(&mut self, bytes: &[u8]) -> Result<bool, HostRingError> {
         let Some(rings) = self.rings.as_mut() else {
             return Err(HostRingError::NotOpen);
         };
-        match rings.writer.write(bytes) {
-            Ok(signal) => {
+        let mut result = rings.writer.write(bytes);
+        if result == Err(WriteError::Full) && self.batch {
+            // Publish what the batch wrote first: the guest frees space only for packets it
+            // can see, and pending send size counts from the published index.
+            if rings.writer.commit() {
+                self.signal_guest();
+            }
+            let Some(rings) = self.rings.as_mut() else {
+                return Err(HostRingError::NotOpen);
+            };
+            result = rings.writer.write(bytes);
+        }
+        match result {
+            Ok(()) => {
                 self.packets_sent += 1;
-                if signal {
-                    self.signal_guest();
+                if !self.batch {
+                    self.commit();
                 }
                 Ok(true)
             }
             Err(WriteError::Full) => Ok(false),
             Err(WriteError::TooLarge) => Err(HostRingError::TooLarge),
             Err(WriteError::Corrupt(e)) => {
-                rings.corrupt = true;
+                if let Some(rings) = self.rings.as_mut() {
+                    rings.corrupt = true;
+                }
                 self.errors.push(format!("channel {}: {e}", self.relid));
                 Err(HostRingError::Corrupt(e))
             }
         }
+    }
+
+    /// Publishes what was written and interrupts the guest if the rule says so.
+    fn commit(&mut self) {
+        let signal = self.rings.as_mut().is_some_and(|r| r.writer.commit());
+        if signal {
+            self.signal_guest();
+        }
+    }
+
+    /// Starts a batch: packets sent until [`Self::end_batch`] are written into the ring at
+    /// once but published together, with at most one interrupt (the host's side of the
+    /// batching a guest does with its interrupt mask; vmbus-core §7.8 step 6 applied to the
+    /// whole batch).
+    pub(crate) fn begin_batch(&mut self) {
+        self.batch = true;
+    }
+
+    /// Ends a batch: publishes its packets and interrupts the guest if the ring was empty
+    /// before them and the guest's mask is clear.
+    pub(crate) fn end_batch(&mut self) {
+        self.batch = false;
+        self.commit();
     }
 
     /// Writes queued packets while they fit; returns how many went out.
@@ -262,13 +321,28 @@ impl HostChannel {
     pub(crate) fn detach(&mut self) {
         self.rings = None;
         self.backlog.clear();
-        self.in_flight.clear();
+        self.lock_requests().clear();
     }
 
-    /// Hands over the mappings of the GPA-direct requests not yet completed (a closing host
-    /// that still works on them keeps them).
-    pub(crate) fn take_requests_in_flight(&mut self) -> Vec<(u64, HostMapping)> {
-        std::mem::take(&mut self.in_flight)
+    fn lock_requests(&self) -> MutexGuard<'_, RequestSet> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands over the GPA-direct requests not yet completed, still mapped (a closing host
+    /// that still works on them keeps them); `None` if there are none.
+    pub(crate) fn take_requests_in_flight(&mut self) -> Option<HostMapping> {
+        let taken = {
+            let mut set = self.lock_requests();
+            if set.is_empty() {
+                return None;
+            }
+            set.take()
+        };
+        Some(self.hv.map_requests_for_host(
+            self.relid,
+            Arc::new(Mutex::new(taken)),
+            Some(self.map_hook.clone()),
+        ))
     }
 
     /// The host took `packet` from the ring: a GPA-direct packet asking for a completion
@@ -278,25 +352,19 @@ impl HostChannel {
         if packet.packet_type != PACKET_TYPE_GPA_DIRECT || !packet.completion_requested() {
             return;
         }
-        let tid = packet.transaction_id;
-        let mapping = self.hv.map_for_host(
-            format!(
-                "GPA-direct request {tid:#x} on channel {} (not completed)",
-                self.relid
-            ),
+        self.lock_requests().add(
+            packet.transaction_id,
             packet
                 .gpa_ranges
                 .iter()
                 .flat_map(|(_, _, pfns)| pfns.iter().copied()),
-            Some(self.map_hook.clone()),
         );
-        self.in_flight.push((tid, mapping));
     }
 
     /// Transaction ids of the GPA-direct requests received on this channel and not yet
     /// completed (the host still uses their pages), oldest first.
     pub fn requests_in_flight(&self) -> Vec<u64> {
-        self.in_flight.iter().map(|(tid, _)| *tid).collect()
+        self.lock_requests().transaction_ids()
     }
 
     /// Interrupts the guest for this channel (vmbus-core §8.3).

@@ -129,6 +129,9 @@ pub struct MockVmbusHost {
     pub(super) host_features: u32,
     pub(super) multi_client_connection_id: u32,
     pub(super) poll_rings: bool,
+    /// With `poll_rings`: the host thread is spinning on the rings, so their interrupt masks
+    /// are set ([`Self::set_polling`]).
+    pub(super) polling: bool,
     pub(super) stray_signals: u64,
     pub(super) connection_state: u8,
     pub(super) fail_next_open: BTreeMap<u32, u32>,
@@ -141,7 +144,11 @@ pub struct MockVmbusHost {
     pub(super) withheld_torndowns: Vec<u32>,
     /// GPA-direct requests of channels closed while TORNDOWN is withheld: the host still
     /// works on them, so their pages stay mapped.
-    pub(super) lingering_requests: Vec<(u64, HostMapping)>,
+    pub(super) lingering_requests: Vec<HostMapping>,
+    /// A buffer a step reuses (no allocation per step).
+    signal_buf: Vec<(u32, u16)>,
+    /// [`MockHypervisor::guest_activity`] at the last step.
+    seen_activity: u64,
 }
 
 impl MockVmbusHost {
@@ -173,6 +180,7 @@ impl MockVmbusHost {
             host_features: DEFAULT_HOST_FEATURES,
             multi_client_connection_id: DEFAULT_MESSAGE_CONNECTION_ID,
             poll_rings: false,
+            polling: false,
             stray_signals: 0,
             connection_state: 0,
             fail_next_open: BTreeMap::new(),
@@ -181,6 +189,8 @@ impl MockVmbusHost {
             withhold_torndown: false,
             withheld_torndowns: Vec::new(),
             lingering_requests: Vec::new(),
+            signal_buf: Vec::new(),
+            seen_activity: 0,
         }
     }
 
@@ -211,6 +221,30 @@ impl MockVmbusHost {
     /// Off by default so a guest that forgets to signal is caught (its packets are never seen).
     pub fn set_poll_rings(&mut self, on: bool) {
         self.poll_rings = on;
+        if !on {
+            self.unmask_rings();
+        }
+    }
+
+    /// With ring polling on ([`Self::set_poll_rings`]): `true` = the host is watching every
+    /// outbound ring right now (a spinning host thread), so it sets their interrupt masks and
+    /// the guest does not signal; `false` = it is about to stop watching, so the masks are
+    /// cleared (followed by a full barrier: the caller steps once more before it sleeps, to
+    /// catch packets committed while they were set). Without ring polling the masks stay
+    /// clear: the host reads a ring only when signalled.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+        if !on {
+            self.unmask_rings();
+        }
+    }
+
+    fn unmask_rings(&mut self) {
+        for e in self.channels.values_mut() {
+            if let Some(r) = e.ch.rings.as_mut() {
+                r.reader.set_mask(false);
+            }
+        }
     }
 
     pub(super) fn lock_gpadls(&self) -> MutexGuard<'_, GpadlTable> {
@@ -407,11 +441,22 @@ impl MockVmbusHost {
     /// idle).
     pub fn step(&mut self) -> usize {
         let mut work = 0;
-        for m in self.hv.take_posted_messages() {
-            work += 1;
-            self.handle_posted(m.connection_id, m.message_type, &m.payload);
+        // Posts and signals only when the guest made some since the last look (no lock).
+        let activity = self.hv.guest_activity();
+        let fresh = activity != self.seen_activity;
+        self.seen_activity = activity;
+        if fresh {
+            for m in self.hv.take_posted_messages() {
+                work += 1;
+                self.handle_posted(m.connection_id, m.message_type, &m.payload);
+            }
         }
-        for (conn, _flag) in self.hv.take_signaled_events() {
+        let mut signals = std::mem::take(&mut self.signal_buf);
+        signals.clear();
+        if fresh {
+            self.hv.take_signaled_events_into(&mut signals);
+        }
+        for &(conn, _flag) in &signals {
             work += 1;
             let hit = self
                 .channels
@@ -425,10 +470,20 @@ impl MockVmbusHost {
                 None => self.stray_signals += 1,
             }
         }
+        self.signal_buf = signals;
         work += self.scan_monitor_page();
-        let relids: Vec<u32> = self.channels.keys().copied().collect();
-        for relid in relids {
-            work += self.service(relid);
+        let poll = self.poll_rings;
+        let mask = poll && self.polling;
+        let mut offers = Vec::new();
+        for (&relid, e) in self.channels.iter_mut() {
+            work += super::service::service(relid, e, poll, mask, &self.errors);
+            if !e.ch.pending_offers.is_empty() {
+                offers.append(&mut e.ch.pending_offers);
+            }
+        }
+        for (offer, model) in offers {
+            work += 1;
+            self.add_device(offer, model);
         }
         work
     }
@@ -449,60 +504,6 @@ impl MockVmbusHost {
                 e.signal_count += 1;
                 work += 1;
             }
-        }
-        work
-    }
-
-    /// Services one channel's rings and model.
-    fn service(&mut self, relid: u32) -> usize {
-        let poll = self.poll_rings;
-        let Some(e) = self.channels.get_mut(&relid) else {
-            return 0;
-        };
-        if !e.ch.is_open() {
-            return 0;
-        }
-        let mut work = 0;
-        if e.signalled || poll {
-            e.signalled = false;
-            work += e.ch.flush_backlog();
-            let drained = match e.ch.rings.as_mut() {
-                Some(r) => r.reader.drain(),
-                None => return work,
-            };
-            match drained {
-                Ok(d) => {
-                    if d.signal_guest {
-                        e.ch.signal_guest();
-                    }
-                    if d.more {
-                        e.signalled = true;
-                        work += 1;
-                    }
-                    for p in &d.packets {
-                        work += 1;
-                        e.ch.begin_request(p);
-                        e.model.on_packet(&mut e.ch, p);
-                    }
-                }
-                Err(err) => {
-                    if let Some(r) = e.ch.rings.as_mut() {
-                        r.corrupt = true;
-                    }
-                    self.errors
-                        .push(format!("channel {relid}: outbound ring: {err}"));
-                }
-            }
-        }
-        if e.ch.is_open() {
-            let before = e.ch.packets_sent;
-            e.model.poll(&mut e.ch);
-            work += (e.ch.packets_sent - before) as usize;
-        }
-        let offers = std::mem::take(&mut e.ch.pending_offers);
-        for (offer, model) in offers {
-            work += 1;
-            self.add_device(offer, model);
         }
         work
     }

@@ -6,7 +6,7 @@
 //! guest posted (HvCallPostMessage) and the events it signalled (HvCallSignalEvent, monitored
 //! notification bits), answers like the chosen [`HostRelease`], and delivers its own messages
 //! into the guest's SynIC. Device models plug in through [`DeviceModel`]; [`EchoDevice`] is the
-//! round-trip test device.
+//! round-trip test device and [`DataEchoDevice`] the storage benchmark's data-moving baseline.
 //!
 //! # Version policy
 //!
@@ -55,10 +55,13 @@
 //!
 //! The host reads a channel's outbound ring only after the guest signalled it (SignalEvent on
 //! the offer's connection id, or the channel's bit in the child→parent monitor page), unless
-//! [`MockVmbusHost::set_poll_rings`] is on, so a guest that forgets to signal is caught. It
-//! interrupts the guest only when it wrote into an empty, unmasked inbound ring, or when a
-//! guest blocked on pending-send-size now fits; a full inbound ring queues host packets behind
-//! pending-send-size until the guest frees space and signals.
+//! [`MockVmbusHost::set_poll_rings`] is on, so a guest that forgets to signal is caught (with
+//! it on, a host thread that spins on the rings masks the guest's signals meanwhile,
+//! [`MockVmbusHost::set_polling`]). What the host sends on a channel during one step is
+//! published as one batch: it interrupts the guest at most once per step, only when the batch
+//! went into an empty, unmasked inbound ring, or when a guest blocked on pending-send-size now
+//! fits; a full inbound ring queues host packets behind pending-send-size until the guest
+//! frees space and signals.
 //!
 //! Everything the guest does that a real host rejects is recorded in
 //! [`MockVmbusHost::protocol_errors`] so tests can fail on it.
@@ -76,13 +79,14 @@ mod mem;
 mod packet;
 mod release;
 mod ring;
+mod service;
 mod threaded;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use channel::{ChannelState, HostChannel, HostRingError};
 pub use device::{DeviceModel, DeviceOffer};
-pub use echo::EchoDevice;
+pub use echo::{DATA_ECHO_READ, DATA_ECHO_WRITE, DataEchoDevice, EchoDevice};
 pub use gpadl::GpadlRange;
 pub use host::{
     CHANNEL_CONNECTION_ID_BASE, DEFAULT_HOST_FEATURES, DEFAULT_MESSAGE_CONNECTION_ID,
@@ -93,7 +97,7 @@ pub use packet::{
     PACKET_TYPE_INBAND, PACKET_TYPE_XFER_PAGES,
 };
 pub use release::HostRelease;
-pub use threaded::ThreadedHost;
+pub use threaded::{SPIN_WINDOW, ThreadedHost, YIELD_AFTER};
 
 /// Shared list of protocol errors (host and channels append to it).
 #[derive(Clone, Default)]

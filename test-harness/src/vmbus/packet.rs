@@ -49,9 +49,24 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
 }
 
-/// Decodes `bytes` = descriptor through padding (`length8 · 8` bytes, trailer removed). The
-/// caller has checked offset8 ≥ 2 and length8 ≥ offset8.
-pub(crate) fn parse_packet(bytes: &[u8]) -> Result<HostPacket, String> {
+impl HostPacket {
+    /// An empty packet to decode into ([`parse_packet`]).
+    pub(crate) fn empty() -> Self {
+        Self {
+            packet_type: 0,
+            flags: 0,
+            transaction_id: 0,
+            payload: Vec::new(),
+            gpa_ranges: Vec::new(),
+            xfer_pages: None,
+        }
+    }
+}
+
+/// Decodes `bytes` = descriptor through padding (`length8 · 8` bytes, trailer removed) into
+/// `packet`, reusing its allocations (the host decodes every packet the guest sends). The
+/// caller has checked offset8 ≥ 2 and length8 ≥ offset8. On error `packet` holds garbage.
+pub(crate) fn parse_packet(bytes: &[u8], packet: &mut HostPacket) -> Result<(), String> {
     let packet_type = u16_at(bytes, 0);
     let offset = usize::from(u16_at(bytes, 2)) * 8;
     let flags = u16_at(bytes, 6);
@@ -71,14 +86,14 @@ pub(crate) fn parse_packet(bytes: &[u8]) -> Result<HostPacket, String> {
         return Err(format!("packet flags {flags:#x} (only bit 0 is defined)"));
     }
     let header = &bytes[..offset];
-    let mut packet = HostPacket {
-        packet_type,
-        flags,
-        transaction_id,
-        payload: bytes[offset..].to_vec(),
-        gpa_ranges: Vec::new(),
-        xfer_pages: None,
-    };
+    packet.packet_type = packet_type;
+    packet.flags = flags;
+    packet.transaction_id = transaction_id;
+    packet.payload.clear();
+    packet.payload.extend_from_slice(&bytes[offset..]);
+    packet.xfer_pages = None;
+    // Ranges are decoded into the entries already there (their PFN vectors reused).
+    let mut ranges = 0;
     match packet_type {
         PACKET_TYPE_GPA_DIRECT => {
             if header.len() < 24 {
@@ -106,9 +121,20 @@ pub(crate) fn parse_packet(bytes: &[u8]) -> Result<HostPacket, String> {
                 if at + pages * 8 > header.len() {
                     return Err(format!("GPA-direct range {n} PFNs beyond the data offset"));
                 }
-                let pfns = (0..pages).map(|i| u64_at(header, at + i * 8)).collect();
+                let pfns = (0..pages).map(|i| u64_at(header, at + i * 8));
+                match packet.gpa_ranges.get_mut(ranges) {
+                    Some(r) => {
+                        r.0 = byte_count;
+                        r.1 = byte_offset;
+                        r.2.clear();
+                        r.2.extend(pfns);
+                    }
+                    None => packet
+                        .gpa_ranges
+                        .push((byte_count, byte_offset, pfns.collect())),
+                }
+                ranges += 1;
                 at += pages * 8;
-                packet.gpa_ranges.push((byte_count, byte_offset, pfns));
             }
         }
         PACKET_TYPE_XFER_PAGES => {
@@ -131,34 +157,39 @@ pub(crate) fn parse_packet(bytes: &[u8]) -> Result<HostPacket, String> {
         }
         _ => {}
     }
-    Ok(packet)
+    packet.gpa_ranges.truncate(ranges);
+    Ok(())
 }
 
-/// Encodes a packet (descriptor, `header` after it, payload, zero padding), without trailer.
+/// Encodes a packet (descriptor, `header` after it, payload, zero padding), without trailer,
+/// into `out` (cleared first, its allocation reused); `false` if it cannot be encoded.
 /// `header` is the type-specific part after the 16-byte descriptor (empty for in-band and
 /// completion packets) and must be a multiple of 8 bytes.
 pub(crate) fn encode_packet(
+    out: &mut Vec<u8>,
     packet_type: u16,
     flags: u16,
     transaction_id: u64,
     header: &[u8],
     payload: &[u8],
-) -> Option<Vec<u8>> {
+) -> bool {
     if !header.len().is_multiple_of(8) {
-        return None;
+        return false;
     }
     let offset = 16 + header.len();
     let len = (offset + payload.len()).next_multiple_of(8);
-    let offset8 = u16::try_from(offset / 8).ok()?;
-    let len8 = u16::try_from(len / 8).ok()?;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&packet_type.to_le_bytes());
-    b.extend_from_slice(&offset8.to_le_bytes());
-    b.extend_from_slice(&len8.to_le_bytes());
-    b.extend_from_slice(&flags.to_le_bytes());
-    b.extend_from_slice(&transaction_id.to_le_bytes());
-    b.extend_from_slice(header);
-    b.extend_from_slice(payload);
-    b.resize(len, 0);
-    Some(b)
+    let (Ok(offset8), Ok(len8)) = (u16::try_from(offset / 8), u16::try_from(len / 8)) else {
+        return false;
+    };
+    out.clear();
+    out.reserve(len);
+    out.extend_from_slice(&packet_type.to_le_bytes());
+    out.extend_from_slice(&offset8.to_le_bytes());
+    out.extend_from_slice(&len8.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&transaction_id.to_le_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(payload);
+    out.resize(len, 0);
+    true
 }

@@ -114,6 +114,14 @@ fn used(w: u32, r: u32, size: u32) -> u32 {
 pub(crate) struct HostReader {
     ring: RingMem,
     read: u32,
+    /// Whether this reader set the ring's interrupt mask.
+    masked: bool,
+    /// Where each packet is copied out of the ring.
+    scratch: Vec<u8>,
+    /// The vector the next drain returns (empty; its allocation kept).
+    out: Vec<HostPacket>,
+    /// Packets handled and given back ([`Self::recycle`]), decoded into again.
+    spare: Vec<HostPacket>,
 }
 
 /// What one drain produced.
@@ -131,14 +139,35 @@ pub(crate) struct Drained {
 impl HostReader {
     /// The reader over `ring`, starting at read index 0.
     pub fn new(ring: RingMem) -> Self {
-        Self { ring, read: 0 }
+        Self {
+            ring,
+            read: 0,
+            masked: false,
+            scratch: Vec::new(),
+            out: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Sets or clears the ring's interrupt mask (§7.2 @0x08, owned by the reader): while set,
+    /// the guest does not signal for packets it writes (§7.8 step 6), because the host is
+    /// watching the ring anyway. Clearing it is followed by a full barrier, so a drain after
+    /// it sees every packet committed while the mask was still set.
+    pub fn set_mask(&mut self, on: bool) {
+        if self.masked == on {
+            return;
+        }
+        self.masked = on;
+        self.ring.set_ctl(INTERRUPT_MASK, u32::from(on));
+        fence(Ordering::SeqCst);
     }
 
     /// Reads every complete packet the guest published (§7.9), publishes the new read index and
     /// decides whether the guest must be signalled for space.
     pub fn drain(&mut self) -> Result<Drained, String> {
         let size = self.ring.size();
-        let mut packets = Vec::new();
+        // Decoded into packets of earlier drains (see `recycle`): no allocation per packet.
+        let mut packets = std::mem::take(&mut self.out);
         let old_read = self.read;
         loop {
             let write = self.ring.index(WRITE_INDEX, "outbound write index")?;
@@ -174,8 +203,11 @@ impl HostReader {
                     self.read
                 ));
             }
-            let mut bytes = vec![0u8; total as usize];
-            self.ring.read(self.read, &mut bytes);
+            // Copied once into the reader's own buffer (reused: no allocation per packet).
+            let bytes = &mut self.scratch;
+            bytes.clear();
+            bytes.resize(total as usize, 0);
+            self.ring.read(self.read, bytes);
             let trailer =
                 u64::from_le_bytes(bytes[total as usize - 8..].try_into().unwrap_or([0; 8]));
             if trailer != u64::from(self.read) << 32 {
@@ -185,9 +217,9 @@ impl HostReader {
                     u64::from(self.read) << 32
                 ));
             }
-            bytes.truncate(total as usize - 8);
-            let packet =
-                parse_packet(&bytes).map_err(|e| format!("packet at {:#x}: {e}", self.read))?;
+            let mut packet = self.spare.pop().unwrap_or_else(HostPacket::empty);
+            parse_packet(&bytes[..total as usize - 8], &mut packet)
+                .map_err(|e| format!("packet at {:#x}: {e}", self.read))?;
             packets.push(packet);
             self.read = (self.read + total) % size;
         }
@@ -212,6 +244,13 @@ impl HostReader {
             signal_guest,
             more,
         })
+    }
+
+    /// Takes back the packets of a drain once they were handled, to decode later packets
+    /// into (their buffers are reused).
+    pub fn recycle(&mut self, mut packets: Vec<HostPacket>) {
+        self.spare.append(&mut packets);
+        self.out = packets;
     }
 
     /// §7.9 steps 4–7: signal only on the blocked → unblocked transition of pending send size.
@@ -246,10 +285,15 @@ pub(crate) enum WriteError {
     Corrupt(String),
 }
 
-/// Host writer of the guest's inbound ring.
+/// Host writer of the guest's inbound ring: [`HostWriter::write`] copies packets in,
+/// [`HostWriter::commit`] publishes every packet written since the last commit with one
+/// write-index store and says whether to interrupt the guest.
 pub(crate) struct HostWriter {
     ring: RingMem,
+    /// Next byte to fill (packets between `committed` and here are not yet published).
     write: u32,
+    /// The write index as last published.
+    committed: u32,
 }
 
 impl HostWriter {
@@ -257,7 +301,11 @@ impl HostWriter {
     /// size), as the writer of this ring.
     pub fn new(ring: RingMem) -> Self {
         ring.set_ctl(FEATURE_BITS, ring.ctl(FEATURE_BITS) | 1);
-        Self { ring, write: 0 }
+        Self {
+            ring,
+            write: 0,
+            committed: 0,
+        }
     }
 
     /// Data size of the ring.
@@ -265,9 +313,11 @@ impl HostWriter {
         self.ring.size()
     }
 
-    /// Writes `packet` (descriptor .. padding, a multiple of 8) plus its trailer (§7.8).
-    /// Returns whether the guest must be signalled (ring was empty and not masked).
-    pub fn write(&mut self, packet: &[u8]) -> Result<bool, WriteError> {
+    /// Copies `packet` (descriptor .. padding, a multiple of 8) plus its trailer (§7.8) into
+    /// the ring after the packets already written, without publishing it. When it does not
+    /// fit, pending send size is set to what the host waits for, measured from the published
+    /// write index as the guest computes it (§7.8 step 7), and `Full` is returned.
+    pub fn write(&mut self, packet: &[u8]) -> Result<(), WriteError> {
         let size = self.ring.size();
         let total = packet.len() as u32 + 8;
         if total >= size - 8 {
@@ -278,7 +328,8 @@ impl HostWriter {
             .index(READ_INDEX, "inbound read index")
             .map_err(WriteError::Corrupt)?;
         if size - used(self.write, read, size) <= total {
-            self.ring.set_ctl(PENDING_SEND_SIZE, total);
+            let uncommitted = used(self.write, self.committed, size);
+            self.ring.set_ctl(PENDING_SEND_SIZE, uncommitted + total);
             fence(Ordering::SeqCst);
             let read = self
                 .ring
@@ -294,15 +345,29 @@ impl HostWriter {
             old + packet.len() as u32,
             &(u64::from(old) << 32).to_le_bytes(),
         );
-        fence(Ordering::SeqCst);
         self.write = (old + total) % size;
-        self.ring.set_ctl(WRITE_INDEX, self.write);
         if self.ring.ctl(PENDING_SEND_SIZE) != 0 {
             self.ring.set_ctl(PENDING_SEND_SIZE, 0);
         }
+        Ok(())
+    }
+
+    /// Publishes the packets written since the last commit (one write-index store) and says
+    /// whether to interrupt the guest: only if the ring was empty before them and the guest's
+    /// interrupt mask is clear (§7.8 step 6), so a batch of completions costs at most one
+    /// interrupt.
+    pub fn commit(&mut self) -> bool {
+        if self.write == self.committed {
+            return false;
+        }
+        let old = self.committed;
+        // Every packet byte is visible before the index that publishes it.
+        fence(Ordering::SeqCst);
+        self.committed = self.write;
+        self.ring.set_ctl(WRITE_INDEX, self.write);
         fence(Ordering::SeqCst);
         let mask = self.ring.ctl(INTERRUPT_MASK);
         let read = self.ring.ctl(READ_INDEX);
-        Ok(mask == 0 && read == old)
+        mask == 0 && read == old
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod frames;
 pub mod net;
+pub mod storage;
 
 use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};

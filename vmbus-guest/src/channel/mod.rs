@@ -86,6 +86,8 @@ pub struct ChannelStats {
     pub signals: u64,
     /// Receive batches ended with [`Channel::end_batch`].
     pub batches: u64,
+    /// Send batches ended with [`Channel::end_send_batch`].
+    pub send_batches: u64,
     /// Signals that failed after a request's packet was already in the ring (the request
     /// stays in flight; the host sees it the next time it looks at the ring).
     pub signal_failures: u64,
@@ -114,6 +116,8 @@ pub struct Channel<'b, T: Transport, H: Hal, C = u64, const N: usize = DEFAULT_R
     requests: RequestTable<C, N>,
     health: Health,
     in_batch: bool,
+    /// Inside [`Channel::begin_send_batch`]: packets are written, not yet published.
+    in_send_batch: bool,
     /// The last `recv` stopped with packets possibly left.
     more: bool,
     stats: ChannelStats,
@@ -214,16 +218,30 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         Ok(())
     }
 
-    /// Writes and commits `packet` (asking for space once if the ring is full) and says
-    /// whether the host must be signalled. `Ok` means the packet is in the ring: the host may
-    /// act on it whatever happens to the signal.
+    /// Writes `packet` and, outside a send batch, commits it (asking for space once if the
+    /// ring is full), saying whether the host must be signalled. `Ok` means the packet is in
+    /// the ring (published, or published by the batch's end): the host may act on it whatever
+    /// happens to the signal.
     fn write_packet(&mut self, packet: &OutgoingPacket<'_>) -> Result<Signal, ChannelError> {
-        let signal = match self.writer.send(packet) {
-            Ok(signal) => signal,
+        let signal = match self.writer.write(packet) {
+            Ok(()) if self.in_send_batch => Signal::NotNeeded,
+            Ok(()) => self.writer.commit(),
             Err(WriteError::Full { needed }) => {
-                // Ask the host to signal when the space is there (§7.8 step 7).
+                // Publish what the batch wrote so far (the host frees space only behind
+                // packets it can see), then ask the host to signal when the space is there
+                // (§7.8 step 7).
+                if self.writer.commit().is_needed() {
+                    self.signal_after_write();
+                }
                 match self.writer.request_space(needed) {
-                    Ok(true) => self.writer.send(packet).map_err(|e| self.write_error(e))?,
+                    Ok(true) => {
+                        self.writer.write(packet).map_err(|e| self.write_error(e))?;
+                        if self.in_send_batch {
+                            Signal::NotNeeded
+                        } else {
+                            self.writer.commit()
+                        }
+                    }
                     Ok(false) => return Err(ChannelError::Full),
                     Err(c) => {
                         self.fail(Health::Broken(c));
@@ -237,20 +255,76 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         Ok(signal)
     }
 
+    /// Signals the host for packets already in the ring: a failure does not undo them (the
+    /// host sees them the next time it looks at the ring); it is logged and counted.
+    fn signal_after_write(&mut self) {
+        if let Err(e) = self.signal() {
+            self.stats.signal_failures += 1;
+            log::warn!(
+                "channel {}: packets queued but signalling the host failed ({e})",
+                self.info.relid
+            );
+        }
+    }
+
+    /// Starts a send batch: packets sent until [`Channel::end_send_batch`] ([`Channel::send`],
+    /// [`Channel::request`], [`Channel::request_dma`], completions) are copied into the ring
+    /// at once but published together — one write-index store — and the host is signalled
+    /// at most once, by the end, and only if the ring was empty before the batch and the
+    /// host's interrupt mask is clear (vmbus-core §7.8 steps 4–6 for the whole batch).
+    /// Liveness is checked here, once for the batch; a channel that dies meanwhile fails the
+    /// batch's requests at the next [`Channel::recv`]. A ring that fills up mid-batch
+    /// publishes what is there first. Every begin must be followed by an end: until then
+    /// the host does not see the packets. Interrupt-safe.
+    pub fn begin_send_batch(&mut self) -> Result<(), ChannelError> {
+        self.check()?;
+        self.in_send_batch = true;
+        Ok(())
+    }
+
+    /// Ends a send batch: publishes its packets with one write-index store and signals the
+    /// host if the rule says so. An error is the signal's: the packets are in the ring
+    /// anyway (their requests are in flight) and the host finds them the next time it looks
+    /// ([`ChannelStats::signal_failures`] counts it). Without a batch open, does nothing.
+    /// Interrupt-safe.
+    pub fn end_send_batch(&mut self) -> Result<(), ChannelError> {
+        if !self.in_send_batch {
+            return Ok(());
+        }
+        self.in_send_batch = false;
+        self.stats.send_batches += 1;
+        if self.writer.commit().is_needed()
+            && let Err(e) = self.signal()
+        {
+            self.stats.signal_failures += 1;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether a send batch is open ([`Channel::begin_send_batch`]).
+    pub fn in_send_batch(&self) -> bool {
+        self.in_send_batch
+    }
+
+    /// Liveness before a send: checked per packet outside a batch, once per batch inside.
+    #[inline]
+    fn check_send(&mut self) -> Result<(), ChannelError> {
+        if self.in_send_batch && self.health == Health::Open {
+            Ok(())
+        } else {
+            self.check()
+        }
+    }
+
     /// Sends a request's packet: `Err` only if it never reached the ring (the caller then
     /// takes the request back). Once the packet is in the ring the request is in flight — the
     /// host may complete it, and may be using the memory it names — so a failed signal does
     /// not fail it: it is logged and counted, and the request completes, or fails at close,
     /// like any other.
     fn send_request(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
-        if self.write_packet(packet)?.is_needed()
-            && let Err(e) = self.signal()
-        {
-            self.stats.signal_failures += 1;
-            log::warn!(
-                "channel {}: request queued but signalling the host failed ({e})",
-                self.info.relid
-            );
+        if self.write_packet(packet)?.is_needed() {
+            self.signal_after_write();
         }
         Ok(())
     }
@@ -268,7 +342,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
 
     /// Sends an in-band packet (type 6) without completion request.
     pub fn send(&mut self, payload: &[&[u8]]) -> Result<(), ChannelError> {
-        self.check()?;
+        self.check_send()?;
         self.write_and_signal(&OutgoingPacket::in_band(0, false, payload))
     }
 
@@ -280,7 +354,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         transaction_id: u64,
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
-        self.check()?;
+        self.check_send()?;
         self.write_and_signal(&OutgoingPacket::in_band(transaction_id, false, payload))
     }
 
@@ -290,7 +364,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         transaction_id: u64,
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
-        self.check()?;
+        self.check_send()?;
         self.write_and_signal(&OutgoingPacket::completion(transaction_id, payload))
     }
 
@@ -299,7 +373,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// the context is dropped; a packet that reached the ring is in flight even if signalling
     /// the host failed ([`ChannelStats::signal_failures`]).
     pub fn request(&mut self, payload: &[&[u8]], context: C) -> Result<RequestId, ChannelError> {
-        self.check()?;
+        self.check_send()?;
         let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
         let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
         if let Err(e) = self.send_request(&packet) {
@@ -321,38 +395,35 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         payload: &[&[u8]],
         context: C,
     ) -> Result<RequestId, ChannelError> {
-        self.check()?;
+        self.check_send()?;
         if dma.is_empty() || dma.len() > MAX_GPA_DIRECT_RANGES {
             return Err(ChannelError::InvalidArgument("1 to 16 GPA-direct ranges"));
         }
-        let mut pfns = [0u64; MAX_GPA_DIRECT_PFNS];
-        let mut spans = [(0u32, 0u32, 0usize, 0usize); MAX_GPA_DIRECT_RANGES];
-        let mut used = 0usize;
+        // Filled as translated (no zeroing of the whole capacity per request).
+        let mut pfns: heapless::Vec<u64, MAX_GPA_DIRECT_PFNS> = heapless::Vec::new();
+        let mut spans: heapless::Vec<(u32, u32, usize, usize), MAX_GPA_DIRECT_RANGES> =
+            heapless::Vec::new();
         let mut host_buffer = false;
-        for (d, span) in dma.iter().zip(spans.iter_mut()) {
+        for d in dma {
+            let start = pfns.len();
             let count = d.page_count();
-            let end = used
-                .checked_add(count)
-                .filter(|e| *e <= MAX_GPA_DIRECT_PFNS)
-                .ok_or(ChannelError::InvalidArgument("too many GPA-direct pages"))?;
-            for (i, pfn) in pfns[used..end].iter_mut().enumerate() {
-                *pfn = d.pfn(self.bus.hal(), i)?;
+            if count > pfns.capacity() - start {
+                return Err(ChannelError::InvalidArgument("too many GPA-direct pages"));
             }
-            *span = (d.len() as u32, d.page_offset(), used, count);
-            used = end;
+            for i in 0..count {
+                // Cannot fail: the capacity was checked above.
+                let _ = pfns.push(d.pfn(self.bus.hal(), i)?);
+            }
+            let _ = spans.push((d.len() as u32, d.page_offset(), start, count));
             host_buffer |= d.users().is_some();
         }
-        let mut ranges = [GpaRange {
-            byte_count: 0,
-            byte_offset: 0,
-            pfns: &[],
-        }; MAX_GPA_DIRECT_RANGES];
-        for (r, &(byte_count, byte_offset, start, count)) in ranges.iter_mut().zip(spans.iter()) {
-            *r = GpaRange {
+        let mut ranges: heapless::Vec<GpaRange<'_>, MAX_GPA_DIRECT_RANGES> = heapless::Vec::new();
+        for &(byte_count, byte_offset, start, count) in &spans {
+            let _ = ranges.push(GpaRange {
                 byte_count,
                 byte_offset,
                 pfns: &pfns[start..start + count],
-            };
+            });
         }
         let id = self
             .requests
@@ -367,7 +438,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         if host_buffer {
             self.bus.slots.dma_started(self.slot);
         }
-        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges[..dma.len()], payload);
+        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges, payload);
         if let Err(e) = self.send_request(&packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
@@ -542,7 +613,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// requested, then receives (waiting with `waiter` between empty polls of bus and
     /// channel) until its completion arrives, copying the completion payload into `response`
     /// (truncated to it) and returning the host's payload length. Other packets received
-    /// meanwhile go to `on_other`. Thread context only; bounded by the waiter. If the waiter
+    /// meanwhile go to `on_other`. A send batch still open is ended first. Thread context
+    /// only; bounded by the waiter. If the waiter
     /// runs out, the request stays in flight and its late completion is returned by a later
     /// [`Channel::recv`] with `context`.
     pub fn transact(
@@ -554,6 +626,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         mut on_other: impl FnMut(Received<'_, C>),
         waiter: &mut impl Wait,
     ) -> Result<usize, ChannelError> {
+        // A send batch left open would keep the request from the host.
+        self.end_send_batch()?;
         let id = self.request(payload, context)?;
         loop {
             while let Some(r) = self.recv(rx)? {
@@ -666,6 +740,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         // is open on a ring that is about to go.
         self.health = Health::Gone;
         self.in_batch = false;
+        self.in_send_batch = false;
         self.more = false;
         let Some(pages) = self.pages.take() else {
             return Released::Leaked;

@@ -192,6 +192,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             requests: RequestTable::new(),
             health: Health::Open,
             in_batch: false,
+            in_send_batch: false,
             more: false,
             stats: ChannelStats::default(),
         })

@@ -12,6 +12,10 @@ use super::protocol::{DESCRIPTOR_SIZE, FEATURE_PENDING_SEND_SIZE, TRAILER_SIZE};
 use super::signal::Signal;
 use super::sync::{Ordering, fence};
 
+/// Packets up to this many ring bytes (trailer included) are assembled in a private stack
+/// buffer and copied into the ring at once; larger ones are copied piece by piece.
+const ASSEMBLE_MAX: usize = 256;
+
 /// Writes packets into a ring: reserve and copy any number of packets with
 /// [`write`](Self::write), then publish them with one [`commit`](Self::commit), which says
 /// whether the reader must be signalled.
@@ -125,37 +129,62 @@ impl<M: RingMemory> RingWriter<M> {
             }
         }
         let start = self.tail;
-        let mut cursor = start;
-        let (mem, size) = (&self.mem, self.size);
-        let mut put = |bytes: &[u8]| {
-            if !bytes.is_empty() {
-                copy_to_ring(mem, cursor, bytes);
-                cursor = advance(cursor, bytes.len() as u32, size);
-            }
-        };
+        let len = len8 as usize * 8;
+        let d = packet.descriptor(offset8, len8);
         // The descriptor as two 8-byte words built in registers: assembling it field by field
         // in memory and copying it as one 16-byte block stalls on store forwarding.
-        let d = packet.descriptor(offset8, len8);
         let word0 = d.packet_type.0 as u64
             | (d.data_offset8 as u64) << 16
             | (d.length8 as u64) << 32
             | (d.flags as u64) << 48;
-        put(&word0.to_le_bytes());
-        put(&d.transaction_id.to_le_bytes());
-        packet.emit_header(&mut put);
-        for s in packet.payload() {
-            put(s);
-        }
-        // Zero padding up to 8: one fixed 8-byte store from the payload end (it may run into
-        // the trailer slot, which is written next). Then the trailer: the old write index in
-        // the high 32 bits. Fixed-size copies compile to plain stores.
-        let len = len8 as u32 * 8;
-        if cursor != advance(start, len, size) {
-            copy_to_ring(mem, cursor, &[0u8; 8]);
-        }
+        // The trailer: the old write index in the high 32 bits.
         let trailer = ((start as u64) << 32).to_le_bytes();
-        copy_to_ring(mem, advance(start, len, size), &trailer);
-        let cursor = advance(start, total, size);
+        if total as usize <= ASSEMBLE_MAX {
+            // A small packet (every request and completion of the block and network
+            // protocols) is assembled in private memory, padding zeroed and trailer
+            // included, and goes into the ring with one volatile copy.
+            let mut buf = [0u8; ASSEMBLE_MAX];
+            let mut at = 0usize;
+            let mut put = |bytes: &[u8]| {
+                if let Some(dst) = buf.get_mut(at..at + bytes.len()) {
+                    dst.copy_from_slice(bytes);
+                }
+                at += bytes.len();
+            };
+            put(&word0.to_le_bytes());
+            put(&d.transaction_id.to_le_bytes());
+            packet.emit_header(&mut put);
+            for s in packet.payload() {
+                put(s);
+            }
+            if let Some(dst) = buf.get_mut(len..len + TRAILER_SIZE) {
+                dst.copy_from_slice(&trailer);
+            }
+            copy_to_ring(&self.mem, start, &buf[..total as usize]);
+        } else {
+            let mut cursor = start;
+            let (mem, size) = (&self.mem, self.size);
+            let mut put = |bytes: &[u8]| {
+                if !bytes.is_empty() {
+                    copy_to_ring(mem, cursor, bytes);
+                    cursor = advance(cursor, bytes.len() as u32, size);
+                }
+            };
+            put(&word0.to_le_bytes());
+            put(&d.transaction_id.to_le_bytes());
+            packet.emit_header(&mut put);
+            for s in packet.payload() {
+                put(s);
+            }
+            // Zero padding up to 8: one fixed 8-byte store from the payload end (it may run
+            // into the trailer slot, which is written next). Fixed-size copies compile to
+            // plain stores.
+            if cursor != advance(start, len as u32, size) {
+                copy_to_ring(mem, cursor, &[0u8; 8]);
+            }
+            copy_to_ring(mem, advance(start, len as u32, size), &trailer);
+        }
+        let cursor = advance(start, total, self.size);
         self.tail = cursor;
         if self.pending_set {
             self.mem
