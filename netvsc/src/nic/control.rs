@@ -57,6 +57,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         self.core.awaiting = Some(id);
         self.core.reply = None;
         self.core.control_refused = None;
+        // Nobody takes frames while the reply is awaited: they are dropped and counted as
+        // not taken (`rx_not_ready`), never counted as delivered.
+        let ready = core::mem::replace(&mut self.core.ready, false);
         let result = loop {
             if let Err(e) = self.pump(64, &mut |_| true) {
                 break Err(e);
@@ -76,6 +79,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }
         };
         self.core.awaiting = None;
+        self.core.ready = ready;
         result
     }
 
@@ -136,7 +140,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     }
 
     /// RNDIS KEEPALIVE (devices §2.10): asks the host's RNDIS side whether it is alive and
-    /// waits for the KEEPALIVE completion. Thread context only.
+    /// waits for the KEEPALIVE completion. Frames that arrive during the wait are dropped
+    /// (counted in [`NicStats::rx_not_ready`]). Thread context only.
     pub fn keepalive(&mut self, waiter: &mut impl Wait) -> Result<(), NetError> {
         let id = self.next_id();
         let m = RndisKeepalive {
