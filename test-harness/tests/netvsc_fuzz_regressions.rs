@@ -34,3 +34,38 @@ fn frames_arriving_during_keepalive_are_not_counted_as_delivered() {
     assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
     assert_clean(host, &vsp);
 }
+
+/// A frame that goes alone in its section was padded to the host's packing alignment: with a
+/// 64-byte alignment a full-size frame (1600 bytes padded) no longer fit a 1560-byte section,
+/// which the guest accepts, and with no page-buffer slots (allocated only when a frame never
+/// fits a section) it was refused as `FrameSize`. Fuzz input: section size 1560, alignment
+/// factor 6, a send of a full-size frame.
+#[test]
+fn full_size_frames_fit_the_smallest_section_whatever_the_packing_alignment() {
+    let mut rig = rig(NetVspConfig {
+        section_size: 1560,
+        packet_alignment_factor: 6,
+        ..NetVspConfig::default()
+    });
+    let vsp = rig.vsp.clone();
+    let (mut nic, host) = open(&mut rig, &small());
+    vsp.keep_frames(true);
+    let mac = nic.mac();
+    let mut sent = Vec::new();
+    for len in [1514usize, 1000, 64, 60] {
+        let mut f = vec![0xFFu8; 6];
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&0x88B5u16.to_be_bytes());
+        f.resize(len, len as u8);
+        nic.send_frame(&f).unwrap();
+        sent.push(f);
+    }
+    for _ in 0..4 {
+        host.step();
+        while nic.poll(64, |_| {}).unwrap() {}
+    }
+    assert_eq!(vsp.frames_from_guest(), sent);
+    assert_eq!(nic.stats().tx_completed, 4);
+    assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
+    assert_clean(host, &vsp);
+}
