@@ -29,7 +29,10 @@ fn frames_arriving_during_keepalive_are_not_counted_as_delivered() {
     }
     let s = nic.stats();
     assert!(s.rx_not_ready > 0, "frames arrived during the wait: {s:?}");
-    assert_eq!(s.rx_frames, handed, "rx_frames counts only frames handed to the caller");
+    assert_eq!(
+        s.rx_frames, handed,
+        "rx_frames counts only frames handed to the caller"
+    );
     assert_eq!(s.rx_frames + s.rx_not_ready, vsp.frames_to_guest());
     assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
     assert_clean(host, &vsp);
