@@ -120,7 +120,7 @@ fn check_layout(l: &MouseLayout, inp: &mut Input<'_>) {
     };
     let raw = l
         .decode(&report)
-        .expect("a report of the layout's size decodes");
+        .unwrap_or_else(|e| panic!("a report of the layout's size does not decode: {e:?}, {l:?}"));
     assert_eq!(raw.x, want(&l.x, xv), "X of {report:02x?} per {l:?}");
     assert_eq!(raw.y, want(&l.y, yv), "Y of {report:02x?} per {l:?}");
     // Shorter reports are refused.
