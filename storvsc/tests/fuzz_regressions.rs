@@ -10,7 +10,11 @@ fn empty_range_past_32_bit_lbas_keeps_its_lba() {
     for write in [false, true] {
         let c = Cdb::read_write(write, 1 << 32, 0).unwrap();
         assert_eq!(c.rw_range(), Some((1 << 32, 0)));
-        let op = if write { opcode::WRITE_16 } else { opcode::READ_16 };
+        let op = if write {
+            opcode::WRITE_16
+        } else {
+            opcode::READ_16
+        };
         assert_eq!(c.opcode(), op);
     }
     // The last 32-bit LBA still gets the short form.
