@@ -113,6 +113,94 @@ seeds['winhv_synic'] = [
         + u32(3) + bytes(160) + u8(9) + u8(2) + u8(1) + u8(0) + u8(0) + u8(2) + u8(1) + u8(6) + u64(0),
 ]
 
+# Driver targets: the first byte picks the part; device parts start with the host set-up
+# (teardowns answered, VMBus version index), then each guest message the host reads takes a
+# decision byte (0 = the correct answer) and each message it sends a transaction id.
+tid = u64(7)
+
+# synthhid: mode 0 parsers, 1 mouse, 3 keyboard.
+hv_mouse = bytes([0x05, 0x01, 0x09, 0x02, 0xA1, 0x01, 0x09, 0x01, 0xA1, 0x00, 0x05, 0x09, 0x19,
+    0x01, 0x25, 0x05, 0x15, 0x00, 0x25, 0x01, 0x95, 0x05, 0x75, 0x01, 0x81, 0x02, 0x95, 0x01,
+    0x75, 0x03, 0x81, 0x01, 0x05, 0x01, 0x09, 0x30, 0x09, 0x31, 0x15, 0x00, 0x26, 0xFF, 0x7F,
+    0x75, 0x10, 0x95, 0x02, 0x81, 0x02, 0x09, 0x38, 0x16, 0x01, 0x80, 0x26, 0xFF, 0x7F, 0x75,
+    0x10, 0x95, 0x01, 0x81, 0x06, 0xC0, 0xC0])
+def mouse_msg(kind, payload):
+    return u32(1) + u32(8 + len(payload)) + u32(kind) + u32(len(payload)) + payload
+info = u32(32) + u16(0x045E) + u16(0x0621) + u16(1) + bytes(22) \
+    + bytes([9, 0x21, 1, 1, 0, 1, 0x22]) + u16(len(hv_mouse)) + hv_mouse
+report = lambda x, y, b, w: u8(2) + u16(x) + u16(y) + u8(b) + u16(w) + tid
+seeds['synthhid'] = [
+    u8(0) + blob(mouse_msg(2, info), 400) + u32(100) + u32(200) + blob(b'abc', 80)
+        + blob(mouse_msg(4, bytes(7)), 400) + blob(u32(3) + u16(0x1E) + u16(0) + u32(2), 400),
+    u8(1) + u8(1) + u8(0) + u8(0) + tid + tid + u8(0) + report(100, 200, 1, 0)
+        + report(32767, 0, 3, 0xFFFF) + u8(7) + u8(5) + u16(800) + u16(600) + report(5, 5, 0, 1)
+        + u8(7) + u8(3) + u8(4) + blob(bytes(7), 120) + u8(0) + tid + u8(7),
+    u8(1) + u8(1) + u8(2) + u8(3) + blob(hv_mouse, 200) + tid + tid + u8(0) + report(1, 2, 0, 0)
+        + u8(7),
+    u8(3) + u8(1) + u8(0) + u8(0) + tid + u8(0) + u16(0x1E) + u8(0) + tid + u8(0) + u16(0x1E)
+        + u8(2) + tid + u8(5) + u16(4) + u8(7) + u8(4) + u8(9),
+]
+
+# ic_services: mode 0 the services without a channel (service byte: 0 heartbeat,
+# 1 shutdown, 2 time sync, 3 KVP), else a channel of the service picked by the next byte.
+def negotiate_req(fw_idx, svc_idx):
+    # negotiate(): 1 framework and 1 service version picked from ours, honest counts; then
+    # the header version (ours) and status.
+    return u8(1) + u8(1) + u8(fw_idx) + u8(1) + u8(1) + u8(svc_idx) + u8(1)
+seeds['ic_services'] = [
+    u8(0) + u8(0) + u8(0) + negotiate_req(0, 0) + u8(1) + u8(0) + u32(0) + u8(1)
+        + u8(1) + blob(u64(41), 44) + u8(1) + u8(0) + u8(1),
+    u8(0) + u8(3) + u8(1) + u8(1) + u8(1) + u8(0) + u8(0) + u8(3) + u8(4) + bytes(400) + u8(1)
+        + u8(1) + u8(0) + u8(1) + u8(1) + u8(1) + u8(0) + u8(0) + u8(0) + u8(1) + u8(1) + u8(0)
+        + u8(1),
+    u8(1) + u8(0) + u8(1) + u8(0) + u8(0) + u8(0) + negotiate_req(0, 0) + u8(0) + u8(0) + u8(1)
+        + u8(8) + u8(6) + u8(0) + u8(3) + blob(u64(5), 60) + u8(0) + u8(2) + u8(0) + u8(1)
+        + u8(8) + u8(6),
+    u8(1) + u8(1) + u8(1) + u8(0) + u8(0) + u8(3) + blob(bytes([1, 0, 0, 0]), 60) + u8(1)
+        + u8(2) + u8(0) + u8(1) + u8(7) + u8(3) + u8(8) + u8(6) + u8(9),
+]
+
+# storvsc: 0 parsers, 1 handshake, 2 ScsiDisk over a transport, 3 request table,
+# 4 the controller (host set-up bytes, then the handshake's decisions, then operations).
+ctl_setup = bytes([4, 1, 0, 1, 32, 1, 0, 0, 2, 1, 3, 2, 0, 3])
+seeds['storvsc'] = [
+    u8(0) + blob(bytes([0x70, 0, 6, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x2A, 0x09]), 120) + bytes(40),
+    u8(1) + u8(1) + u8(0) + bytes(40),
+    u8(2) + u8(1) + u8(63) + u8(1) + u8(0) + u8(0) + u8(4) + u8(0) + bytes(12)
+        + u8(0) + u8(3) + u8(2) + bytes(8) + u8(2) + u8(5) + u8(1) + bytes(8) + u8(4),
+    u8(3) + bytes([0, 1, 0, 0, 1, 1, 2, 2, 0, 3, 4, 4, 4, 5, 0]),
+    ctl_setup + bytes(5) + bytes([0, 0, 1, 5, 1, 0, 0, 0, 7, 0, 1, 1, 1, 9, 3, 7, 0, 0, 0, 4, 15])
+        + bytes([10]) + bytes(16) + bytes([0, 3, 2, 1, 4, 1]),
+    ctl_setup + bytes(5) + bytes([0, 0, 1, 5, 1, 7, 0xB0, 8, 0, 0, 4, 15, 9, 0, 9, 4, 15]),
+]
+
+# netvsc: 0 parsers, else an open NIC (configuration and host bytes, the handshake's
+# decisions, then operations).
+def eth(n): return bytes([0, 0x15, 0x5D, 1, 2, 3, 0, 0x15, 0x5D, 9, 9, 9, 0x08, 0]) + bytes(n - 14)
+nic_setup = bytes([1, 1, 0, 0, 0, 12, 4]) + u32(0xD) + bytes([6, 6, 0, 0, 0, 8, 3, 0])
+frame2 = u8(2) + u8(50) + eth(64)
+seeds['netvsc'] = [
+    u8(0) + blob(u32(1) + u32(60) + u32(36) + u32(16) + bytes(20) + u32(0) + bytes(16), 300)
+        + blob(eth(20), 200) + u8(100) + blob(b'', 40) + u32(1) + u32(0x10114),
+    nic_setup + bytes(11) + u8(0) + u8(1) + frame2 + frame2 + u8(1) + u8(3) + u8(20)
+        + u8(6) + frame2 + u8(9) + u8(0) + u8(13) + u8(0) + u8(3) + u8(20),
+    nic_setup + bytes(11) + u8(7) + u8(3) + frame2 + frame2 + frame2 + u8(9) + bytes(4)
+        + u8(2) + u8(2) + u8(0) + u8(4) + u8(11) + u8(1) + u8(1) + u32(5) + u8(3) + u8(20),
+]
+
+# synthvid: 0 parsers and damage, else the device (host versions, resolutions, the
+# driver's configuration, the handshake's decisions, then operations).
+vid_setup = bytes([1, 1, 0, 1, 1, 1, 1]) + u16(32) + u16(24) + bytes([0, 0, 0, 1, 0, 1]) \
+    + u32(0x123456) + bytes([0]) + tid + bytes([0]) + tid + bytes([0]) + tid + bytes([0])
+seeds['synthvid'] = [
+    u8(0) + blob(u32(1) + u32(14) + u32(2) + u32(14) + u32(0x30005) + u8(1) + u8(1), 1200)
+        + bytes([20, 20, 1, 2, 3, 4, 1, 5, 5, 5, 5, 1, 30, 2, 9, 9]),
+    vid_setup + bytes([0, 3, 4, 10, 10]) + u32(0xFF00FF) + bytes([4, 0]) + bytes([6, 0, 1, 1, 0, 0])
+        + bytes([5]) + bytes([1, 0, 0, 40, 40]) + u32(0x00FF00) + bytes([4, 0, 9]),
+    vid_setup + bytes([7, 0, 1]) + bytes([8]) + u32(3) + u32(4) + u8(1) + bytes([9, 2, 2, 0, 0, 0])
+        + bytes([3, 5]) + u32(7) + bytes([4, 0]),
+]
+
 for target, inputs in seeds.items():
     d = os.path.join('corpus', target)
     os.makedirs(d, exist_ok=True)

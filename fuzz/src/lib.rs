@@ -6,8 +6,14 @@
 //! Every assertion here is an invariant of the guest code under test: a failed one is a bug
 //! the fuzzer found (or a bug in the model, which the report must say).
 
+pub mod dev;
 pub mod host;
+pub mod ic;
+pub mod nvsp;
 pub mod ring;
+pub mod scsi;
+pub mod stor;
+pub mod vstor;
 
 /// Whether `FUZZ_TRACE` is set: the targets then narrate what they do (for triage of a
 /// crash input with `cargo fuzz run TARGET crash-file`).

@@ -38,7 +38,4 @@ pub mod scsi;
 #[cfg(feature = "embedded-sdmmc")]
 pub mod sdmmc;
 
-#[cfg(test)]
-mod fuzz;
-
 pub use error::StorError;

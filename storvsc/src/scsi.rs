@@ -172,7 +172,8 @@ impl Cdb {
     /// `None` if `blocks` exceeds the 16-byte form's 32-bit count or the range overflows.
     pub fn read_write(write: bool, lba: u64, blocks: u32) -> Option<Self> {
         let end = lba.checked_add(u64::from(blocks))?;
-        if end <= 1 << 32 && blocks <= 0xFFFF {
+        // The first LBA itself must fit 32 bits: an empty range at 2^32 ends at 2^32 too.
+        if lba <= u64::from(u32::MAX) && end <= 1 << 32 && blocks <= 0xFFFF {
             let (lba, n) = (lba as u32, blocks as u16);
             Some(if write {
                 Self::write_10(lba, n)

@@ -233,6 +233,9 @@ pub fn parse_descriptor(d: &[u8]) -> Result<MouseLayout, ReportError> {
     let mut offsets: [(u8, u32); 8] = [(0, 0); 8];
     let mut n_offsets = 1usize;
     let (mut x, mut y, mut wheel, mut buttons) = (None, None, None, None);
+    // Report ids of the buttons and wheel found: fields of another report than X and Y are
+    // not in the reports `decode` reads.
+    let (mut buttons_id, mut wheel_id) = (0u8, 0u8);
     let mut layout_id: Option<u8> = None;
     let mut at = 0usize;
     while at < d.len() {
@@ -310,17 +313,24 @@ pub fn parse_descriptor(d: &[u8]) -> Result<MouseLayout, ReportError> {
                         match (page, usage) {
                             (PAGE_BUTTON, _) if g.report_size == 1 && buttons.is_none() => {
                                 buttons = Some((bit_offset, g.report_count.min(32) as u8));
+                                buttons_id = g.report_id;
                             }
-                            (PAGE_GENERIC_DESKTOP, USAGE_X) if !relative && x.is_none() => {
-                                x = Some(field);
-                                layout_id = Some(g.report_id);
-                            }
-                            (PAGE_GENERIC_DESKTOP, USAGE_Y) if !relative && y.is_none() => {
-                                y = Some(field);
-                                layout_id = Some(g.report_id);
+                            (PAGE_GENERIC_DESKTOP, USAGE_X | USAGE_Y) if !relative => {
+                                let slot = if usage == USAGE_X { &mut x } else { &mut y };
+                                if slot.is_none() {
+                                    *slot = Some(field);
+                                    layout_id = Some(g.report_id);
+                                    if buttons_id != g.report_id {
+                                        buttons = None;
+                                    }
+                                    if wheel_id != g.report_id {
+                                        wheel = None;
+                                    }
+                                }
                             }
                             (PAGE_GENERIC_DESKTOP, USAGE_WHEEL) if wheel.is_none() => {
                                 wheel = Some(field);
+                                wheel_id = g.report_id;
                             }
                             _ => {}
                         }

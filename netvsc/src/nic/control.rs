@@ -61,6 +61,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         self.core.awaiting = Some(id);
         self.core.reply = None;
         self.core.control_refused = None;
+        // Nobody takes frames while the reply is awaited: they are dropped and counted as
+        // not taken (`rx_not_ready`), never counted as delivered.
+        let ready = core::mem::replace(&mut self.core.ready, false);
         let result = loop {
             if let Err(e) = self.pump(64, &mut |_, _| true) {
                 break Err(e);
@@ -80,6 +83,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }
         };
         self.core.awaiting = None;
+        self.core.ready = ready;
         result
     }
 
@@ -161,7 +165,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     }
 
     /// RNDIS KEEPALIVE (devices §2.10): asks the host's RNDIS side whether it is alive and
-    /// waits for the KEEPALIVE completion. Thread context only.
+    /// waits for the KEEPALIVE completion. Frames that arrive during the wait are dropped
+    /// (counted in [`NicStats::rx_not_ready`]). Thread context only.
     pub fn keepalive(&mut self, waiter: &mut impl Wait) -> Result<(), NetError> {
         let id = self.next_id();
         let m = RndisKeepalive {

@@ -283,7 +283,8 @@ pub struct NicStats {
     pub rx_bad_messages: u64,
     /// Messages larger than [`MAX_RECEIVE_MESSAGE`] or frames larger than MTU + 14.
     pub rx_too_large: u64,
-    /// Frames received before the NIC was ready (during initialisation).
+    /// Frames received while the NIC took none: during initialisation, while a control
+    /// request ([`Nic::keepalive`]) waited for its reply, and while closing.
     pub rx_not_ready: u64,
     /// Receive completions that had to wait for ring space.
     pub rx_completions_deferred: u64,

@@ -161,14 +161,22 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
     ) -> Result<R, NetError> {
         let align = self.core.info.packet_alignment as usize;
         let ppi_len = self.ppi_len(checksum);
-        let msg_len = (HEADER + ppi_len + len).next_multiple_of(align);
+        let packed_len = (HEADER + ppi_len + len).next_multiple_of(align);
         if len < ETHERNET_HEADER || len > self.core.max_frame || len > M {
             self.core.stats.tx_bad_size += 1;
             return Err(NetError::FrameSize(len));
         }
         let section_size = self.core.info.section_size as usize;
         let packable =
-            len < PACK_THRESHOLD && msg_len <= M && self.core.info.max_packets_per_message > 1;
+            len < PACK_THRESHOLD && packed_len <= M && self.core.info.max_packets_per_message > 1;
+        // The host's packet alignment spaces packed messages; a message alone in its section
+        // needs only the usual 8-byte padding (a full-size frame padded to 64 would not fit a
+        // 1560-byte section).
+        let msg_len = if packable {
+            packed_len
+        } else {
+            rndis::packet_message_len(ppi_len + len)
+        };
         let fits = self.core.burst.is_some_and(|o| {
             packable
                 && u32::from(o.frames) < self.core.info.max_packets_per_message
