@@ -153,12 +153,37 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         }
     }
 
+    /// Queues a frame built by `build` (see [`Queue::queue_built`]): a thin shell, so the
+    /// queueing itself exists once and not once per caller's closure.
     fn queue<R>(
         &mut self,
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
         checksum: bool,
     ) -> Result<R, NetError> {
+        let mut build = Some(build);
+        let mut built = None;
+        self.queue_built(
+            len,
+            &mut |buf| {
+                if let Some(build) = build.take() {
+                    built = Some(build(buf));
+                }
+            },
+            checksum,
+        )?;
+        // `Ok` means the frame was built, exactly once.
+        built.ok_or(NetError::InvalidArgument("frame not built"))
+    }
+
+    /// Queues a `len`-byte frame: `build` is called once, only if the frame is accepted, to
+    /// write it into the private buffer.
+    fn queue_built(
+        &mut self,
+        len: usize,
+        build: &mut dyn FnMut(&mut [u8]),
+        checksum: bool,
+    ) -> Result<(), NetError> {
         let align = self.core.info.packet_alignment as usize;
         let ppi_len = self.ppi_len(checksum);
         let packed_len = (HEADER + ppi_len + len).next_multiple_of(align);
@@ -213,7 +238,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         let message = &mut self.msg[..msg_len];
         message[..HEADER].copy_from_slice(header.as_bytes());
         let end = HEADER + ppi_len + len;
-        let r = build(&mut message[HEADER + ppi_len..end]);
+        build(&mut message[HEADER + ppi_len..end]);
         if checksum {
             apply_checksum(self.core, &mut message[HEADER..end], ppi_len);
         }
@@ -241,7 +266,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
                 Err(e) => return Err(e),
             }
         }
-        Ok(r)
+        Ok(())
     }
 
     /// Submits the burst: the open section goes to the host as one SEND_RNDIS_PKT.
@@ -324,12 +349,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
     /// RNDIS PACKET header alone in the first range (it and its PPIs never cross a page),
     /// then the frame split at page boundaries, one single-page range each; no section
     /// (index 0xFFFFFFFF), completion requested. The frame is built in the private buffer.
-    fn send_large<R>(
+    fn send_large(
         &mut self,
         len: usize,
-        build: impl FnOnce(&mut [u8]) -> R,
+        build: &mut dyn FnMut(&mut [u8]),
         checksum: bool,
-    ) -> Result<R, NetError> {
+    ) -> Result<(), NetError> {
         let ppi_len = self.ppi_len(checksum);
         if ppi_len + len > M {
             self.core.stats.tx_bad_size += 1;
@@ -355,7 +380,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         header.header.msg_len = ((HEADER + ppi_len + len) as u32).into();
         // The PPI, then the frame, in the private buffer.
         let area = &mut self.msg[..ppi_len + len];
-        let r = build(&mut area[ppi_len..]);
+        build(&mut area[ppi_len..]);
         if checksum {
             apply_checksum(self.core, area, ppi_len);
         }
@@ -395,7 +420,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             Ok(_) => {
                 self.core.large_free &= !(1 << slot);
                 self.core.stats.tx_frames += 1;
-                Ok(r)
+                Ok(())
             }
             Err(ChannelError::Full) => {
                 self.core.stats.tx_busy_ring += 1;
