@@ -196,6 +196,7 @@ pub(crate) struct Contexts<'a, C>(&'a mut [Option<C>]);
 
 impl<C> Contexts<'_, C> {
     /// Stores the context of the request `id` the book just reserved.
+    #[inline]
     pub(crate) fn put(&mut self, id: RequestId, context: C) {
         if let Some(c) = self.0.get_mut(id.index()) {
             *c = Some(context);
@@ -204,6 +205,7 @@ impl<C> Contexts<'_, C> {
 
     /// Takes the context of the request `id` the book just freed. `None` only if the table
     /// and its book disagree (a bug of this crate, never a host's doing).
+    #[inline]
     pub(crate) fn take(&mut self, id: RequestId) -> Option<C> {
         self.0.get_mut(id.index())?.take()
     }
@@ -220,6 +222,7 @@ pub(crate) struct Book<'a> {
 
 impl Book<'_> {
     /// Reserves a free slot for a request (its context to be put at its index).
+    #[inline]
     pub(crate) fn reserve(&mut self, dma: bool) -> Result<RequestId, ChannelError> {
         let n = self.meta.len();
         if self.counts.pending + self.counts.failed >= n {
@@ -247,6 +250,7 @@ impl Book<'_> {
     }
 
     /// Frees a slot: a new generation, so its old id matches nothing. Returns what it held.
+    #[inline]
     fn free(m: &mut Meta) -> State {
         m.generation = m.generation.wrapping_add(1).max(1);
         core::mem::replace(&mut m.state, State::Free)
@@ -273,6 +277,7 @@ impl Book<'_> {
     /// Validates a host-supplied transaction id and ends its request: the request and
     /// whether it named bus host-buffer memory (its context to be taken). `None` if the id
     /// matches no request in flight (unknown, stale, duplicate or forged).
+    #[inline]
     pub(crate) fn complete(&mut self, transaction_id: u64) -> Option<(RequestId, bool)> {
         let index = usize::try_from((transaction_id as u32).checked_sub(1)?).ok()?;
         let generation = (transaction_id >> 32) as u32;

@@ -30,12 +30,16 @@ pub(super) enum Health {
     Gone,
 }
 
-/// What [`Link::recv`] found: a [`super::Received`] without the request's context.
-pub(super) enum Got<'a> {
-    Packet(IncomingPacket<'a>),
+/// What [`Link::recv`] found: a [`super::Received`] without the request's context, and
+/// with the packet as its length in the caller's buffer (the caller parses it again there, so
+/// the packet is built once, in the caller's result).
+pub(super) enum Got {
+    Packet {
+        len: usize,
+    },
     Completion {
         request: RequestId,
-        packet: IncomingPacket<'a>,
+        len: usize,
     },
     Failed {
         request: RequestId,
@@ -111,6 +115,7 @@ impl<T: Transport, H: Hal> Link<'_, T, H> {
     /// ring is full), saying whether the host must be signalled. `Ok` means the packet is in
     /// the ring (published, or published by the batch's end): the host may act on it whatever
     /// happens to the signal.
+    #[inline]
     fn write_packet(
         &mut self,
         book: &mut Book<'_>,
@@ -218,6 +223,7 @@ impl<T: Transport, H: Hal> Link<'_, T, H> {
     /// flight — the host may complete it, and may be using the memory it names — so a failed
     /// signal does not fail it: it is logged and counted, and the request completes, or fails
     /// at close, like any other. `Err(true)`: taken back from the table.
+    #[inline]
     fn send_request(
         &mut self,
         book: &mut Book<'_>,
@@ -236,6 +242,7 @@ impl<T: Transport, H: Hal> Link<'_, T, H> {
     }
 
     /// [`super::Channel::request`] without the context: the request's slot in `book`.
+    #[inline]
     pub(super) fn request(
         &mut self,
         book: &mut Book<'_>,
@@ -249,6 +256,7 @@ impl<T: Transport, H: Hal> Link<'_, T, H> {
     }
 
     /// [`super::Channel::request_dma`] without the context: the request's slot in `book`.
+    #[inline]
     pub(super) fn request_dma(
         &mut self,
         book: &mut Book<'_>,
@@ -316,80 +324,67 @@ impl<T: Transport, H: Hal> Link<'_, T, H> {
         }
     }
 
-    /// [`super::Channel::recv`] without the contexts: requests as their slots in `book`.
-    pub(super) fn recv<'a>(
+    /// [`super::Channel::recv`] without the contexts: requests as their slots in `book`, the
+    /// packet as its length at the start of `buf` (see [`packet_in`]).
+    #[inline]
+    pub(super) fn recv(
         &mut self,
         book: &mut Book<'_>,
-        buf: &'a mut [u8],
-    ) -> Result<Option<Got<'a>>, ChannelError> {
+        buf: &mut [u8],
+    ) -> Result<Option<Got>, ChannelError> {
         self.begin_receive(book);
-        if self.health != Health::Open {
-            return match book.take_failed() {
-                Some((request, error)) => Ok(Some(Got::Failed { request, error })),
-                None => Err(self.health_error()),
-            };
-        }
-        self.more = true;
-        for _ in 0..MAX_SKIPPED_PER_RECV {
-            // Decide with a short borrow of `buf`; the packet is rebuilt from the private
-            // copy below, so the borrow returned to the caller is the only long one.
-            let outcome = match self.reader.read(&mut *buf) {
-                Ok(p) => {
-                    self.stats.received += 1;
-                    let len = usize::from(p.descriptor.length8) * 8;
-                    if matches!(p.kind, PacketKind::Completion) {
+        if self.health == Health::Open {
+            self.more = true;
+            for _ in 0..MAX_SKIPPED_PER_RECV {
+                match self.reader.read(&mut *buf) {
+                    Ok(p) => {
+                        self.stats.received += 1;
+                        let len = usize::from(p.descriptor.length8) * 8;
+                        if !matches!(p.kind, PacketKind::Completion) {
+                            return Ok(Some(Got::Packet { len }));
+                        }
                         match book.complete(p.transaction_id()) {
-                            Some((id, dma)) => {
+                            Some((request, dma)) => {
                                 if dma {
                                     self.bus.slots.dma_completed(self.slot);
                                 }
-                                Some((len, Some(id)))
+                                return Ok(Some(Got::Completion { request, len }));
                             }
-                            None => {
-                                self.stats.unknown_completions += 1;
-                                log::warn!(
-                                    "channel {}: completion for unknown transaction {:#x}",
-                                    self.info.relid,
-                                    p.transaction_id()
-                                );
-                                None
-                            }
+                            None => self.unknown_completion(p.transaction_id()),
                         }
-                    } else {
-                        Some((len, None))
+                    }
+                    Err(ReadError::Empty) => {
+                        self.more = false;
+                        return Ok(None);
+                    }
+                    Err(ReadError::BufferTooSmall { needed }) => {
+                        return Err(ChannelError::BufferTooSmall { needed });
+                    }
+                    Err(ReadError::Corrupt(c)) => {
+                        // Dead from now on: its requests are reported below.
+                        self.fail(book, Health::Broken(c));
+                        break;
                     }
                 }
-                Err(ReadError::Empty) => {
-                    self.more = false;
-                    return Ok(None);
-                }
-                Err(ReadError::BufferTooSmall { needed }) => {
-                    return Err(ChannelError::BufferTooSmall { needed });
-                }
-                Err(ReadError::Corrupt(c)) => {
-                    self.fail(book, Health::Broken(c));
-                    return self.recv(book, buf);
-                }
-            };
-            let Some((len, completion)) = outcome else {
-                continue;
-            };
-            let buf: &'a [u8] = buf;
-            let packet = match buf.get(..len).map(IncomingPacket::reparse) {
-                Some(Ok(p)) => p,
-                // Cannot happen: `read` validated this very copy.
-                _ => {
-                    return Err(ChannelError::Corrupt(Corrupt::TruncatedPacket {
-                        available: 0,
-                    }));
-                }
-            };
-            return Ok(Some(match completion {
-                Some(request) => Got::Completion { request, packet },
-                None => Got::Packet(packet),
-            }));
+            }
+            if self.health == Health::Open {
+                return Ok(None);
+            }
         }
-        Ok(None)
+        match book.take_failed() {
+            Some((request, error)) => Ok(Some(Got::Failed { request, error })),
+            None => Err(self.health_error()),
+        }
+    }
+
+    /// A completion matched no request: counted and logged, then skipped.
+    #[cold]
+    fn unknown_completion(&mut self, transaction_id: u64) {
+        self.stats.unknown_completions += 1;
+        log::warn!(
+            "channel {}: completion for unknown transaction {transaction_id:#x}",
+            self.info.relid
+        );
     }
 
     /// [`super::Channel::skip`].
@@ -503,3 +498,14 @@ impl<T: Transport, H: Hal> Drop for Link<'_, T, H> {
         }
     }
 }
+
+/// The packet [`Link::recv`] read into `buf`, `len` bytes, parsed again from that private
+/// copy. Never `None` (`read` validated this very copy); if it were, the ring is corrupt.
+#[inline]
+pub(super) fn packet_in(buf: &[u8], len: usize) -> Option<IncomingPacket<'_>> {
+    IncomingPacket::reparse(buf.get(..len)?).ok()
+}
+
+/// What `recv` reports if [`packet_in`] ever failed.
+pub(super) const UNREADABLE_COPY: ChannelError =
+    ChannelError::Corrupt(Corrupt::TruncatedPacket { available: 0 });

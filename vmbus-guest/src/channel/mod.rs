@@ -24,7 +24,7 @@ use crate::requestor::{Contexts, DEFAULT_REQUESTS, RequestId, RequestTable};
 use crate::ring::{IncomingPacket, OutgoingPacket, PacketDescriptor};
 use crate::transport::Transport;
 use crate::wait::Wait;
-use link::{Got, Link};
+use link::{Got, Link, UNREADABLE_COPY, packet_in};
 
 /// Most PFNs one GPA-direct packet may name.
 pub const MAX_GPA_DIRECT_PFNS: usize = 66;
@@ -244,17 +244,17 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// [`Received::Failed`], then the channel error; close the channel.
     pub fn recv<'a>(&mut self, buf: &'a mut [u8]) -> Result<Option<Received<'a, C>>, ChannelError> {
         let (mut book, mut contexts) = self.requests.split();
-        let Some(got) = self.link.recv(&mut book, buf)? else {
-            return Ok(None);
-        };
-        Ok(Some(match got {
-            Got::Packet(packet) => Received::Packet(packet),
-            Got::Completion { request, packet } => Received::Completion {
+        Ok(Some(match self.link.recv(&mut book, buf)? {
+            None => return Ok(None),
+            Some(Got::Packet { len }) => {
+                Received::Packet(packet_in(buf, len).ok_or(UNREADABLE_COPY)?)
+            }
+            Some(Got::Completion { request, len }) => Received::Completion {
                 request,
                 context: context_of(&mut contexts, request)?,
-                packet,
+                packet: packet_in(buf, len).ok_or(UNREADABLE_COPY)?,
             },
-            Got::Failed { request, error } => Received::Failed {
+            Some(Got::Failed { request, error }) => Received::Failed {
                 request,
                 context: context_of(&mut contexts, request)?,
                 error,
