@@ -3,11 +3,6 @@
 //! completion or the failure. A fixed slab with a generation per slot, so a host-supplied
 //! transaction id is only ever looked up and validated, never trusted as a pointer, and a
 //! stale, forged or duplicate id matches nothing.
-//!
-//! The slab's bookkeeping (states, generations, counts) is kept apart from the contexts and
-//! worked on through a [`Book`], which knows neither the context type nor the capacity: the
-//! channel code that allocates, matches and fails requests exists once, whatever the
-//! context types and table sizes of the drivers linked together.
 
 #![forbid(unsafe_code)]
 
@@ -37,36 +32,24 @@ impl RequestId {
     }
 }
 
-/// What a slot holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+#[derive(Debug)]
+enum Slot<C> {
     Free,
-    /// Waiting for the host; `dma`: it named bus host-buffer memory (GPA-direct).
     Pending {
+        context: C,
         dma: bool,
     },
     /// Ended without a completion (the channel died, with the table's `failure`); reported
     /// once.
-    Failed,
+    Failed {
+        context: C,
+    },
 }
 
-/// One slot's bookkeeping. Its context, if the slot is not free, is in the table's
-/// context array at the same index.
-#[derive(Clone, Copy, Debug)]
-struct Meta {
-    generation: u32,
-    state: State,
-}
-
-/// The counts of a table.
 #[derive(Debug)]
-struct Counts {
-    pending: usize,
-    failed: usize,
-    /// Why the failed requests failed (one cause for all: the channel's death).
-    failure: ChannelError,
-    /// Where the next free-slot search starts (keeps allocation O(1) on average).
-    cursor: usize,
+struct Entry<C> {
+    generation: u32,
+    slot: Slot<C>,
 }
 
 /// A request that ended, as the table reports it.
@@ -83,10 +66,13 @@ pub struct Ended<C> {
 /// The requests in flight on one channel: `N` slots, context `C` each.
 #[derive(Debug)]
 pub struct RequestTable<C, const N: usize = DEFAULT_REQUESTS> {
-    counts: Counts,
-    meta: [Meta; N],
-    /// `Some` exactly where `meta` is not free.
-    contexts: [Option<C>; N],
+    entries: [Entry<C>; N],
+    pending: usize,
+    failed: usize,
+    /// Why the failed requests failed (one cause for all: the channel's death).
+    failure: ChannelError,
+    /// Where the next free-slot search starts (keeps allocation O(1) on average).
+    cursor: usize,
 }
 
 impl<C, const N: usize> Default for RequestTable<C, N> {
@@ -100,56 +86,56 @@ impl<C, const N: usize> RequestTable<C, N> {
     pub fn new() -> Self {
         const { assert!(N > 0 && N <= u16::MAX as usize) };
         Self {
-            counts: Counts {
-                pending: 0,
-                failed: 0,
-                failure: ChannelError::Closed,
-                cursor: 0,
-            },
-            meta: [Meta {
+            entries: core::array::from_fn(|_| Entry {
                 generation: 1,
-                state: State::Free,
-            }; N],
-            contexts: core::array::from_fn(|_| None),
+                slot: Slot::Free,
+            }),
+            pending: 0,
+            failed: 0,
+            failure: ChannelError::Closed,
+            cursor: 0,
         }
-    }
-
-    /// The bookkeeping and the contexts, apart.
-    pub(crate) fn split(&mut self) -> (Book<'_>, Contexts<'_, C>) {
-        (
-            Book {
-                counts: &mut self.counts,
-                meta: &mut self.meta,
-            },
-            Contexts(&mut self.contexts),
-        )
     }
 
     /// Requests waiting for the host.
     pub fn in_flight(&self) -> usize {
-        self.counts.pending
+        self.pending
     }
 
     /// Requests that failed and were not yet reported.
     pub fn failed(&self) -> usize {
-        self.counts.failed
+        self.failed
     }
 
     /// Whether every slot is taken (pending or failed and unreported).
     pub fn is_full(&self) -> bool {
-        self.counts.pending + self.counts.failed == N
+        self.pending + self.failed == N
     }
 
     /// Reserves a slot for a request carrying `context`.
     pub fn insert(&mut self, context: C, dma: bool) -> Result<RequestId, (ChannelError, C)> {
-        let (mut book, mut contexts) = self.split();
-        match book.reserve(dma) {
-            Ok(id) => {
-                contexts.put(id, context);
-                Ok(id)
-            }
-            Err(e) => Err((e, context)),
+        if self.is_full() {
+            return Err((ChannelError::TooManyRequests, context));
         }
+        for step in 0..N {
+            let index = (self.cursor + step) % N;
+            let e = &mut self.entries[index];
+            if matches!(e.slot, Slot::Free) {
+                e.slot = Slot::Pending { context, dma };
+                self.pending += 1;
+                self.cursor = (index + 1) % N;
+                return Ok(RequestId {
+                    index: index as u16,
+                    generation: e.generation,
+                });
+            }
+        }
+        Err((ChannelError::TooManyRequests, context))
+    }
+
+    fn free(e: &mut Entry<C>) -> Slot<C> {
+        e.generation = e.generation.wrapping_add(1).max(1);
+        core::mem::replace(&mut e.slot, Slot::Free)
     }
 
     /// Takes back a request whose packet was never sent (the write failed). The write may
@@ -157,184 +143,102 @@ impl<C, const N: usize> RequestTable<C, N> {
     /// this one included: it is taken back from the failed ones too, so a request its sender
     /// saw fail is never reported again by `take_failed`.
     pub fn cancel(&mut self, id: RequestId) -> Option<C> {
-        let (mut book, mut contexts) = self.split();
-        if book.cancel(id) {
-            contexts.take(id)
-        } else {
-            None
+        let e = self
+            .entries
+            .get_mut(usize::from(id.index))
+            .filter(|e| e.generation == id.generation && !matches!(e.slot, Slot::Free))?;
+        match Self::free(e) {
+            Slot::Pending { context, .. } => {
+                self.pending -= 1;
+                Some(context)
+            }
+            Slot::Failed { context, .. } => {
+                self.failed -= 1;
+                Some(context)
+            }
+            Slot::Free => None,
         }
     }
 
     /// Validates a host-supplied transaction id and ends its request. `None` if the id
     /// matches no request in flight (unknown, stale, duplicate or forged).
     pub fn complete(&mut self, transaction_id: u64) -> Option<Ended<C>> {
-        let (mut book, mut contexts) = self.split();
-        let (id, dma) = book.complete(transaction_id)?;
-        Some(Ended {
-            id,
-            context: contexts.take(id)?,
-            dma,
-        })
+        let index = usize::try_from((transaction_id as u32).checked_sub(1)?).ok()?;
+        let generation = (transaction_id >> 32) as u32;
+        let e = self
+            .entries
+            .get_mut(index)
+            .filter(|e| e.generation == generation && matches!(e.slot, Slot::Pending { .. }))?;
+        match Self::free(e) {
+            Slot::Pending { context, dma } => {
+                self.pending -= 1;
+                Some(Ended {
+                    id: RequestId {
+                        index: index as u16,
+                        generation,
+                    },
+                    context,
+                    dma,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Every request in flight fails with `error` (the channel died); each is reported once
     /// by [`RequestTable::take_failed`].
     pub fn fail_all(&mut self, error: ChannelError) {
-        self.split().0.fail_all(error);
+        if self.pending == 0 {
+            return;
+        }
+        self.failure = error;
+        for e in self.entries.iter_mut() {
+            if matches!(e.slot, Slot::Pending { .. }) {
+                let Slot::Pending { context, .. } = core::mem::replace(&mut e.slot, Slot::Free)
+                else {
+                    continue;
+                };
+                e.slot = Slot::Failed { context };
+                self.pending -= 1;
+                self.failed += 1;
+            }
+        }
     }
 
     /// Takes one failed request, freeing its slot.
     pub fn take_failed(&mut self) -> Option<(RequestId, C, ChannelError)> {
-        let (mut book, mut contexts) = self.split();
-        let (id, error) = book.take_failed()?;
-        Some((id, contexts.take(id)?, error))
-    }
-}
-
-/// The contexts of a table, borrowed apart from its [`Book`].
-pub(crate) struct Contexts<'a, C>(&'a mut [Option<C>]);
-
-impl<C> Contexts<'_, C> {
-    /// Stores the context of the request `id` the book just reserved.
-    #[inline]
-    pub(crate) fn put(&mut self, id: RequestId, context: C) {
-        if let Some(c) = self.0.get_mut(id.index()) {
-            *c = Some(context);
-        }
-    }
-
-    /// Takes the context of the request `id` the book just freed. `None` only if the table
-    /// and its book disagree (a bug of this crate, never a host's doing).
-    #[inline]
-    pub(crate) fn take(&mut self, id: RequestId) -> Option<C> {
-        self.0.get_mut(id.index())?.take()
-    }
-}
-
-/// The bookkeeping of a table, borrowed apart from its contexts: every operation that
-/// allocates, matches or fails requests, with neither the context type nor the capacity in
-/// its type. Whoever frees a slot here takes its context from the [`Contexts`]; whoever
-/// reserves one puts it there.
-pub(crate) struct Book<'a> {
-    counts: &'a mut Counts,
-    meta: &'a mut [Meta],
-}
-
-impl Book<'_> {
-    /// Reserves a free slot for a request (its context to be put at its index).
-    #[inline]
-    pub(crate) fn reserve(&mut self, dma: bool) -> Result<RequestId, ChannelError> {
-        let n = self.meta.len();
-        if self.counts.pending + self.counts.failed >= n {
-            return Err(ChannelError::TooManyRequests);
-        }
-        let mut index = self.counts.cursor;
-        for _ in 0..n {
-            if index >= n {
-                index = 0;
-            }
-            if let Some(m) = self.meta.get_mut(index)
-                && m.state == State::Free
-            {
-                m.state = State::Pending { dma };
-                self.counts.pending += 1;
-                self.counts.cursor = index + 1;
-                return Ok(RequestId {
-                    index: index as u16,
-                    generation: m.generation,
-                });
-            }
-            index += 1;
-        }
-        Err(ChannelError::TooManyRequests)
-    }
-
-    /// Frees a slot: a new generation, so its old id matches nothing. Returns what it held.
-    #[inline]
-    fn free(m: &mut Meta) -> State {
-        m.generation = m.generation.wrapping_add(1).max(1);
-        core::mem::replace(&mut m.state, State::Free)
-    }
-
-    /// Takes back a request whose packet was never sent, pending or failed (see
-    /// [`RequestTable::cancel`]). Whether `id` was such a request (its context to be taken).
-    pub(crate) fn cancel(&mut self, id: RequestId) -> bool {
-        let Some(m) = self
-            .meta
-            .get_mut(id.index())
-            .filter(|m| m.generation == id.generation && m.state != State::Free)
-        else {
-            return false;
-        };
-        match Self::free(m) {
-            State::Pending { .. } => self.counts.pending -= 1,
-            State::Failed => self.counts.failed -= 1,
-            State::Free => {}
-        }
-        true
-    }
-
-    /// Validates a host-supplied transaction id and ends its request: the request and
-    /// whether it named bus host-buffer memory (its context to be taken). `None` if the id
-    /// matches no request in flight (unknown, stale, duplicate or forged).
-    #[inline]
-    pub(crate) fn complete(&mut self, transaction_id: u64) -> Option<(RequestId, bool)> {
-        let index = usize::try_from((transaction_id as u32).checked_sub(1)?).ok()?;
-        let generation = (transaction_id >> 32) as u32;
-        let m = self
-            .meta
-            .get_mut(index)
-            .filter(|m| m.generation == generation)?;
-        let State::Pending { dma } = m.state else {
-            return None;
-        };
-        Self::free(m);
-        self.counts.pending -= 1;
-        Some((
-            RequestId {
-                index: index as u16,
-                generation,
-            },
-            dma,
-        ))
-    }
-
-    /// Every request in flight fails with `error`; each is reported once by
-    /// [`Book::take_failed`].
-    pub(crate) fn fail_all(&mut self, error: ChannelError) {
-        if self.counts.pending == 0 {
-            return;
-        }
-        self.counts.failure = error;
-        for m in self.meta.iter_mut() {
-            if matches!(m.state, State::Pending { .. }) {
-                m.state = State::Failed;
-                self.counts.pending -= 1;
-                self.counts.failed += 1;
-            }
-        }
-    }
-
-    /// Takes one failed request, freeing its slot (its context to be taken).
-    pub(crate) fn take_failed(&mut self) -> Option<(RequestId, ChannelError)> {
-        if self.counts.failed == 0 {
+        if self.failed == 0 {
             return None;
         }
-        let (index, m) = self
-            .meta
-            .iter_mut()
-            .enumerate()
-            .find(|(_, m)| m.state == State::Failed)?;
-        let generation = m.generation;
-        Self::free(m);
-        self.counts.failed -= 1;
-        Some((
-            RequestId {
-                index: index as u16,
-                generation,
-            },
-            self.counts.failure,
-        ))
+        for (index, e) in self.entries.iter_mut().enumerate() {
+            if matches!(e.slot, Slot::Failed { .. }) {
+                let generation = e.generation;
+                if let Slot::Failed { context } = Self::free(e) {
+                    self.failed -= 1;
+                    let id = RequestId {
+                        index: index as u16,
+                        generation,
+                    };
+                    return Some((id, context, self.failure));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a channel's context-free code needs of its request table: failing every request in
+/// flight when the channel dies. Behind `dyn`, so that code exists once whatever the context
+/// types and table sizes of the drivers linked together (the hot paths that store and take
+/// contexts stay generic).
+pub(crate) trait FailAll {
+    /// [`RequestTable::fail_all`].
+    fn fail_all(&mut self, error: ChannelError);
+}
+
+impl<C, const N: usize> FailAll for RequestTable<C, N> {
+    fn fail_all(&mut self, error: ChannelError) {
+        RequestTable::fail_all(self, error);
     }
 }
 

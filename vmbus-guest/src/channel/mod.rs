@@ -20,11 +20,13 @@ use crate::error::ChannelError;
 use crate::hal::Hal;
 use crate::host_buffer::Dma;
 use crate::offers::OfferInfo;
-use crate::requestor::{Contexts, DEFAULT_REQUESTS, RequestId, RequestTable};
-use crate::ring::{IncomingPacket, OutgoingPacket, PacketDescriptor};
+use crate::requestor::{DEFAULT_REQUESTS, RequestId, RequestTable};
+use crate::ring::{
+    Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketDescriptor, PacketKind, ReadError,
+};
 use crate::transport::Transport;
 use crate::wait::Wait;
-use link::{Got, Link, UNREADABLE_COPY, packet_in};
+use link::{Health, Link};
 
 /// Most PFNs one GPA-direct packet may name.
 pub const MAX_GPA_DIRECT_PFNS: usize = 66;
@@ -147,7 +149,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// Whether the channel is usable (not rescinded, unloaded, corrupt or closed). Reads the
     /// liveness the bus maintains; requests in flight fail on the first sight of a death.
     pub fn is_alive(&mut self) -> bool {
-        self.link.check(&mut self.requests.split().0).is_ok()
+        self.link.check(&mut self.requests).is_ok()
     }
 
     /// Starts a send batch: packets sent until [`Channel::end_send_batch`] ([`Channel::send`],
@@ -160,7 +162,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// publishes what is there first. Every begin must be followed by an end: until then
     /// the host does not see the packets. Interrupt-safe.
     pub fn begin_send_batch(&mut self) -> Result<(), ChannelError> {
-        self.link.begin_send_batch(&mut self.requests.split().0)
+        self.link.begin_send_batch(&mut self.requests)
     }
 
     /// Ends a send batch: publishes its packets with one write-index store and signals the
@@ -180,7 +182,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// Sends an in-band packet (type 6) without completion request.
     pub fn send(&mut self, payload: &[&[u8]]) -> Result<(), ChannelError> {
         let packet = OutgoingPacket::in_band(0, false, payload);
-        self.link.send(&mut self.requests.split().0, &packet)
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends an in-band packet (type 6) without completion request, carrying the host's
@@ -192,7 +194,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
         let packet = OutgoingPacket::in_band(transaction_id, false, payload);
-        self.link.send(&mut self.requests.split().0, &packet)
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends a completion (type 11) for a host packet that requested one.
@@ -202,7 +204,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
         let packet = OutgoingPacket::completion(transaction_id, payload);
-        self.link.send(&mut self.requests.split().0, &packet)
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends an in-band packet with completion requested. The completion (or the failure)
@@ -210,9 +212,13 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// the context is dropped; a packet that reached the ring is in flight even if signalling
     /// the host failed ([`ChannelStats::signal_failures`]).
     pub fn request(&mut self, payload: &[&[u8]], context: C) -> Result<RequestId, ChannelError> {
-        let (mut book, mut contexts) = self.requests.split();
-        let id = self.link.request(&mut book, payload)?;
-        contexts.put(id, context);
+        self.link.check_send(&mut self.requests)?;
+        let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
+        let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
+        if let Err(e) = self.link.send_request(&mut self.requests, &packet) {
+            self.requests.cancel(id);
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -228,9 +234,57 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         payload: &[&[u8]],
         context: C,
     ) -> Result<RequestId, ChannelError> {
-        let (mut book, mut contexts) = self.requests.split();
-        let id = self.link.request_dma(&mut book, dma, payload)?;
-        contexts.put(id, context);
+        self.link.check_send(&mut self.requests)?;
+        if dma.is_empty() || dma.len() > MAX_GPA_DIRECT_RANGES {
+            return Err(ChannelError::InvalidArgument("1 to 16 GPA-direct ranges"));
+        }
+        // Filled as translated (no zeroing of the whole capacity per request).
+        let mut pfns: heapless::Vec<u64, MAX_GPA_DIRECT_PFNS> = heapless::Vec::new();
+        let mut spans: heapless::Vec<(u32, u32, usize, usize), MAX_GPA_DIRECT_RANGES> =
+            heapless::Vec::new();
+        let mut host_buffer = false;
+        for d in dma {
+            let start = pfns.len();
+            let count = d.page_count();
+            if count > pfns.capacity() - start {
+                return Err(ChannelError::InvalidArgument("too many GPA-direct pages"));
+            }
+            for i in 0..count {
+                // Cannot fail: the capacity was checked above.
+                let _ = pfns.push(d.pfn(self.link.bus.hal(), i)?);
+            }
+            let _ = spans.push((d.len() as u32, d.page_offset(), start, count));
+            host_buffer |= d.users().is_some();
+        }
+        let mut ranges: heapless::Vec<GpaRange<'_>, MAX_GPA_DIRECT_RANGES> = heapless::Vec::new();
+        for &(byte_count, byte_offset, start, count) in &spans {
+            let _ = ranges.push(GpaRange {
+                byte_count,
+                byte_offset,
+                pfns: &pfns[start..start + count],
+            });
+        }
+        let id = self
+            .requests
+            .insert(context, host_buffer)
+            .map_err(|(e, _)| e)?;
+        // Recorded before the packet goes out: from then on the host may touch the memory.
+        for d in dma {
+            if let Some(users) = d.users() {
+                users.record(self.link.slot);
+            }
+        }
+        if host_buffer {
+            self.link.bus.slots.dma_started(self.link.slot);
+        }
+        let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges, payload);
+        if let Err(e) = self.link.send_request(&mut self.requests, &packet) {
+            if self.requests.cancel(id).is_some() && host_buffer {
+                // Never reached the ring: the host cannot be using the memory for it.
+                self.link.bus.slots.dma_completed(self.link.slot);
+            }
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -243,23 +297,77 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// After a rescind, unload or ring corruption, each request in flight is returned once as
     /// [`Received::Failed`], then the channel error; close the channel.
     pub fn recv<'a>(&mut self, buf: &'a mut [u8]) -> Result<Option<Received<'a, C>>, ChannelError> {
-        let (mut book, mut contexts) = self.requests.split();
-        Ok(Some(match self.link.recv(&mut book, buf)? {
-            None => return Ok(None),
-            Some(Got::Packet { len }) => {
-                Received::Packet(packet_in(buf, len).ok_or(UNREADABLE_COPY)?)
-            }
-            Some(Got::Completion { request, len }) => Received::Completion {
-                request,
-                context: context_of(&mut contexts, request)?,
-                packet: packet_in(buf, len).ok_or(UNREADABLE_COPY)?,
-            },
-            Some(Got::Failed { request, error }) => Received::Failed {
-                request,
-                context: context_of(&mut contexts, request)?,
-                error,
-            },
-        }))
+        self.link.begin_receive(&mut self.requests);
+        if self.link.health != Health::Open {
+            return match self.requests.take_failed() {
+                Some((request, context, error)) => Ok(Some(Received::Failed {
+                    request,
+                    context,
+                    error,
+                })),
+                None => Err(self.link.health_error()),
+            };
+        }
+        self.link.more = true;
+        for _ in 0..MAX_SKIPPED_PER_RECV {
+            // Decide with a short borrow of `buf`; the packet is rebuilt from the private
+            // copy below, so the borrow returned to the caller is the only long one.
+            let outcome = match self.link.reader.read(&mut *buf) {
+                Ok(p) => {
+                    self.link.stats.received += 1;
+                    let len = usize::from(p.descriptor.length8) * 8;
+                    if matches!(p.kind, PacketKind::Completion) {
+                        match self.requests.complete(p.transaction_id()) {
+                            Some(ended) => {
+                                if ended.dma {
+                                    self.link.bus.slots.dma_completed(self.link.slot);
+                                }
+                                Some((len, Some((ended.id, ended.context))))
+                            }
+                            None => {
+                                self.link.unknown_completion(p.transaction_id());
+                                None
+                            }
+                        }
+                    } else {
+                        Some((len, None))
+                    }
+                }
+                Err(ReadError::Empty) => {
+                    self.link.more = false;
+                    return Ok(None);
+                }
+                Err(ReadError::BufferTooSmall { needed }) => {
+                    return Err(ChannelError::BufferTooSmall { needed });
+                }
+                Err(ReadError::Corrupt(c)) => {
+                    self.link.fail(&mut self.requests, Health::Broken(c));
+                    return self.recv(buf);
+                }
+            };
+            let Some((len, completion)) = outcome else {
+                continue;
+            };
+            let buf: &'a [u8] = buf;
+            let packet = match buf.get(..len).map(IncomingPacket::reparse) {
+                Some(Ok(p)) => p,
+                // Cannot happen: `read` validated this very copy.
+                _ => {
+                    return Err(ChannelError::Corrupt(Corrupt::TruncatedPacket {
+                        available: 0,
+                    }));
+                }
+            };
+            return Ok(Some(match completion {
+                Some((request, context)) => Received::Completion {
+                    request,
+                    context,
+                    packet,
+                },
+                None => Received::Packet(packet),
+            }));
+        }
+        Ok(None)
     }
 
     /// Drops the next packet unread: the way past a packet larger than the caller's buffer
@@ -270,7 +378,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// a driver whose completions can be that large must size its buffer for them.
     /// Interrupt-safe.
     pub fn skip(&mut self) -> Result<Option<PacketDescriptor>, ChannelError> {
-        self.link.skip(&mut self.requests.split().0)
+        self.link.skip(&mut self.requests)
     }
 
     /// Ends a receive batch: publishes the read index once (signalling the host only if it
@@ -412,20 +520,10 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         waiter: &mut impl Wait,
         mut on_failed: impl FnMut(RequestId, C, ChannelError),
     ) -> Released {
-        let (mut book, mut contexts) = self.requests.split();
-        self.link.fail_for_close(&mut book);
-        while let Some((id, err)) = book.take_failed() {
-            if let Some(ctx) = contexts.take(id) {
-                on_failed(id, ctx, err);
-            }
+        self.link.fail_for_close(&mut self.requests);
+        while let Some((id, ctx, err)) = self.requests.take_failed() {
+            on_failed(id, ctx, err);
         }
         self.link.close(waiter)
     }
-}
-
-/// The context of a request the table just ended. Its absence would be a bug of this crate
-/// (the table and its book out of step), never the host's doing: reported as an unknown
-/// request rather than a panic.
-fn context_of<C>(contexts: &mut Contexts<'_, C>, id: RequestId) -> Result<C, ChannelError> {
-    contexts.take(id).ok_or(ChannelError::UnknownRequest)
 }
