@@ -109,7 +109,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, NetError> {
-        self.queue(len, build, false)
+        self.queue_with(len, build, false)
     }
 
     /// [`Nic::send_frame`] with the TCP/UDP checksum left to the NIC (see
@@ -140,7 +140,30 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, NetError> {
-        self.queue(len, build, true)
+        self.queue_with(len, build, true)
+    }
+
+    /// [`Queue::queue`] for a caller's builder: the builder goes in behind `dyn`, so the
+    /// queueing body is instantiated once for all builders (a network stack has one per
+    /// frame kind) rather than once per closure type. The slice paths (`send_frame`,
+    /// `send_batch`, `queue_frame`) keep their own inlined instance.
+    fn queue_with<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+        checksum: bool,
+    ) -> Result<R, NetError> {
+        let mut build = Some(build);
+        let mut built = None;
+        let mut build_once = |buf: &mut [u8]| {
+            if let Some(build) = build.take() {
+                built = Some(build(buf));
+            }
+        };
+        let build_dyn: &mut dyn FnMut(&mut [u8]) = &mut build_once;
+        self.queue(len, build_dyn, checksum)?;
+        // `Ok` means the frame was built, exactly once.
+        built.ok_or(NetError::InvalidArgument("frame not built"))
     }
 
     /// The checksum PPI bytes a frame carries: none for the plain API or without transmit
@@ -153,37 +176,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         }
     }
 
-    /// Queues a frame built by `build` (see [`Queue::queue_built`]): a thin shell, so the
-    /// queueing itself exists once and not once per caller's closure.
     fn queue<R>(
         &mut self,
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
         checksum: bool,
     ) -> Result<R, NetError> {
-        let mut build = Some(build);
-        let mut built = None;
-        self.queue_built(
-            len,
-            &mut |buf| {
-                if let Some(build) = build.take() {
-                    built = Some(build(buf));
-                }
-            },
-            checksum,
-        )?;
-        // `Ok` means the frame was built, exactly once.
-        built.ok_or(NetError::InvalidArgument("frame not built"))
-    }
-
-    /// Queues a `len`-byte frame: `build` is called once, only if the frame is accepted, to
-    /// write it into the private buffer.
-    fn queue_built(
-        &mut self,
-        len: usize,
-        build: &mut dyn FnMut(&mut [u8]),
-        checksum: bool,
-    ) -> Result<(), NetError> {
         let align = self.core.info.packet_alignment as usize;
         let ppi_len = self.ppi_len(checksum);
         let packed_len = (HEADER + ppi_len + len).next_multiple_of(align);
@@ -238,7 +236,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         let message = &mut self.msg[..msg_len];
         message[..HEADER].copy_from_slice(header.as_bytes());
         let end = HEADER + ppi_len + len;
-        build(&mut message[HEADER + ppi_len..end]);
+        let r = build(&mut message[HEADER + ppi_len..end]);
         if checksum {
             apply_checksum(self.core, &mut message[HEADER..end], ppi_len);
         }
@@ -266,7 +264,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(r)
     }
 
     /// Submits the burst: the open section goes to the host as one SEND_RNDIS_PKT.
@@ -349,12 +347,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
     /// RNDIS PACKET header alone in the first range (it and its PPIs never cross a page),
     /// then the frame split at page boundaries, one single-page range each; no section
     /// (index 0xFFFFFFFF), completion requested. The frame is built in the private buffer.
-    fn send_large(
+    fn send_large<R>(
         &mut self,
         len: usize,
-        build: &mut dyn FnMut(&mut [u8]),
+        build: impl FnOnce(&mut [u8]) -> R,
         checksum: bool,
-    ) -> Result<(), NetError> {
+    ) -> Result<R, NetError> {
         let ppi_len = self.ppi_len(checksum);
         if ppi_len + len > M {
             self.core.stats.tx_bad_size += 1;
@@ -380,7 +378,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         header.header.msg_len = ((HEADER + ppi_len + len) as u32).into();
         // The PPI, then the frame, in the private buffer.
         let area = &mut self.msg[..ppi_len + len];
-        build(&mut area[ppi_len..]);
+        let r = build(&mut area[ppi_len..]);
         if checksum {
             apply_checksum(self.core, area, ppi_len);
         }
@@ -420,7 +418,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             Ok(_) => {
                 self.core.large_free &= !(1 << slot);
                 self.core.stats.tx_frames += 1;
-                Ok(())
+                Ok(r)
             }
             Err(ChannelError::Full) => {
                 self.core.stats.tx_busy_ring += 1;
