@@ -175,7 +175,7 @@ impl Reassembly {
         limit: usize,
     ) -> Pushed {
         let mut out = Pushed::default();
-        let mut drop = |out: &mut Pushed, n: u32, why| {
+        let drop = |out: &mut Pushed, n: u32, why| {
             out.dropped += n;
             out.why = Some(why);
         };
