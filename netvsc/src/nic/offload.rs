@@ -32,7 +32,7 @@ fn query_header(version: NvspVersion) -> NdisObjectHeader {
 }
 
 /// The reassembly area of queue `index` in the caller's RSC storage (empty without one).
-pub(super) fn rsc_area<'s>(storage: Option<&'s mut [u8]>, index: usize) -> &'s mut [u8] {
+pub(super) fn rsc_area(storage: Option<&mut [u8]>, index: usize) -> &mut [u8] {
     storage
         .and_then(|s| s.chunks_exact_mut(RSC_MAX_FRAME).nth(index))
         .unwrap_or_default()

@@ -26,7 +26,7 @@
 //! ([`NetworkVsp::inject_rndis`]), raw transfer-page packets with arbitrary ranges
 //! ([`NetworkVsp::inject_transfer_pages`]) and RSC fragment sequences
 //! ([`NetworkVsp::inject_fragments`]). Once the guest enables RSC, TCP segments are coalesced
-//! toward it ([`rsc`]). Host requests: a VF association
+//! toward it (`rsc.rs`). Host requests: a VF association
 //! ([`NetworkVsp::announce_vf`]) and a host-side data-path switch
 //! ([`NetworkVsp::host_switch_data_path`]); the guest's SWITCH_DATA_PATH gets OpenVMM's empty
 //! completion.
@@ -50,7 +50,7 @@ use crate::vmbus::{
 pub use offload::{
     CapsReply, EnabledChecksums, EnabledOffloads, HostOffloadCaps, OffloadHostConfig, OffloadStats,
 };
-pub use rsc::{Fragment, RscStats};
+pub use rsc::{FIRST_FRAGMENT, Fragment, LAST_FRAGMENT, RscStats, SUB_ALLOCATION};
 pub use rss::RssParameters;
 pub use switch::{Sink, SwitchStats, VirtualSwitch};
 

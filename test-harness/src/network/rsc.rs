@@ -52,6 +52,9 @@ pub struct RscStats {
     pub injected_packets: u64,
 }
 
+/// Ranges (byte count, offset) of receive slots written, and the slots.
+pub(super) type Placed = (Vec<(u32, u32)>, Vec<usize>);
+
 /// Host-side RSC state.
 #[derive(Debug, Default)]
 pub(super) struct RscState {
@@ -200,7 +203,7 @@ impl State {
         frame: &[u8],
         bits: u32,
         segments: u32,
-    ) -> Option<(Vec<(u32, u32)>, Vec<usize>)> {
+    ) -> Option<Placed> {
         let chunk = self.recv.as_ref()?.slot_size - FRAME_OFFSET_IN_SLOT;
         let id = self.rsc.next_id;
         self.rsc.next_id = id.wrapping_add(1);

@@ -55,6 +55,9 @@ fn ppis_are_found_in_any_order_and_bad_ones_ignored() {
     assert_eq!(packet_id_of(&public), None);
 }
 
+/// What [`run`] saw: completed frames with their fragment counts, fragments dropped, why.
+type Outcome = (Vec<(Vec<u8>, u16)>, u32, Vec<RscDrop>);
+
 /// Pushes `(flags, id, data, last_range)` in order; returns the completed frames and the
 /// fragments dropped.
 fn run(
@@ -62,7 +65,7 @@ fn run(
     buf: &mut [u8],
     limit: usize,
     frags: &[(u8, u16, &[u8], bool)],
-) -> (Vec<(Vec<u8>, u16)>, u32, Vec<RscDrop>) {
+) -> Outcome {
     let mut done = Vec::new();
     let mut dropped = 0;
     let mut why = Vec::new();

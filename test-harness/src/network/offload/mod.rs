@@ -21,7 +21,7 @@
 //!
 //! - RSC: offered (revision-3 object, [`HostOffloadCaps::rsc`]) and enabled per IP version
 //!   by the parameters' revision-3 fields, which a lower-revision object may not carry; the
-//!   coalescing itself is [`rsc`]'s.
+//!   coalescing itself is in `rsc.rs`.
 //!
 //! - LSO v2: an LSO PPI is checked (v2, OpenVMM's offset rule, enabled, MSS within the
 //!   frame size, payload within the advertised size, the guest's zeroed IP length and its
