@@ -316,9 +316,9 @@ impl Core {
         }
         match rndis::parse_message(&scratch[..n]) {
             Ok(Message::Packet { frame, ppi }) => {
-                let (id, checksum) = rsc::ppis_of(ppi);
-                if let Some(id) = id.filter(PacketId::is_fragment) {
+                if let Some(id) = rsc::packet_id_of(ppi).filter(PacketId::is_fragment) {
                     *fragment = true;
+                    let checksum = rsc::checksum_of(ppi);
                     return self.on_fragment(id, frame, checksum, range.last, rsc, on_frame);
                 }
                 if frame.len() > self.max_frame {

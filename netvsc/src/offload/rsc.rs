@@ -65,33 +65,47 @@ impl PacketId {
 }
 
 /// The first packet-id PPI (internal type 1, a payload of at least 4 bytes) of a PACKET's
-/// PPI area, and the first checksum PPI value: one walk for both. A malformed element ends
-/// the walk (the parser already refused PACKETs whose PPI area is malformed).
-pub fn ppis_of(ppi_area: &[u8]) -> (Option<PacketId>, Option<u32>) {
-    let (mut id, mut csum) = (None, None);
-    for p in ppis(ppi_area) {
-        let Ok(p) = p else { break };
-        if p.ppi_type == PPI_RSC_PACKET_ID && id.is_none() {
-            if let Ok((v, _)) = RscPacketId::read_from_prefix(p.payload) {
-                id = Some(PacketId {
+/// PPI area. A lean walk, as every received frame takes it: element sizes below the 12-byte
+/// header or beyond the area, or payload offsets outside the element, end it (the parser
+/// already refused PACKETs whose PPI area is malformed).
+pub fn packet_id_of(ppi_area: &[u8]) -> Option<PacketId> {
+    let word = |at: usize| {
+        ppi_area
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut at = 0;
+    while let (Some(size), Some(ty), Some(off)) = (word(at), word(at + 4), word(at + 8)) {
+        let end = at.checked_add(size).filter(|e| size >= 12 && *e <= ppi_area.len())?;
+        if ty == PPI_RSC_PACKET_ID as usize {
+            let payload = ppi_area.get(at.checked_add(off)?..end)?;
+            if off >= 12
+                && let Ok((v, _)) = RscPacketId::read_from_prefix(payload)
+            {
+                return Some(PacketId {
                     version: v.version,
                     flags: v.flags,
                     id: v.packet_id.get(),
                 });
             }
-        } else if p.ppi_type == PPI_CHECKSUM
-            && csum.is_none()
-            && let Some(v) = p.payload.get(..4)
-        {
-            csum = Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
         }
+        at = end;
     }
-    (id, csum)
+    None
 }
 
-/// The packet-id PPI of a PACKET's PPI area ([`ppis_of`]).
-pub fn packet_id_of(ppi_area: &[u8]) -> Option<PacketId> {
-    ppis_of(ppi_area).0
+/// The first checksum PPI value (type 0, a payload of at least 4 bytes) of a PACKET's PPI
+/// area; a malformed element ends the walk.
+pub fn checksum_of(ppi_area: &[u8]) -> Option<u32> {
+    ppis(ppi_area)
+        .map_while(Result::ok)
+        .find(|p| p.ppi_type == PPI_CHECKSUM && p.payload.len() >= 4)
+        .map(|p| u32::from_le_bytes([p.payload[0], p.payload[1], p.payload[2], p.payload[3]]))
+}
+
+/// [`packet_id_of`] and [`checksum_of`] together.
+pub fn ppis_of(ppi_area: &[u8]) -> (Option<PacketId>, Option<u32>) {
+    (packet_id_of(ppi_area), checksum_of(ppi_area))
 }
 
 /// Why fragments were dropped.
