@@ -64,6 +64,8 @@ pub(super) struct RscState {
     stats: RscStats,
     /// Hostile sequences, one transfer-page packet each.
     hostile: VecDeque<Vec<Fragment>>,
+    /// The image of a receive slot being written (reused: no allocation per frame).
+    image: Vec<u8>,
 }
 
 impl RscState {
@@ -151,8 +153,9 @@ impl State {
     }
 
     /// Writes a PACKET into receive slot `slot`: header, checksum PPI, the packet-id PPI
-    /// when given, and `data` at offset 256 (OpenVMM's layout, devices §2.8); returns its
-    /// range (byte count, offset), or `None` if the buffer is not writable.
+    /// when given, and `data` at offset 256 (OpenVMM's layout, devices §2.8), as one write of
+    /// the slot's image built in a reused buffer; returns its range (byte count, offset), or
+    /// `None` if the buffer is not writable.
     pub(super) fn write_packet(
         &mut self,
         ch: &mut HostChannel,
@@ -164,7 +167,9 @@ impl State {
         let recv = self.recv.as_ref()?;
         let (gpadl, slot_size) = (recv.gpadl, recv.slot_size);
         let ppi_len = if packet_id.is_some() { 32 } else { 16 };
-        let mut m = words(&[
+        let image = &mut self.rsc.image;
+        image.clear();
+        for w in [
             1,
             slot_size as u32,
             (FRAME_OFFSET_IN_SLOT - 8) as u32,
@@ -176,19 +181,24 @@ impl State {
             ppi_len,
             0,
             0,
-        ]);
-        m.extend_from_slice(&words(&[16, 0, 12, bits]));
-        if let Some((flags, id)) = packet_id {
-            m.extend_from_slice(&words(&[16, PPI_PACKET_ID, 12]));
-            m.extend_from_slice(&[1, flags]);
-            m.extend_from_slice(&id.to_le_bytes());
+            16,
+            0,
+            12,
+            bits,
+        ] {
+            image.extend_from_slice(&w.to_le_bytes());
         }
+        if let Some((flags, id)) = packet_id {
+            for w in [16, PPI_PACKET_ID, 12] {
+                image.extend_from_slice(&w.to_le_bytes());
+            }
+            image.extend_from_slice(&[1, flags]);
+            image.extend_from_slice(&id.to_le_bytes());
+        }
+        image.resize(FRAME_OFFSET_IN_SLOT, 0);
+        image.extend_from_slice(data);
         let offset = slot * slot_size;
-        if ch.write_gpadl(gpadl, offset as u64, &m).is_err()
-            || ch
-                .write_gpadl(gpadl, (offset + FRAME_OFFSET_IN_SLOT) as u64, data)
-                .is_err()
-        {
+        if ch.write_gpadl(gpadl, offset as u64, image).is_err() {
             self.reject(ch, "receive buffer unwritable".into());
             return None;
         }
