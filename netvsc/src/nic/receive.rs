@@ -45,7 +45,9 @@ impl Core {
                     let valid = self.check_transfer_pages(&t, p.payload(), recv_buf.is_some());
                     let reply = p.completion_requested();
                     // A coalesced frame never continues from an earlier packet.
-                    self.stats.rx_rsc_dropped += u64::from(self.rsc.abandon());
+                    if self.rsc.is_active() {
+                        self.stats.rx_rsc_dropped += u64::from(self.rsc.abandon());
+                    }
                     if !valid {
                         self.stats.rx_bad_packets += 1;
                         if reply {
@@ -331,6 +333,18 @@ impl Core {
                     return !on_frame(frame, &meta);
                 }
             }
+            other => self.on_control(other, offset, count),
+        }
+        false
+    }
+
+    /// Every message but a PACKET (replies, indications) or a parse error: off the data
+    /// path's hot code.
+    #[cold]
+    #[inline(never)]
+    fn on_control(&mut self, m: Result<Message<'_>, RndisError>, offset: usize, count: usize) {
+        match m {
+            Ok(Message::Packet { .. }) => {}
             Ok(Message::IndicateStatus { status, buffer }) => {
                 self.stats.indications += 1;
                 self.on_indication(status, buffer);
@@ -358,7 +372,6 @@ impl Core {
                 self.stats.rx_bad_messages += 1;
             }
         }
-        false
     }
 
     pub(super) fn on_reply(

@@ -26,6 +26,7 @@ impl Core {
     /// the completed frame goes to `on_frame`. Without an area only a single-fragment frame
     /// can be delivered. The frame may reach the area's size when RSC is enabled, the MTU
     /// otherwise (a host that fragments without RSC has no reason to exceed it).
+    #[inline(never)]
     pub(super) fn on_fragment(
         &mut self,
         id: PacketId,

@@ -69,17 +69,16 @@ impl PacketId {
 /// header or beyond the area, or payload offsets outside the element, end it (the parser
 /// already refused PACKETs whose PPI area is malformed).
 pub fn packet_id_of(ppi_area: &[u8]) -> Option<PacketId> {
-    let word = |at: usize| {
-        ppi_area
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let mut at = 0;
-    while let (Some(size), Some(ty), Some(off)) = (word(at), word(at + 4), word(at + 8)) {
-        let end = at.checked_add(size).filter(|e| size >= 12 && *e <= ppi_area.len())?;
-        if ty == PPI_RSC_PACKET_ID as usize {
-            let payload = ppi_area.get(at.checked_add(off)?..end)?;
-            if off >= 12
+    let mut rest = ppi_area;
+    while let [s0, s1, s2, s3, t0, t1, t2, t3, o0, o1, o2, o3, ..] = *rest {
+        let size = u32::from_le_bytes([s0, s1, s2, s3]) as usize;
+        if size < 12 || size > rest.len() {
+            return None;
+        }
+        if u32::from_le_bytes([t0, t1, t2, t3]) == PPI_RSC_PACKET_ID {
+            let off = u32::from_le_bytes([o0, o1, o2, o3]) as usize;
+            if let Some(payload) = rest.get(off.max(12)..size)
+                && off >= 12
                 && let Ok((v, _)) = RscPacketId::read_from_prefix(payload)
             {
                 return Some(PacketId {
@@ -89,7 +88,7 @@ pub fn packet_id_of(ppi_area: &[u8]) -> Option<PacketId> {
                 });
             }
         }
-        at = end;
+        rest = &rest[size..];
     }
     None
 }
