@@ -348,7 +348,19 @@ fn nic(mut inp: Input<'_>) {
         },
         offloads: inp.u8().is_multiple_of(2),
         multi_queue: Default::default(),
+        rsc: true,
     };
+    // Half the NICs have RSC reassembly storage (chosen by a bit already read, so the seeds
+    // keep their meaning): fragments the host makes up are then reassembled, not dropped;
+    // RSC is never negotiated with this host, so frames stay within the MTU.
+    let mut rsc_storage = vec![
+        0u8;
+        if config.packet_filter >> 31 == 1 {
+            netvsc::offload::rsc::RSC_MAX_FRAME
+        } else {
+            0
+        }
+    ];
     let w = dev::world(
         vec![dev::offer(DeviceClass::Network, 1, 0, 0, 0)],
         answer_teardown,
@@ -362,7 +374,7 @@ fn nic(mut inp: Input<'_>) {
     host.max_frame = [1500, 1500, 700, 67, 9000][host.inp.below(5)];
     let sim = Rc::new(RefCell::new(host));
     let mut waiter = HostWait::new(sim.clone(), 6);
-    let mut nic = match TheNic::open(&bus, 1, &config, &mut waiter) {
+    let mut nic = match TheNic::open_with_rsc(&bus, 1, &config, &mut rsc_storage, &mut waiter) {
         Ok(n) => n,
         Err(e) => {
             trace!("open: {e}");
@@ -377,6 +389,12 @@ fn nic(mut inp: Input<'_>) {
         }
     }
     let max_frame = nic.max_frame_len();
+    // A coalesced frame may exceed the MTU (if this host ever enabled RSC).
+    let max_rx = if nic.offloads().rsc {
+        netvsc::offload::rsc::RSC_MAX_FRAME
+    } else {
+        max_frame
+    };
     let mut rescinded = false;
     // The host rewrote a ring: what it reads there may not be the guest's.
     let mut tampered = false;
@@ -385,7 +403,7 @@ fn nic(mut inp: Input<'_>) {
         delivered += 1;
         let mut s = sim.borrow_mut();
         assert!(
-            !f.is_empty() && f.len() <= max_frame,
+            !f.is_empty() && f.len() <= max_rx,
             "frame of {} bytes",
             f.len()
         );
