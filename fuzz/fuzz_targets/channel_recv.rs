@@ -251,6 +251,7 @@ fn run(data: &[u8]) {
                 for _ in 0..16 {
                     match host_r.read(&mut hbuf) {
                         Ok(p) => {
+                            trace!("  host reads {:?} tid {:#x}", p.kind, p.transaction_id());
                             if p.completion_requested() {
                                 let fresh = host_read.insert(p.transaction_id());
                                 if forged.contains(&p.transaction_id()) {
@@ -269,7 +270,18 @@ fn run(data: &[u8]) {
                                     p.transaction_id()
                                 );
                                 tids.push(p.transaction_id());
-                                if let PacketKind::GpaDirect(g) = p.kind {
+                                // Only the first read of a request the guest sent gives the
+                                // host a claim on the memory it names, held until the host
+                                // completes it. Reading it again, or reading bytes that were
+                                // never an accepted request, is possible only after the host
+                                // rewrote the outbound ring's indices (op 14) and so walked its
+                                // reader back over data it had consumed: that stale copy claims
+                                // nothing, since the guest may reuse the memory once the host
+                                // completed the request (as every guest does).
+                                if let PacketKind::GpaDirect(g) = p.kind
+                                    && fresh
+                                    && accepted.contains(&p.transaction_id())
+                                {
                                     let mut pfns = Vec::new();
                                     for r in g.ranges() {
                                         pfns.extend(r.pfns());
@@ -372,6 +384,14 @@ fn run(data: &[u8]) {
                 } else {
                     inp.u32()
                 };
+                trace!(
+                    "  host sets {} ring word {off:#x} = {v:#x}",
+                    if std::ptr::eq(ring, &raw_out) {
+                        "outbound"
+                    } else {
+                        "inbound"
+                    }
+                );
                 ring.ctl(off).store(v, SeqCst);
             }
             15 => {

@@ -263,3 +263,106 @@ fn request_whose_signal_fails_stays_in_flight() {
     }
     signal_fails.set(false);
 }
+
+/// The `channel_recv` crash of issue 13 ("page freed while the host may still map it" from
+/// `HostBuffer::release`) was the fuzz oracle's, not the guest's: the host completed a
+/// GPA-direct request, then rewrote the outbound ring's write index so that its own reader
+/// walked back over the consumed packet and "read" the request again, and the model counted
+/// that stale copy as a new claim on the buffer. The guest side of the scenario, pinned here:
+/// a completion ends exactly one GPA-direct request (a duplicate or stale completion of it
+/// matches nothing and counts nothing down), a buffer is kept from the HAL while any such
+/// request of its channel is in flight, and is freed once the host completed them all.
+#[test]
+fn stale_and_duplicate_completions_keep_dma_buffers_held() {
+    use vmbus_guest::ring::{OutgoingPacket, PacketKind, RawRingMemory, RingReader, RingWriter};
+    use vmbus_guest::{HostBuffer, Received};
+
+    let host = Host::default();
+    let ring_base = host.1.clone();
+    let config = ConnectionConfig {
+        versions: &V3_0,
+        ..ConnectionConfig::default()
+    };
+    let bus = Vmbus::new(host, StdHal, config);
+    bus.connect(&mut BoundedWait::new(8, || {}))
+        .expect("connect");
+    let cfg = ChannelConfig {
+        outbound_pages: 2,
+        inbound_pages: 2,
+        ..ChannelConfig::default()
+    };
+    let mut ch: Channel<'_, Host, StdHal, u32> =
+        Channel::open(&bus, 1, &cfg, &mut BoundedWait::new(8, || {})).expect("open");
+    let ring = |page: usize| {
+        let base = NonNull::new((ring_base.get() as usize + page * 4096) as *mut u8).unwrap();
+        // SAFETY: a ring of the open channel (StdHal: GPA = address), live until the close at
+        // the end; this test is the host's only end of it, and the guest accesses the shared
+        // bytes only by volatile copies and atomics.
+        unsafe { RawRingMemory::from_pages(base, 4096) }.unwrap()
+    };
+    let mut host_r = RingReader::new(ring(0)).unwrap();
+    let mut host_w = RingWriter::new(ring(2)).unwrap();
+
+    let a = HostBuffer::new(&bus, 1).expect("buffer a");
+    let b = HostBuffer::new(&bus, 1).expect("buffer b");
+    let ra = ch
+        .request_dma(&[a.dma(0, 512).unwrap()], &[b"a"], 1)
+        .expect("request on a");
+    let rb = ch
+        .request_dma(&[b.dma(0, 512).unwrap()], &[b"b"], 2)
+        .expect("request on b");
+    // The host takes both requests: each names its buffer's page.
+    let mut hbuf = [0u8; 512];
+    let mut named = Vec::new();
+    for id in [ra, rb] {
+        let p = host_r.read(&mut hbuf).expect("the request is in the ring");
+        assert_eq!(p.transaction_id(), id.transaction_id());
+        let PacketKind::GpaDirect(g) = p.kind else {
+            panic!("not GPA direct: {:?}", p.kind)
+        };
+        named.extend(g.ranges().flat_map(|r| r.pfns().collect::<Vec<_>>()));
+    }
+    assert_eq!(named.len(), 2);
+    assert_ne!(named[0], named[1], "one page of each buffer");
+    let _ = host_r.finish_drain();
+
+    // The host completes A three times over (the last two are stale: it is done with A).
+    for _ in 0..3 {
+        let _ = host_w
+            .send(&OutgoingPacket::completion(ra.transaction_id(), &[b"ok"]))
+            .unwrap();
+    }
+    let mut rx = [0u8; 256];
+    match ch.recv(&mut rx) {
+        Ok(Some(Received::Completion {
+            request, context, ..
+        })) => assert_eq!((request, context), (ra, 1)),
+        other => panic!("expected A's completion, got {other:?}"),
+    }
+    assert!(
+        matches!(ch.recv(&mut rx), Ok(None)),
+        "a stale completion matches nothing"
+    );
+    assert_eq!(ch.stats().unknown_completions, 2);
+    assert_eq!(ch.requests_in_flight(), 1);
+    let _ = ch.end_batch();
+
+    // B is still the host's: the stale completions of A did not count it down.
+    assert_eq!(b.release(&mut BoundedWait::new(2, || {})), Released::Leaked);
+
+    // Once the host completed B too, nothing of the channel is in flight: A's buffer is free.
+    let _ = host_w
+        .send(&OutgoingPacket::completion(rb.transaction_id(), &[b"ok"]))
+        .unwrap();
+    match ch.recv(&mut rx) {
+        Ok(Some(Received::Completion {
+            request, context, ..
+        })) => assert_eq!((request, context), (rb, 2)),
+        other => panic!("expected B's completion, got {other:?}"),
+    }
+    let _ = ch.end_batch();
+    assert_eq!(a.release(&mut BoundedWait::new(2, || {})), Released::Freed);
+    // This host never answers GPADL_TEARDOWN: the ring pages stay its own (never freed, so
+    // the host ends above never outlive them).
+    assert_eq!(ch.close(&mut BoundedWait::new(2, || {})), Released::Leaked);
+}
