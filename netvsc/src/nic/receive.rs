@@ -361,6 +361,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             core,
             ring,
             msg: scratch,
+            shared,
             ..
         } = self;
         let rb = recv_buf.as_ref();
@@ -384,7 +385,10 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
                 return Ok(true);
             }
             match channel.recv(ring) {
-                Ok(Some(r)) => core.on_received(r, Some(&view), scratch, true),
+                Ok(Some(r)) => {
+                    core.on_received(r, Some(&view), scratch, true);
+                    super::queue::apply_send_table(core, shared, channel.relid());
+                }
                 Ok(None) => return Ok(channel.end_batch()?),
                 Err(ChannelError::BufferTooSmall { .. }) => {
                     // Larger than any valid netvsc packet: drop it, but give back the
