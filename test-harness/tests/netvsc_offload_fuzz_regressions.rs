@@ -71,3 +71,23 @@ fn bytes_after_the_ip_datagram_are_not_sent_as_lso_payload() {
     assert_clean(host_a, &vsp_a);
     assert_clean(host_b, &vsp_b);
 }
+
+/// The LSO (and page-buffer) slots are named only by GPA-direct requests, never by a GPADL,
+/// so the host lets go of them once the channel is closed with its confirmation. `close`
+/// released them before closing the channel: with an LSO send the host never completed,
+/// they could only be leaked, though the host confirmed the close right after. Fuzz input:
+/// an LSO send, the host rewrites a ring (the channel dies with the send in flight), close
+/// on a host that answers every teardown — `Leaked`.
+#[test]
+fn lso_slots_with_a_send_in_flight_are_freed_once_the_channel_closed() {
+    let mut rig = rig(test_harness::network::NetVspConfig::default());
+    let vsp = rig.vsp.clone();
+    let (mut nic, host) = open(&mut rig, &small());
+    vsp.withhold_completions(true);
+    let frame = ipv4(6, false, &tcp(&payload(5000, 0x33)));
+    nic.send_lso(&frame, 1460).unwrap();
+    host.step();
+    assert_eq!(vsp.withheld(), 1, "the host holds the LSO send");
+    assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
+    assert_eq!(host.gpadls(), 0);
+}
