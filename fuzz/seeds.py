@@ -177,14 +177,20 @@ seeds['storvsc'] = [
 # netvsc: 0 parsers, else an open NIC (configuration and host bytes, the handshake's
 # decisions, then operations).
 def eth(n): return bytes([0, 0x15, 0x5D, 1, 2, 3, 0, 0x15, 0x5D, 9, 9, 9, 0x08, 0]) + bytes(n - 14)
-nic_setup = bytes([1, 1, 0, 0, 0, 12, 4]) + u32(0xD) + bytes([6, 6, 0, 0, 0, 8, 3, 0])
+# part, teardown answered, bus version, NVSP versions, MTU, receive and send buffer pages,
+# packet filter, ring pages, offloads (0: on), host: NVSP max, section, slot, packing,
+# max frame; offload caps (0: none), RSS (0: none), sub-channel grant, queues, key.
+def nic_config(caps=b'\0', rss=b'\0', grant=0, queues=0, send=4):
+    return bytes([1, 1, 0, 0, 0, 12, send]) + u32(0xD) + bytes([6, 6, 0, 0, 0, 0, 8, 3, 0]) \
+        + caps + rss + bytes([grant, queues, 0])
+nic_setup = nic_config()
 frame2 = u8(2) + u8(50) + eth(64)
 seeds['netvsc'] = [
     u8(0) + blob(u32(1) + u32(60) + u32(36) + u32(16) + bytes(20) + u32(0) + bytes(16), 300)
         + blob(eth(20), 200) + u8(100) + blob(b'', 40) + u32(1) + u32(0x10114),
-    nic_setup + bytes(11) + u8(0) + u8(1) + frame2 + frame2 + u8(1) + u8(3) + u8(20)
+    nic_setup + bytes(12) + u8(0) + u8(1) + frame2 + frame2 + u8(1) + u8(0) + u8(3) + u8(20)
         + u8(6) + frame2 + u8(9) + u8(0) + u8(13) + u8(0) + u8(3) + u8(20),
-    nic_setup + bytes(11) + u8(7) + u8(3) + frame2 + frame2 + frame2 + u8(9) + bytes(4)
+    nic_setup + bytes(12) + u8(7) + u8(2) + frame2 + frame2 + frame2 + u8(9) + bytes(4)
         + u8(2) + u8(2) + u8(0) + u8(4) + u8(11) + u8(1) + u8(1) + u32(5) + u8(3) + u8(20),
 ]
 
@@ -243,6 +249,22 @@ seeds['netvsc_offload'] = [
         + u32(0xFFFFFFFF) + u8(1),
     u8(6) + ms_key + u8(12) + bytes([66, 9, 149, 187, 161, 142, 100, 80, 4, 22, 10, 2])
         + u8(1) + frame(False, 0, b'') + u8(7),
+]
+
+# netvsc with offloads (OpenVMM's capabilities): a checksum-offloaded send, an LSO send, frames
+# with checksum verdicts polled with them; and with four queues: steered sends, frames on a
+# sub-channel, a send table, the queues closed and opened again.
+off_setup = nic_config(caps=u8(2) + u8(1)) + bytes(13)
+steps = bytes([9] * 6)  # decisions for the host's reads (9: correct), then steps
+seeds['netvsc'] += [
+    off_setup + u8(14) + frame(False, 0, b'checksum me', True)[:-1] + u8(1) + u8(0) + steps
+        + u8(15) + frame(False, 0, bytes(range(256)) * 12, True)[:-1] + u8(1) + u8(0) + steps
+        + u8(0) + u8(0) + frame2 + u8(1) + u8(3) + u8(17) + u8(20) + u8(0),
+    nic_config(rss=u8(1) + u8(3), grant=3, queues=3, send=15) + bytes(15)
+        + b''.join(u8(16) + frame(False, 0, bytes([i]) * 20) for i in range(6)) + steps
+        + u8(0) + u8(0) + frame2 + u8(0) + u8(2) + u8(17) + u8(20) + u8(1)
+        + u8(18) + bytes(16) + u8(4) + u8(3) + u8(20) + u8(19) + steps + u8(19) + steps
+        + u8(16) + frame(True, 0, b'v6'),
 ]
 
 for target, inputs in seeds.items():

@@ -473,22 +473,9 @@ fn ppi_area(inp: &mut Input<'_>) -> Vec<u8> {
     a
 }
 
-fn status(bits: u32, failed: u32, ok: u32) -> CsumStatus {
-    if bits & failed != 0 {
-        CsumStatus::Bad
-    } else if bits & ok != 0 {
-        CsumStatus::Good
-    } else {
-        CsumStatus::NotChecked
-    }
-}
-
+/// The verdict of `bits` with every layer enabled on an IPv4 frame.
 fn decode(bits: u32) -> RxChecksum {
-    RxChecksum {
-        tcp: status(bits, 1, 8),
-        udp: status(bits, 2, 16),
-        ip: status(bits, 4, 32),
-    }
+    net::rx_verdict(bits, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0], [true; 5])
 }
 
 fn rx_checksum(inp: &mut Input<'_>) {
@@ -510,21 +497,8 @@ fn rx_checksum(inp: &mut Input<'_>) {
     let rx = checksum_set(inp);
     let f = net::frame(inp, 100);
     let m = d.masked(&f, &rx);
-    let keep = |on: bool, s| if on { s } else { CsumStatus::NotChecked };
-    let want = match be16(&f, 12) {
-        Some(0x0800) => RxChecksum {
-            ip: keep(rx.ip4, d.ip),
-            tcp: keep(rx.tcp4, d.tcp),
-            udp: keep(rx.udp4, d.udp),
-        },
-        Some(0x86DD) => RxChecksum {
-            ip: CsumStatus::NotChecked,
-            tcp: keep(rx.tcp6, d.tcp),
-            udp: keep(rx.udp6, d.udp),
-        },
-        _ => RxChecksum::NOT_CHECKED,
-    };
-    assert_eq!(m, want);
+    let on = [rx.ip4, rx.tcp4, rx.udp4, rx.tcp6, rx.udp6];
+    assert_eq!(m, net::rx_verdict(raw, &f, on));
 }
 
 fn rss_caps(inp: &mut Input<'_>) {

@@ -7,6 +7,7 @@
 //! that are usually well formed, so the checks get past the header parsing.
 
 use crate::Input;
+use netvsc::offload::{CsumStatus, RxChecksum};
 
 /// Big-endian u16 at `at`, if inside.
 pub fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -214,6 +215,29 @@ pub fn hash_input(f: &[u8], info: u32) -> Option<Vec<u8>> {
         _ => return None,
     }
     Some(out)
+}
+
+/// The receive verdict a guest reports (devices §2.14) for checksum PPI bits `bits`: per
+/// layer Bad when its failed bit is set, Good when its succeeded bit is, otherwise not
+/// checked; then only the layers enabled on receive for the frame's IP version are kept
+/// (`rx`: IPv4 header, TCP/IPv4, UDP/IPv4, TCP/IPv6, UDP/IPv6; IPv6 has no header checksum).
+pub fn rx_verdict(bits: u32, frame: &[u8], rx: [bool; 5]) -> RxChecksum {
+    let status = |on: bool, failed: u32, ok: u32| match () {
+        _ if !on => CsumStatus::NotChecked,
+        _ if bits & failed != 0 => CsumStatus::Bad,
+        _ if bits & ok != 0 => CsumStatus::Good,
+        _ => CsumStatus::NotChecked,
+    };
+    let (ip, tcp, udp) = match be16(frame, 12) {
+        Some(0x0800) => (rx[0], rx[1], rx[2]),
+        Some(0x86DD) => (false, rx[3], rx[4]),
+        _ => (false, false, false),
+    };
+    RxChecksum {
+        ip: status(ip, 4, 32),
+        tcp: status(tcp, 1, 8),
+        udp: status(udp, 2, 16),
+    }
 }
 
 fn push16(v: &mut Vec<u8>, x: u16) {
