@@ -177,14 +177,20 @@ seeds['storvsc'] = [
 # netvsc: 0 parsers, else an open NIC (configuration and host bytes, the handshake's
 # decisions, then operations).
 def eth(n): return bytes([0, 0x15, 0x5D, 1, 2, 3, 0, 0x15, 0x5D, 9, 9, 9, 0x08, 0]) + bytes(n - 14)
-nic_setup = bytes([1, 1, 0, 0, 0, 12, 4]) + u32(0xD) + bytes([6, 6, 0, 0, 0, 8, 3, 0])
+# part, teardown answered, bus version, NVSP versions, MTU, receive and send buffer pages,
+# packet filter, ring pages, offloads (0: on), host: NVSP max, section, slot, packing,
+# max frame; offload caps (0: none), RSS (0: none), sub-channel grant, queues, key.
+def nic_config(caps=b'\0', rss=b'\0', grant=0, queues=0, send=4):
+    return bytes([1, 1, 0, 0, 0, 12, send]) + u32(0xD) + bytes([6, 6, 0, 0, 0, 0, 8, 3, 0]) \
+        + caps + rss + bytes([grant, queues, 0])
+nic_setup = nic_config()
 frame2 = u8(2) + u8(50) + eth(64)
 seeds['netvsc'] = [
     u8(0) + blob(u32(1) + u32(60) + u32(36) + u32(16) + bytes(20) + u32(0) + bytes(16), 300)
         + blob(eth(20), 200) + u8(100) + blob(b'', 40) + u32(1) + u32(0x10114),
-    nic_setup + bytes(11) + u8(0) + u8(1) + frame2 + frame2 + u8(1) + u8(3) + u8(20)
+    nic_setup + bytes(12) + u8(0) + u8(1) + frame2 + frame2 + u8(1) + u8(0) + u8(3) + u8(20)
         + u8(6) + frame2 + u8(9) + u8(0) + u8(13) + u8(0) + u8(3) + u8(20),
-    nic_setup + bytes(11) + u8(7) + u8(3) + frame2 + frame2 + frame2 + u8(9) + bytes(4)
+    nic_setup + bytes(12) + u8(7) + u8(2) + frame2 + frame2 + frame2 + u8(9) + bytes(4)
         + u8(2) + u8(2) + u8(0) + u8(4) + u8(11) + u8(1) + u8(1) + u32(5) + u8(3) + u8(20),
 ]
 
@@ -199,6 +205,66 @@ seeds['synthvid'] = [
         + bytes([5]) + bytes([1, 0, 0, 40, 40]) + u32(0x00FF00) + bytes([4, 0, 9]),
     vid_setup + bytes([7, 0, 1]) + bytes([8]) + u32(3) + u32(4) + u8(1) + bytes([9, 2, 2, 0, 0, 0])
         + bytes([3, 5]) + u32(7) + bytes([4, 0]),
+]
+
+# netvsc_offload: the part, then its input (frames from src/net.rs's generator: mode, shape,
+# MACs, TCP data offset, IHL, payload length, then the header fields that may be odd).
+def frame(v6=False, proto_idx=0, payload=b'', big=False):
+    shape = 0x10 | (proto_idx << 1) | int(v6)
+    f = u8(3) + u8(shape) + bytes(range(12)) + u8(2) + u8(2)
+    f += (u8(0) + u32(len(payload))) if big else (u8(3) + u8(len(payload)))
+    if v6:
+        f += u8(1) + bytes(3) + u8(1) + bytes(range(32, 64))
+    else:
+        f += u8(1) + u8(1) + u16(0x1234) + u8(2) + bytes(2) + bytes([10, 0, 0, 1, 10, 0, 0, 2])
+    if proto_idx == 0:  # TCP
+        f += u16(0x3039) + u16(80) + u32(1) + u32(0) + bytes([0x18, 0, 0xFF]) + bytes(4)
+    else:  # UDP
+        f += u16(53) + u16(53) + u8(1) + bytes(2)
+    return f + payload + u8(1)
+ms_key = bytes([0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43,
+    0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+    0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa])
+caps = u8(1) + u8(2) + u8(1) + u8(1) + u8(3) + u8(2) \
+    + b''.join(u8(1) + u16(v) for v in (0x155, 0x155, 0x55, 0x55)) \
+    + bytes([0, 0, 2, 0, 0, 2, 5]) + u8(1) + u8(1)
+lso_limits = u8(1) + u8(0) + u8(3)
+rss = bytes([0x88, 2, 18, 0, 1, 0x3F, 0, 0]) + u32(8) + u32(8) + u16(128)
+seeds['netvsc_offload'] = [
+    u8(0) + caps + u8(0),
+    u8(0) + caps + u8(4),
+    u8(1) + frame(False, 0, b'hello tcp!') + u8(0x1F) + u8(0),
+    u8(1) + frame(True, 3, b'hello udp6') + u8(0x0F) + u8(1),
+    u8(2) + frame(False, 0, bytes(range(256)) * 12, True) + lso_limits + lso_limits + u8(3)
+        + u8(0) + u8(54),
+    u8(2) + frame(True, 0, bytes(4000), True) + lso_limits + lso_limits + u8(4) + u8(200)
+        + u8(0) + u8(60),
+    u8(3) + u8(1) + u8(0) + u8(1) + u8(0) + u8(1) + u32(0x18) + u32(0x21) + u8(0x1F)
+        + frame(False, 0, b'x'),
+    u8(4) + u8(1) + u8(1) + rss + u8(1) + u8(1) + u8(2) + u8(0) + u8(3) + u8(3) + u8(3)
+        + ms_key + u8(0) + u16(0) + u32(0x1701),
+    u8(5) + u8(0) + u8(1) + u8(0) + u32(134) + u32(16) + u32(12)
+        + b''.join(u32(i % 4) for i in range(16)) + bytes(104 - 76) + u8(0) + u8(1) + u8(1) + u8(1)
+        + b''.join(u8(1) + u8(i % 4) for i in range(16)) + u8(4) + u32(1) + u32(7) + u32(99)
+        + u32(0xFFFFFFFF) + u8(1),
+    u8(6) + ms_key + u8(12) + bytes([66, 9, 149, 187, 161, 142, 100, 80, 4, 22, 10, 2])
+        + u8(1) + frame(False, 0, b'') + u8(7),
+]
+
+# netvsc with offloads (OpenVMM's capabilities): a checksum-offloaded send, an LSO send, frames
+# with checksum verdicts polled with them; and with four queues: steered sends, frames on a
+# sub-channel, a send table, the queues closed and opened again.
+off_setup = nic_config(caps=u8(2) + u8(1)) + bytes(13)
+steps = bytes([9] * 6)  # decisions for the host's reads (9: correct), then steps
+seeds['netvsc'] += [
+    off_setup + u8(14) + frame(False, 0, b'checksum me', True)[:-1] + u8(1) + u8(0) + steps
+        + u8(15) + frame(False, 0, bytes(range(256)) * 12, True)[:-1] + u8(1) + u8(0) + steps
+        + u8(0) + u8(0) + frame2 + u8(1) + u8(3) + u8(17) + u8(20) + u8(0),
+    nic_config(rss=u8(1) + u8(3), grant=3, queues=3, send=15) + bytes(15)
+        + b''.join(u8(16) + frame(False, 0, bytes([i]) * 20) for i in range(6)) + steps
+        + u8(0) + u8(0) + frame2 + u8(0) + u8(2) + u8(17) + u8(20) + u8(1)
+        + u8(18) + bytes(16) + u8(4) + u8(3) + u8(20) + u8(19) + steps + u8(19) + steps
+        + u8(16) + frame(True, 0, b'v6'),
 ]
 
 for target, inputs in seeds.items():

@@ -9,8 +9,11 @@
 pub mod dev;
 pub mod host;
 pub mod ic;
+pub mod net;
 pub mod nvsp;
+pub mod nvsp_offload;
 pub mod ring;
+pub mod rndis_check;
 pub mod scsi;
 pub mod stor;
 pub mod vstor;
@@ -81,6 +84,12 @@ impl<'a> Input<'a> {
             self.u32() as usize % n
         }
     }
+    /// One of `choices`, or (the index past them) `other`'s value: `other` reads input only
+    /// when it is chosen.
+    pub fn pick<T: Copy>(&mut self, choices: &[T], other: impl FnOnce(&mut Self) -> T) -> T {
+        let i = self.below(choices.len() + 1);
+        choices.get(i).copied().unwrap_or_else(|| other(self))
+    }
     /// Up to `max` bytes (length from the input, then the bytes; short if exhausted).
     pub fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max + 1);
@@ -118,5 +127,5 @@ pub fn distance(from: u32, to: u32, size: u32) -> u32 {
 
 /// Whether `i` is a valid ring index for a data area of `size`.
 pub fn valid_index(i: u32, size: u32) -> bool {
-    i < size && i % 8 == 0
+    i < size && i.is_multiple_of(8)
 }

@@ -12,6 +12,7 @@
 //! once).
 
 use crate::dev::{Devices, GuestPacket, HostPacket, Step};
+use crate::nvsp_offload::{Expected, OffloadHost, relid_of};
 use crate::{Input, trace};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -29,6 +30,9 @@ fn nvsp(w: &[u32]) -> Vec<u8> {
     b.resize(40.max(b.len()), 0);
     b
 }
+
+/// A frame the host delivered and the checksum PPI bits it sent with it.
+pub type Delivered = (Vec<u8>, Option<u32>);
 
 /// The receive buffer as the host uses it.
 #[derive(Clone, Debug)]
@@ -65,16 +69,19 @@ pub struct Nvsp<'a> {
     pub recv: Option<Recv>,
     /// Send buffer GPADL and section count.
     pub send: Option<(u32, usize)>,
-    /// Transfer-page packets not yet completed: tid → slots.
-    pub outstanding: BTreeMap<u64, Vec<usize>>,
+    /// Transfer-page packets not yet completed: tid → (relid, slots).
+    pub outstanding: BTreeMap<u64, (u32, Vec<usize>)>,
     /// Host requests (VF association, switch data path) awaiting completion: tid → type.
     pub asked: BTreeMap<u64, u32>,
     /// Tids the guest completed.
     pub completed: BTreeSet<u64>,
-    /// Frames the guest accepted for sending, not yet seen by the host.
-    pub tx_expected: VecDeque<Vec<u8>>,
-    /// Frames the host sent in valid messages, not yet delivered.
-    pub rx_expected: VecDeque<Vec<u8>>,
+    /// Frames the guest accepted for sending, per channel, not yet seen by the host.
+    pub tx_expected: BTreeMap<u32, VecDeque<Expected>>,
+    /// Frames (and checksum PPI bits) the host sent in valid messages, per channel, not yet
+    /// delivered.
+    pub rx_expected: BTreeMap<u32, VecDeque<Delivered>>,
+    /// Offloads and multi-queue.
+    pub offload: OffloadHost,
     /// No hostile act so far could change what the guest receives (or its control state).
     pub exact: bool,
     /// Every frame the guest accepted for sending is in `tx_expected`, and the host saw the
@@ -86,6 +93,9 @@ pub struct Nvsp<'a> {
     /// tolerated.
     pub untracked: bool,
     next_tid: u64,
+    /// Channels by their last OPENCHANNEL (true) or CLOSECHANNEL (false) the guest posted.
+    open: BTreeMap<u32, bool>,
+    posted_seen: usize,
     /// Frames the host saw from the guest.
     pub tx_seen: u64,
 }
@@ -108,13 +118,16 @@ impl<'a> Nvsp<'a> {
             outstanding: BTreeMap::new(),
             asked: BTreeMap::new(),
             completed: BTreeSet::new(),
-            tx_expected: VecDeque::new(),
-            rx_expected: VecDeque::new(),
+            tx_expected: BTreeMap::new(),
+            rx_expected: BTreeMap::new(),
+            offload: OffloadHost::default(),
             exact: true,
             tx_exact: true,
             held: Vec::new(),
             untracked: false,
             next_tid: 0x100,
+            open: BTreeMap::new(),
+            posted_seen: 0,
             tx_seen: 0,
         }
     }
@@ -122,6 +135,29 @@ impl<'a> Nvsp<'a> {
     fn tid(&mut self) -> u64 {
         self.next_tid += 1;
         self.next_tid
+    }
+
+    /// Channels the guest has open and the host serves (a channel the guest closed may
+    /// still have its rings mapped while the host has not answered the teardown, but no
+    /// packet on it reaches the guest any more).
+    pub fn live(&mut self) -> Vec<u32> {
+        {
+            let w = self.dev.world.borrow();
+            for (_, m) in &w.posted[self.posted_seen..] {
+                match le32(m, 0) {
+                    5 => self.open.insert(le32(m, 8), true),
+                    7 => self.open.insert(le32(m, 8), false),
+                    _ => None,
+                };
+            }
+            self.posted_seen = w.posted.len();
+        }
+        let open = &self.open;
+        self.dev
+            .relids()
+            .into_iter()
+            .filter(|r| open.get(r) == Some(&true))
+            .collect()
     }
 
     /// Base address and length of the buffer behind GPADL `h`, while the host maps it.
@@ -160,13 +196,17 @@ impl<'a> Nvsp<'a> {
     }
 
     /// Puts RNDIS messages into free receive slots and sends one transfer-page packet naming
-    /// them (ranges may be overridden by the caller's `ranges`). Returns the tid, or `None`
-    /// if there is no buffer or no free slot.
+    /// them on channel `relid` (ranges may be overridden by the caller's `ranges`). Returns
+    /// the tid, or `None` if there is no buffer, no free slot or no such channel.
     pub fn deliver(
         &mut self,
+        relid: u32,
         messages: &[Vec<u8>],
         ranges: Option<Vec<(u32, u32)>>,
     ) -> Option<u64> {
+        if !self.live().contains(&relid) {
+            return None;
+        }
         let r = self.recv.clone()?;
         let free: Vec<usize> = (0..r.used.len())
             .filter(|&i| !r.used[i])
@@ -191,7 +231,7 @@ impl<'a> Nvsp<'a> {
         );
         let payload = nvsp(&[107, 0, 0xFFFF_FFFF, 0]);
         let sent = self.dev.send(
-            1,
+            relid,
             HostPacket::TransferPages {
                 tid,
                 set: 0xCAFE,
@@ -207,7 +247,7 @@ impl<'a> Nvsp<'a> {
                 r.used[s] = true;
             }
         }
-        self.outstanding.insert(tid, free);
+        self.outstanding.insert(tid, (relid, free));
         Some(tid)
     }
 
@@ -238,8 +278,13 @@ impl<'a> Nvsp<'a> {
     }
 
     fn on_completion(&mut self, g: &GuestPacket) {
-        if let Some(slots) = self.outstanding.remove(&g.tid) {
+        if let Some((relid, slots)) = self.outstanding.remove(&g.tid) {
             // (Unless a packet the host does not track had the same id.)
+            assert!(
+                self.untracked || relid == g.relid,
+                "transfer-page packet of channel {relid} completed on {}",
+                g.relid
+            );
             let st = le32(&g.payload, 4);
             assert!(
                 self.untracked || le32(&g.payload, 0) == 108,
@@ -276,8 +321,15 @@ impl<'a> Nvsp<'a> {
         }
     }
 
-    /// The RNDIS reply to control message `m` (`None`: no reply, e.g. HALT).
-    fn rndis_reply(&mut self, m: &[u8], hostile: Option<u8>, trusted: bool) -> Option<Vec<u8>> {
+    /// The RNDIS reply to control message `m` (`None`: no reply, e.g. HALT); `late`: an
+    /// answer the host held, so what the guest set may no longer hold (nor be waited for).
+    fn rndis_reply(
+        &mut self,
+        m: &[u8],
+        hostile: Option<u8>,
+        trusted: bool,
+        late: bool,
+    ) -> Option<Vec<u8>> {
         let (ty, id) = (le32(m, 0), le32(m, 8));
         let mut status = 0;
         let mut reply = match ty {
@@ -288,6 +340,18 @@ impl<'a> Nvsp<'a> {
             4 => {
                 let oid = le32(m, 12);
                 let info: Vec<u8> = match oid {
+                    _ if self.offload.query(oid).is_some() => {
+                        if oid == 0xFC01_020D && hostile.is_some() {
+                            self.offload.caps_unsure = true;
+                        }
+                        match self.offload.query(oid).unwrap() {
+                            Ok(info) => info,
+                            Err(s) => {
+                                status = s;
+                                Vec::new()
+                            }
+                        }
+                    }
                     0x0001_0106 => self.max_frame.to_le_bytes().to_vec(),
                     0x0101_0101 | 0x0101_0102 => self.mac.to_vec(),
                     0x0001_0114 => 0u32.to_le_bytes().to_vec(),
@@ -308,7 +372,25 @@ impl<'a> Nvsp<'a> {
                 r.extend_from_slice(&info);
                 r
             }
-            5 => words(&[0x8000_0005, 16, id, 0]),
+            5 => {
+                let (oid, len, off) = (le32(m, 12), le32(m, 16) as usize, le32(m, 20) as usize);
+                let info = m.get(8 + off..8 + off + len).unwrap_or_default();
+                let exact = trusted && self.exact && hostile.is_none() && !late;
+                let version = self.version.unwrap_or(0);
+                match oid {
+                    0xFC01_020C => {
+                        let hostile = hostile.is_some() || !self.exact || late;
+                        self.offload
+                            .set_offload_parameters(info, version, trusted, hostile);
+                    }
+                    0x0001_0204 => {
+                        let queues = self.live().len();
+                        self.offload.set_rss_parameters(info, queues, exact);
+                    }
+                    _ => {}
+                }
+                words(&[0x8000_0005, 16, id, 0])
+            }
             8 => words(&[0x8000_0008, 16, id, 0]),
             3 => return None,
             other => {
@@ -339,23 +421,36 @@ impl<'a> Nvsp<'a> {
         let Some((gpadl, sections)) = self.send else {
             panic!("SEND_RNDIS_PKT before the send buffer");
         };
+        let direct = section == 0xFFFF_FFFF;
         if g.trusted {
             assert!(channel <= 1, "channel type {channel}");
+            // GPA-direct (devices §2.9): no section, the message in the packet's ranges.
+            assert_eq!(
+                direct,
+                g.packet_type == 9,
+                "section {section:#x}, packet type"
+            );
             assert!(
-                (section as usize) < sections,
+                direct || (section as usize) < sections,
                 "section {section} of {sections}"
             );
             assert!(
-                size as usize <= self.section_size as usize,
+                direct || size as usize <= self.section_size as usize,
                 "section size {size}"
             );
+            assert!(!direct || channel == 0, "control message in page buffers");
         }
-        let at = section as usize * self.section_size as usize;
-        let bytes = self
-            .read_buffer(gpadl, at, size as usize)
-            .unwrap_or_default();
+        let bytes = if direct {
+            let len = g.ranges.iter().map(|r| r.1 as usize).sum();
+            self.dev.dma_read(&g.ranges, len)
+        } else {
+            let at = section as usize * self.section_size as usize;
+            self.read_buffer(gpadl, at, size as usize)
+                .unwrap_or_default()
+        };
         if channel == 0 && !released {
-            self.check_frames(g, &bytes);
+            let dma_off = direct && (self.dev.dma_off || self.dev.world.borrow().lied);
+            self.check_frames(g, &bytes, dma_off);
         }
         if hostile == Some(0) {
             self.held.push(g.clone());
@@ -373,12 +468,13 @@ impl<'a> Nvsp<'a> {
                 &bytes,
                 hostile.filter(|_| self.exact).map(|k| k % 6),
                 g.trusted,
+                released,
             );
             if hostile.is_some() {
                 self.exact = false;
             }
             if let Some(r) = reply {
-                self.deliver(&[r], None);
+                self.deliver(1, &[r], None);
             }
         }
         if hostile == Some(1) {
@@ -394,42 +490,52 @@ impl<'a> Nvsp<'a> {
         }
     }
 
-    /// Data: packed RNDIS PACKET messages, in the order the guest accepted their frames.
-    fn check_frames(&mut self, g: &GuestPacket, bytes: &[u8]) {
-        {
-            let mut off = 0usize;
-            while off + 8 <= bytes.len() {
-                let (ty, len) = (le32(bytes, off), le32(bytes, off + 4) as usize);
-                if !g.trusted {
-                    break;
-                }
-                assert_eq!(ty, 1, "data section holds RNDIS message {ty:#x}");
-                assert!(
-                    len >= 44 && off + len <= bytes.len(),
-                    "PACKET of {len} bytes at {off}"
-                );
-                let (doff, dlen) = (
-                    le32(bytes, off + 8) as usize,
-                    le32(bytes, off + 12) as usize,
-                );
-                let start = off + 8 + doff;
-                assert!(start + dlen <= off + len, "frame past its PACKET");
-                let frame = &bytes[start..start + dlen];
-                self.tx_seen += 1;
-                if self.tx_exact {
-                    let want = self
-                        .tx_expected
-                        .pop_front()
-                        .expect("a frame the guest never accepted");
-                    assert_eq!(
-                        frame,
-                        &want[..],
-                        "frame {} changed on its way",
-                        self.tx_seen
-                    );
-                }
-                off += len;
+    /// Data: packed RNDIS PACKET messages, in the order the guest accepted their frames on
+    /// this channel, each checked (offloads applied) against what it accepted. With host
+    /// DMA off (`unread`) a page-buffer send cannot be read: its frame is only counted.
+    fn check_frames(&mut self, g: &GuestPacket, bytes: &[u8], unread: bool) {
+        if !g.trusted {
+            return;
+        }
+        if unread {
+            self.tx_seen += 1;
+            if let Some(q) = self.tx_expected.get_mut(&g.relid) {
+                q.pop_front();
             }
+            return;
+        }
+        let mut off = 0usize;
+        while off + 8 <= bytes.len() {
+            let (ty, len) = (le32(bytes, off), le32(bytes, off + 4) as usize);
+            assert_eq!(ty, 1, "data section holds RNDIS message {ty:#x}");
+            assert!(
+                len >= 44 && off + len <= bytes.len(),
+                "PACKET of {len} bytes at {off}"
+            );
+            let field = |at: usize| le32(bytes, off + at) as usize;
+            let (start, dlen) = (off + 8 + field(8), field(12));
+            assert!(start + dlen <= off + len, "frame past its PACKET");
+            let (pstart, plen) = (off + 8 + field(28), field(32));
+            assert!(
+                plen == 0 || (pstart >= off + 44 && pstart + plen <= start),
+                "PPIs at {pstart} of {plen} bytes, frame at {start}"
+            );
+            let frame = &bytes[start..start + dlen];
+            let ppi = if plen == 0 {
+                &[][..]
+            } else {
+                &bytes[pstart..pstart + plen]
+            };
+            self.tx_seen += 1;
+            if self.tx_exact {
+                let want = self
+                    .tx_expected
+                    .get_mut(&g.relid)
+                    .and_then(VecDeque::pop_front)
+                    .expect("a frame the guest never accepted on this channel");
+                self.offload.check_sent(&want, frame, ppi, self.tx_seen);
+            }
+            off += len;
         }
     }
 
@@ -507,10 +613,12 @@ impl<'a> Nvsp<'a> {
                 self.complete(g, nvsp(&[105, status, self.section_size]));
             }
             107 => self.on_rndis_packet(g, hostile, false),
+            133 => self.on_subchannel(g, hostile),
             129 => {
                 if g.trusted {
+                    // (A hostile INIT answer may have made the guest take another version.)
                     assert!(
-                        self.version.is_some_and(|v| v >= 0x4_0000),
+                        !self.exact || self.version.is_some_and(|v| v >= 0x4_0000),
                         "SWITCH_DATA_PATH below NVSP 4"
                     );
                     assert_eq!(
@@ -529,6 +637,43 @@ impl<'a> Nvsp<'a> {
                 }
             }
         }
+    }
+
+    /// SUBCHANNEL (devices §2.15): grants up to `offload.max_grant` sub-channels and offers
+    /// those not offered yet (sub-channel `i` as relid `i + 1`, the primary's instance), or
+    /// refuses, over-grants, answers garbage or holds.
+    fn on_subchannel(&mut self, g: &GuestPacket, hostile: Option<u8>) {
+        let (op, n) = (le32(&g.payload, 4), le32(&g.payload, 8));
+        if g.trusted {
+            assert!(
+                !self.exact || self.version.is_some_and(|v| v >= 0x5_0000),
+                "SUBCHANNEL below NVSP 5"
+            );
+            assert!(g.completion_requested, "SUBCHANNEL without completion");
+            assert_eq!(op, 1, "SUBCHANNEL operation");
+            assert!((1..=63).contains(&n), "{n} sub-channels asked for");
+        }
+        let mut granted = n.min(self.offload.max_grant);
+        let mut m = nvsp(&[133, 1, granted]);
+        match hostile {
+            Some(0) => return self.held.push(g.clone()),
+            Some(1) => m[4..8].copy_from_slice(&2u32.to_le_bytes()),
+            Some(2) => {
+                granted = n + 1;
+                m[8..12].copy_from_slice(&granted.to_le_bytes());
+            }
+            Some(3) => m = self.inp.bytes(16),
+            _ => {}
+        }
+        self.complete(g, m);
+        let class = vmbus_guest::protocol::DeviceClass::Network;
+        let upto = granted.min(8);
+        for i in self.offload.offered + 1..=upto {
+            trace!("  host offers sub-channel {i}");
+            let o = crate::dev::offer(class, relid_of(i as usize), 0, i as u16, 0);
+            self.dev.world.borrow_mut().send(o);
+        }
+        self.offload.offered = self.offload.offered.max(upto);
     }
 
     fn on_packet(&mut self, g: GuestPacket) {
@@ -573,7 +718,7 @@ impl Step for Nvsp<'_> {
     fn step(&mut self) {
         for (_, tid) in std::mem::take(&mut self.dev.dropped) {
             // Never written: the guest never saw it.
-            if let Some(slots) = self.outstanding.remove(&tid)
+            if let Some((_, slots)) = self.outstanding.remove(&tid)
                 && let Some(r) = self.recv.as_mut()
             {
                 for s in slots {
@@ -585,6 +730,24 @@ impl Step for Nvsp<'_> {
         for relid in self.dev.relids() {
             while let Some(g) = self.dev.recv(relid) {
                 self.on_packet(g);
+            }
+        }
+        // A channel the guest closed, or the host stopped serving, gives back what its
+        // packets held (after reading what the guest wrote before closing it).
+        let served = self.live();
+        let gone: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, (relid, _))| !served.contains(relid))
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in gone {
+            if let Some((_, slots)) = self.outstanding.remove(&tid)
+                && let Some(r) = self.recv.as_mut()
+            {
+                for s in slots {
+                    r.used[s] = false;
+                }
             }
         }
         self.dev.flush_all();

@@ -276,13 +276,13 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             lso_buf,
             ..
         } = self;
-        // Buffers first (devices §2.18, vmbus-core §10.1): closing the channel releases a
-        // rescinded relid, after which the host no longer knows the channel's GPADLs.
+        // The GPADL buffers first (devices §2.18, vmbus-core §10.1): closing the channel
+        // releases a rescinded relid, after which the host no longer knows the channel's
+        // GPADLs. The page-buffer and LSO slots have no GPADL, only GPA-direct requests name
+        // them: they go after the channel, whose confirmed close ends any request the host
+        // never completed.
         let mut released = Released::Freed;
-        for b in [recv_buf, send_buf, large_buf, lso_buf]
-            .into_iter()
-            .flatten()
-        {
+        for b in [recv_buf, send_buf].into_iter().flatten() {
             waiter.restart();
             if b.release(waiter) == Released::Leaked {
                 released = Released::Leaked;
@@ -291,6 +291,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         waiter.restart();
         if channel.close(waiter) == Released::Leaked {
             released = Released::Leaked;
+        }
+        for b in [large_buf, lso_buf].into_iter().flatten() {
+            waiter.restart();
+            if b.release(waiter) == Released::Leaked {
+                released = Released::Leaked;
+            }
         }
         released
     }

@@ -41,7 +41,8 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// LSO v2 send: the host cuts it into segments of `mss` payload bytes, fixing lengths,
     /// sequence numbers and checksums (the checksum field of `frame` may hold anything). A
     /// frame that fits the MTU goes as one frame through [`Nic::send_frame_checksum`]. The
-    /// frames queued before it reach the host first. Errors: [`NetError::Lso`] (not TCP, LSO
+    /// frames queued before it reach the host first. Bytes after the IP datagram (its length
+    /// field says where it ends) are not sent. Errors: [`NetError::Lso`] (not TCP, LSO
     /// v2 not negotiated for its IP version, an MSS whose segments exceed the MTU, too much
     /// payload or too few segments), [`NetError::Busy`] (retry after a poll).
     /// Interrupt-safe.
@@ -70,7 +71,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         let slot = self.core.lso_free.trailing_zeros() as u8;
         let base = usize::from(slot) * LSO_SLOT_BYTES;
         let ppi = PpiU32::new(PPI_LSO, plan.ppi);
-        let len = frame.len();
+        // The IP datagram only: with its length zeroed, a host would send bytes after it
+        // (Ethernet padding, garbage) as TCP payload.
+        let len = plan.l4.offset + plan.l4.len;
         let mut header = rndis::packet_header_with_ppi(len, size_of::<PpiU32>())
             .ok_or(NetError::FrameSize(len))?;
         // No padding: msg_len is the bytes the ranges carry.
@@ -85,7 +88,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             || lb.write_at(base + HEADER, ppi.as_bytes()).is_err()
             || lb.write_at(frame_at, headers).is_err()
             || lb
-                .write_at(frame_at + plan.header_len, &frame[plan.header_len..])
+                .write_at(frame_at + plan.header_len, &frame[plan.header_len..len])
                 .is_err()
         {
             return Err(bad);

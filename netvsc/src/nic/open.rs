@@ -382,6 +382,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }),
         };
         let view = HostBufferView { read: &read };
+        // Nobody takes frames while the answer is awaited (a SUBCHANNEL request comes after
+        // the NIC is ready): they are dropped and counted as not taken (`rx_not_ready`).
+        let ready = core::mem::replace(&mut core.ready, false);
         let n = channel.transact(
             &[&padded(m)],
             Ctx::Handshake,
@@ -390,6 +393,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             |r| core.on_received(r, Some(&view), scratch, false),
             waiter,
         );
+        self.core.ready = ready;
         flush_completions(&mut self.channel, &mut self.core);
         Ok(n?)
     }

@@ -179,31 +179,33 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'n, 'b,
         self.shared.queue_for_frame(frame)
     }
 
-    /// Receives up to `budget` packets ([`Queue::poll`]'s engine) and then makes a send table
-    /// the host sent on this channel the shared one (it is checked against the queue count
-    /// first; a bad one is refused and counted).
+    /// Receives up to `budget` packets ([`Queue::poll`]'s engine); a send table the host sent
+    /// on this channel becomes the shared one as its packet is handled (it is checked
+    /// against the queue count first; a bad one is refused and counted).
     pub(super) fn pump(
         &mut self,
         budget: usize,
         on_frame: &mut OnFrame<'_>,
     ) -> Result<bool, NetError> {
         let r = self.pump_ring(budget, on_frame);
-        if let Some(t) = self.core.host_send_table.take() {
-            match self.shared.table.apply(&t) {
-                Ok(()) => log::info!(
-                    "netvsc {}: host send table {:?}",
-                    self.channel.relid(),
-                    self.shared.table.entries()
-                ),
-                Err(e) => {
-                    log::warn!(
-                        "netvsc {}: host send table refused: {e}",
-                        self.channel.relid()
-                    )
-                }
-            }
-        }
+        // One parsed while a control request waited (handshake_request) is applied here.
+        apply_send_table(self.core, self.shared, self.channel.relid());
         r
+    }
+}
+
+/// Makes a send table the host sent on `relid` (parsed into `core`) the shared one, right
+/// after its packet: tables take effect in the order they arrive, so a refused one leaves
+/// the one before it in force however many packets a poll reads.
+pub(super) fn apply_send_table(core: &mut Core, shared: &Shared, relid: u32) {
+    if let Some(t) = core.host_send_table.take() {
+        match shared.table.apply(&t) {
+            Ok(()) => log::info!(
+                "netvsc {relid}: host send table {:?}",
+                shared.table.entries()
+            ),
+            Err(e) => log::warn!("netvsc {relid}: host send table refused: {e}"),
+        }
     }
 }
 

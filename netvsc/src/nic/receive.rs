@@ -437,6 +437,7 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
             ring,
             msg: scratch,
             rsc,
+            shared,
             ..
         } = self;
         let rb = recv_buf.as_ref();
@@ -460,7 +461,10 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
                 return Ok(true);
             }
             match channel.recv(ring) {
-                Ok(Some(r)) => core.on_received(r, Some(&view), scratch, true),
+                Ok(Some(r)) => {
+                    core.on_received(r, Some(&view), scratch, true);
+                    super::queue::apply_send_table(core, shared, channel.relid());
+                }
                 Ok(None) => return Ok(channel.end_batch()?),
                 Err(ChannelError::BufferTooSmall { .. }) => {
                     // Larger than any valid netvsc packet: drop it, but give back the
