@@ -21,7 +21,7 @@ use vmbus_guest::{
     Wait,
 };
 
-use crate::{IcError, IcEvent, IcHandler, IcService};
+use crate::{AnswerInPlace, IcError, IcEvent, IcHandler, IcService};
 
 /// Default buffer size of an [`IcChannel`]: the largest IC packet, the KVP IP-info message
 /// (16-byte descriptor + 28-byte header + 7428 payload bytes = 7472), rounded up. Services with
@@ -147,10 +147,16 @@ enum Step {
 /// ([`IcStats::oversized`]). With the default [`MAX_IC_PACKET`] every `IcChannel` of this crate's
 /// services (KVP with its default store included) stays within 16 KiB.
 pub struct IcChannel<'b, T: Transport, A: Hal, H, const BUF: usize = MAX_IC_PACKET> {
-    /// No requests of its own: one (never used) request slot.
-    channel: Channel<'b, T, A, (), 1>,
+    io: Io<'b, T, A>,
     service: IcService<H>,
     buf: [u8; BUF],
+}
+
+/// Everything of an [`IcChannel`] but the service and the buffer: the poll loop lives here,
+/// once for every service (the service and the buffer come in as `dyn` and a slice).
+struct Io<'b, T: Transport, A: Hal> {
+    /// No requests of its own: one (never used) request slot.
+    channel: Channel<'b, T, A, (), 1>,
     pending: Option<PendingReply>,
     budget: usize,
     more: bool,
@@ -160,9 +166,9 @@ pub struct IcChannel<'b, T: Transport, A: Hal, H, const BUF: usize = MAX_IC_PACK
 impl<T: Transport, A: Hal, H, const BUF: usize> fmt::Debug for IcChannel<'_, T, A, H, BUF> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IcChannel")
-            .field("channel", &self.channel)
-            .field("reply_pending", &self.pending.is_some())
-            .field("stats", &self.stats)
+            .field("channel", &self.io.channel)
+            .field("reply_pending", &self.io.pending.is_some())
+            .field("stats", &self.io.stats)
             .finish()
     }
 }
@@ -208,13 +214,15 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
     ) -> Result<&'s mut Self, IcChannelError> {
         let channel = Channel::open_class(bus, H::DEVICE_CLASS, instance, config, waiter)?;
         Ok(slot.insert(Self {
-            channel,
+            io: Io {
+                channel,
+                pending: None,
+                budget: DEFAULT_POLL_BUDGET,
+                more: false,
+                stats: IcStats::default(),
+            },
             service: IcService::new(handler),
             buf: [0; BUF],
-            pending: None,
-            budget: DEFAULT_POLL_BUDGET,
-            more: false,
-            stats: IcStats::default(),
         }))
     }
 
@@ -230,43 +238,43 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
 
     /// The channel's relid.
     pub fn relid(&self) -> u32 {
-        self.channel.relid()
+        self.io.channel.relid()
     }
 
     /// Whether the channel is usable (not rescinded, unloaded, corrupt or closed).
     pub fn is_alive(&mut self) -> bool {
-        self.channel.is_alive()
+        self.io.channel.is_alive()
     }
 
     /// Sets how many host packets one [`IcChannel::poll`] reads at most (at least 1).
     pub fn set_poll_budget(&mut self, packets: usize) {
-        self.budget = packets.max(1);
+        self.io.budget = packets.max(1);
     }
 
     /// Whether the last [`IcChannel::poll`] stopped on its budget with packets possibly left;
     /// no interrupt announces them, poll again.
     pub fn has_more(&self) -> bool {
-        self.more
+        self.io.more
     }
 
     /// Whether a reply is waiting for room in the outbound ring (sent by the next poll).
     pub fn reply_pending(&self) -> bool {
-        self.pending.is_some()
+        self.io.pending.is_some()
     }
 
     /// Counters.
     pub fn stats(&self) -> IcStats {
-        let ch = self.channel.stats();
+        let ch = self.io.channel.stats();
         IcStats {
             read: ch.received,
-            stray_completions: self.stats.stray_completions + ch.unknown_completions,
-            ..self.stats
+            stray_completions: self.io.stats.stray_completions + ch.unknown_completions,
+            ..self.io.stats
         }
     }
 
     /// The VMBus channel's own counters (signals, batches …).
     pub fn channel_stats(&self) -> ChannelStats {
-        self.channel.stats()
+        self.io.channel.stats()
     }
 
     /// Host packets dropped without an answer: malformed requests, packets that are not
@@ -276,12 +284,73 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
         s.malformed + s.not_requests + s.stray_completions + s.oversized
     }
 
+    /// Answers the host requests waiting in the ring, one at a time (each answer goes out
+    /// before the next request is read), and calls `on_event` with what each one means for
+    /// the OS, after its answer is in the ring. Reads at most the poll budget
+    /// ([`DEFAULT_POLL_BUDGET`], [`IcChannel::set_poll_budget`]) of packets, counting every
+    /// packet read whatever becomes of it. (Completions for unknown transactions — all of
+    /// them, on an IC channel — are skipped by the channel itself, up to 64 per receive, so a
+    /// flood of them can overshoot the budget by that much, never more.) A reply kept because
+    /// the ring was full is sent first; while it cannot go out nothing new is read.
+    ///
+    /// Callable from a polling loop or after the channel's interrupt; never blocks. An error
+    /// means the channel is unusable (rescinded, unloaded, corrupt): close it.
+    pub fn poll(&mut self, mut on_event: impl FnMut(IcEvent)) -> Result<Polled, IcChannelError> {
+        Ok(self
+            .io
+            .poll(&mut self.buf, &mut self.service, &mut on_event)?)
+    }
+
+    /// Closes the channel (see [`Channel::close`]) and gives the handler back, with whether
+    /// the ring memory was freed. A reply still waiting for ring space is dropped.
+    pub fn close(mut self, waiter: &mut impl Wait) -> (H, Released) {
+        let released = self.io.close(waiter);
+        (self.service.into_handler(), released)
+    }
+
+    /// Like [`IcChannel::close`], closing the service channel where it lies (the storage of
+    /// [`IcChannel::open_in`]) and emptying the slot: the handler is dropped there instead of
+    /// being returned, so the stack never holds a copy of the channel and its buffer.
+    /// Returns `None` if the slot was empty. Thread context only.
+    pub fn close_in(slot: &mut Option<Self>, waiter: &mut impl Wait) -> Option<Released> {
+        let released = slot.as_mut()?.io.close(waiter);
+        *slot = None;
+        Some(released)
+    }
+}
+
+impl<T: Transport, A: Hal> Io<'_, T, A> {
+    /// The body of [`IcChannel::poll`] with the buffer as a slice and the service and the
+    /// event sink behind `dyn`: one copy of the poll loop for every service.
+    fn poll(
+        &mut self,
+        buf: &mut [u8],
+        service: &mut dyn AnswerInPlace,
+        on_event: &mut dyn FnMut(IcEvent),
+    ) -> Result<Polled, ChannelError> {
+        let mut polled = Polled::default();
+        let answered_before = self.stats.answered;
+        let read_before = self.channel.stats().received;
+        let result = self.poll_inner(buf, service, on_event, read_before);
+        polled.answered = (self.stats.answered - answered_before) as usize;
+        polled.read = (self.channel.stats().received - read_before) as usize;
+        polled.reply_pending = self.pending.is_some();
+        self.more = matches!(result, Ok(true));
+        polled.more = self.more;
+        result?;
+        Ok(polled)
+    }
+
     /// Sends the reply kept from an earlier poll. `Ok(false)`: the ring is still full.
-    fn retry_pending(&mut self, on_event: &mut impl FnMut(IcEvent)) -> Result<bool, ChannelError> {
+    fn retry_pending(
+        &mut self,
+        buf: &[u8],
+        on_event: &mut dyn FnMut(IcEvent),
+    ) -> Result<bool, ChannelError> {
         let Some(p) = self.pending else {
             return Ok(true);
         };
-        let bytes = self.buf.get(p.start..p.start + p.len).unwrap_or(&[]);
+        let bytes = buf.get(p.start..p.start + p.len).unwrap_or(&[]);
         match self.channel.send_reply(p.transaction_id, &[bytes]) {
             Ok(()) => {
                 self.pending = None;
@@ -295,7 +364,7 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
             Err(e) => {
                 log::warn!(
                     "IC channel {}: reply {:#x} lost: {e}",
-                    self.relid(),
+                    self.channel.relid(),
                     p.transaction_id
                 );
                 self.pending = None;
@@ -306,8 +375,8 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
 
     /// Reads the next packet and keeps what the poll needs of it. A packet too large for the
     /// buffer is dropped unread (it would otherwise block the ring for good).
-    fn receive(&mut self) -> Result<Step, ChannelError> {
-        let received = match self.channel.recv(&mut self.buf) {
+    fn receive(&mut self, buf: &mut [u8]) -> Result<Step, ChannelError> {
+        let received = match self.channel.recv(buf) {
             Err(ChannelError::BufferTooSmall { needed }) => {
                 return Ok(match self.channel.skip()? {
                     Some(_) => Step::Oversized(needed),
@@ -333,38 +402,15 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
         })
     }
 
-    /// Answers the host requests waiting in the ring, one at a time (each answer goes out
-    /// before the next request is read), and calls `on_event` with what each one means for
-    /// the OS, after its answer is in the ring. Reads at most the poll budget
-    /// ([`DEFAULT_POLL_BUDGET`], [`IcChannel::set_poll_budget`]) of packets, counting every
-    /// packet read whatever becomes of it. (Completions for unknown transactions — all of
-    /// them, on an IC channel — are skipped by the channel itself, up to 64 per receive, so a
-    /// flood of them can overshoot the budget by that much, never more.) A reply kept because
-    /// the ring was full is sent first; while it cannot go out nothing new is read.
-    ///
-    /// Callable from a polling loop or after the channel's interrupt; never blocks. An error
-    /// means the channel is unusable (rescinded, unloaded, corrupt): close it.
-    pub fn poll(&mut self, mut on_event: impl FnMut(IcEvent)) -> Result<Polled, IcChannelError> {
-        let mut polled = Polled::default();
-        let answered_before = self.stats.answered;
-        let read_before = self.channel.stats().received;
-        let result = self.poll_inner(&mut on_event, read_before);
-        polled.answered = (self.stats.answered - answered_before) as usize;
-        polled.read = (self.channel.stats().received - read_before) as usize;
-        polled.reply_pending = self.pending.is_some();
-        self.more = matches!(result, Ok(true));
-        polled.more = self.more;
-        result?;
-        Ok(polled)
-    }
-
-    /// The body of [`IcChannel::poll`]: `Ok(true)` when the budget ran out.
+    /// The loop of [`IcChannel::poll`]: `Ok(true)` when the budget ran out.
     fn poll_inner(
         &mut self,
-        on_event: &mut impl FnMut(IcEvent),
+        buf: &mut [u8],
+        service: &mut dyn AnswerInPlace,
+        on_event: &mut dyn FnMut(IcEvent),
         read_before: u64,
     ) -> Result<bool, ChannelError> {
-        if !self.retry_pending(on_event)? {
+        if !self.retry_pending(buf, on_event)? {
             return Ok(false);
         }
         let budget = self.budget as u64;
@@ -375,7 +421,7 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
                 self.channel.yield_batch()?;
                 return Ok(true);
             }
-            match self.receive()? {
+            match self.receive(buf)? {
                 Step::Empty => {
                     if !self.channel.end_batch()? {
                         return Ok(false);
@@ -384,19 +430,23 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
                 Step::NotRequest => {
                     log::warn!(
                         "IC channel {}: dropped a packet that is not an in-band request",
-                        self.relid()
+                        self.channel.relid()
                     );
                     self.stats.not_requests += 1;
                 }
                 Step::Stray => {
-                    log::warn!("IC channel {}: dropped a stray completion", self.relid());
+                    log::warn!(
+                        "IC channel {}: dropped a stray completion",
+                        self.channel.relid()
+                    );
                     self.stats.stray_completions += 1;
                 }
                 Step::Oversized(needed) => {
                     log::warn!(
                         "IC channel {}: dropped a {needed}-byte packet, larger than the \
-                         {BUF}-byte buffer",
-                        self.relid()
+                         {}-byte buffer",
+                        self.channel.relid(),
+                        buf.len()
                     );
                     self.stats.oversized += 1;
                 }
@@ -405,7 +455,7 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
                     start,
                     len,
                 } => {
-                    if !self.answer(transaction_id, start, len, on_event)? {
+                    if !self.answer(buf, service, transaction_id, start, len, on_event)? {
                         // The reply waits for ring space: read nothing more until it is out.
                         self.channel.end_batch()?;
                         return Ok(false);
@@ -421,25 +471,27 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
     /// `Ok(false)`: the ring is full and the answer is kept for the next poll.
     fn answer(
         &mut self,
+        buf: &mut [u8],
+        service: &mut dyn AnswerInPlace,
         transaction_id: u64,
         start: usize,
         len: usize,
-        on_event: &mut impl FnMut(IcEvent),
+        on_event: &mut dyn FnMut(IcEvent),
     ) -> Result<bool, ChannelError> {
-        let region = self.buf.get_mut(start..).unwrap_or(&mut []);
-        let reply = match self.service.handle_in_place(region, len) {
+        let region = buf.get_mut(start..).unwrap_or(&mut []);
+        let reply = match service.answer_in_place(region, len) {
             Ok(reply) => reply,
             Err(e) => {
                 self.reject(e, on_event);
                 return Ok(true);
             }
         };
-        let Some(bytes) = self.buf.get(start..start + reply.len) else {
+        let Some(bytes) = buf.get(start..start + reply.len) else {
             // Cannot happen: the service wrote the reply there.
             self.reject(
                 IcError::ResponseBufferTooSmall {
                     needed: start + reply.len,
-                    got: BUF,
+                    got: buf.len(),
                 },
                 on_event,
             );
@@ -456,7 +508,7 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
             Err(ChannelError::Full) => {
                 log::debug!(
                     "IC channel {}: ring full, reply {transaction_id:#x} kept for the next poll",
-                    self.relid()
+                    self.channel.relid()
                 );
                 self.stats.replies_deferred += 1;
                 self.pending = Some(PendingReply {
@@ -471,33 +523,16 @@ impl<'b, T: Transport, A: Hal, H: IcHandler, const BUF: usize> IcChannel<'b, T, 
         }
     }
 
-    fn reject(&mut self, e: IcError, on_event: &mut impl FnMut(IcEvent)) {
+    fn reject(&mut self, e: IcError, on_event: &mut dyn FnMut(IcEvent)) {
         log::warn!(
             "IC channel {}: dropped a malformed request: {e}",
-            self.relid()
+            self.channel.relid()
         );
         self.stats.malformed += 1;
         on_event(IcEvent::Rejected(e));
     }
 
-    /// Closes the channel (see [`Channel::close`]) and gives the handler back, with whether
-    /// the ring memory was freed. A reply still waiting for ring space is dropped.
-    pub fn close(mut self, waiter: &mut impl Wait) -> (H, Released) {
-        let released = self.close_channel(waiter);
-        (self.service.into_handler(), released)
-    }
-
-    /// Like [`IcChannel::close`], closing the service channel where it lies (the storage of
-    /// [`IcChannel::open_in`]) and emptying the slot: the handler is dropped there instead of
-    /// being returned, so the stack never holds a copy of the channel and its buffer.
-    /// Returns `None` if the slot was empty. Thread context only.
-    pub fn close_in(slot: &mut Option<Self>, waiter: &mut impl Wait) -> Option<Released> {
-        let released = slot.as_mut()?.close_channel(waiter);
-        *slot = None;
-        Some(released)
-    }
-
-    fn close_channel(&mut self, waiter: &mut impl Wait) -> Released {
+    fn close(&mut self, waiter: &mut impl Wait) -> Released {
         if let Some(p) = self.pending.take() {
             log::warn!(
                 "IC channel {}: closed with reply {:#x} unsent",

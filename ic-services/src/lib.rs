@@ -272,84 +272,133 @@ impl<H: IcHandler> IcService<H> {
     /// it received into). `buf` needs room for the response: `len` bytes, and at least 44 for
     /// NEGOTIATE; otherwise nothing is changed and the error says how much.
     pub fn handle_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<Reply, IcError> {
-        let Some(request) = buf.get(..len) else {
-            return Err(IcError::ResponseBufferTooSmall {
-                needed: len,
-                got: buf.len(),
-            });
-        };
-        let needed = response_size(request)?;
-        let Ok((prefix, _)) = IcMessagePrefix::read_from_prefix(request) else {
-            return Err(IcError::TruncatedHeader { len });
-        };
-        let got = buf.len();
-        let Some(response) = buf.get_mut(..needed) else {
-            return Err(IcError::ResponseBufferTooSmall { needed, got });
-        };
-        response[len..].fill(0);
-        let msg_type = IcMsgType(prefix.ic.icmsgtype.get());
+        answer_in_place(
+            &mut self.negotiated,
+            &mut self.handler,
+            H::DEVICE_CLASS,
+            H::MSG_TYPE,
+            buf,
+            len,
+        )
+    }
+}
 
-        let (status, event) = if msg_type == IcMsgType::NEGOTIATE {
-            let service_versions = self.handler.service_versions();
-            match negotiate::respond(
-                &mut response[ICMSG_HDR_SIZE..],
-                len - ICMSG_HDR_SIZE,
-                FRAMEWORK_VERSIONS,
-                service_versions,
-            ) {
-                Ok((framework, service)) => {
-                    log::info!(
-                        "IC {:?}: negotiated framework {framework}, service {service}",
-                        H::DEVICE_CLASS
-                    );
-                    self.negotiated = Some((framework, service));
-                    (IcStatus::S_OK, IcEvent::Negotiated { framework, service })
-                }
-                Err(e) => {
-                    log::warn!("IC {:?}: negotiation failed: {e}", H::DEVICE_CLASS);
-                    // Linux leaves the status as the host sent it and answers counts 0/0.
-                    (
-                        IcStatus(prefix.ic.status.get()),
-                        IcEvent::NegotiationFailed(e),
-                    )
-                }
+/// The object-safe part of an [`IcHandler`] (the trait's constants go as arguments): the
+/// header and NEGOTIATE handling exists once, not once per service.
+trait DynHandler {
+    fn service_versions(&self) -> &[IcVersion];
+    fn handle_message(
+        &mut self,
+        version: IcVersion,
+        payload: &mut [u8],
+    ) -> Result<Outcome, IcError>;
+}
+
+impl<H: IcHandler> DynHandler for H {
+    fn service_versions(&self) -> &[IcVersion] {
+        IcHandler::service_versions(self)
+    }
+
+    fn handle_message(
+        &mut self,
+        version: IcVersion,
+        payload: &mut [u8],
+    ) -> Result<Outcome, IcError> {
+        IcHandler::handle_message(self, version, payload)
+    }
+}
+
+/// An [`IcService`] as [`channel::IcChannel`]'s poll loop sees it: one copy of the loop for
+/// every service.
+pub(crate) trait AnswerInPlace {
+    /// [`IcService::handle_in_place`].
+    fn answer_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<Reply, IcError>;
+}
+
+impl<H: IcHandler> AnswerInPlace for IcService<H> {
+    fn answer_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<Reply, IcError> {
+        self.handle_in_place(buf, len)
+    }
+}
+
+/// [`IcService::handle_in_place`] for any service: `class` and `service_type` are the
+/// handler's [`IcHandler::DEVICE_CLASS`] and [`IcHandler::MSG_TYPE`].
+fn answer_in_place(
+    negotiated: &mut Option<(IcVersion, IcVersion)>,
+    handler: &mut dyn DynHandler,
+    class: DeviceClass,
+    service_type: IcMsgType,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<Reply, IcError> {
+    let Some(request) = buf.get(..len) else {
+        return Err(IcError::ResponseBufferTooSmall {
+            needed: len,
+            got: buf.len(),
+        });
+    };
+    let needed = response_size(request)?;
+    let Ok((prefix, _)) = IcMessagePrefix::read_from_prefix(request) else {
+        return Err(IcError::TruncatedHeader { len });
+    };
+    let got = buf.len();
+    let Some(response) = buf.get_mut(..needed) else {
+        return Err(IcError::ResponseBufferTooSmall { needed, got });
+    };
+    response[len..].fill(0);
+    let msg_type = IcMsgType(prefix.ic.icmsgtype.get());
+
+    let (status, event) = if msg_type == IcMsgType::NEGOTIATE {
+        let service_versions = handler.service_versions();
+        match negotiate::respond(
+            &mut response[ICMSG_HDR_SIZE..],
+            len - ICMSG_HDR_SIZE,
+            FRAMEWORK_VERSIONS,
+            service_versions,
+        ) {
+            Ok((framework, service)) => {
+                log::info!("IC {class:?}: negotiated framework {framework}, service {service}");
+                *negotiated = Some((framework, service));
+                (IcStatus::S_OK, IcEvent::Negotiated { framework, service })
             }
-        } else if msg_type == H::MSG_TYPE {
-            let version = match self.negotiated {
-                Some((_, service)) => service,
-                None => IcVersion::from_wire(prefix.ic.icvermsg),
-            };
-            let outcome = self
-                .handler
-                .handle_message(version, &mut response[ICMSG_HDR_SIZE..])?;
-            (outcome.status, outcome.event)
-        } else {
-            log::warn!(
-                "IC {:?}: unsupported message type {}",
-                H::DEVICE_CLASS,
-                msg_type.0
-            );
-            (
-                IcStatus::E_FAIL,
-                IcEvent::Rejected(IcError::UnsupportedMessageType(msg_type)),
-            )
-        };
-
-        let mut out = prefix;
-        if msg_type == IcMsgType::NEGOTIATE {
-            out.ic.icmsgsize.set(16);
-            if needed > len {
-                // The offer was shorter than our answer: say how long the answer is.
-                out.pipe.msgsize.set((needed - 8) as u32);
+            Err(e) => {
+                log::warn!("IC {class:?}: negotiation failed: {e}");
+                // Linux leaves the status as the host sent it and answers counts 0/0.
+                (
+                    IcStatus(prefix.ic.status.get()),
+                    IcEvent::NegotiationFailed(e),
+                )
             }
         }
-        out.ic.status.set(status.0);
-        out.ic.icflags = IcFlags::GUEST_RESPONSE.0;
-        response[..ICMSG_HDR_SIZE].copy_from_slice(out.as_bytes());
-        Ok(Reply {
-            len: needed,
-            status,
-            event,
-        })
+    } else if msg_type == service_type {
+        let version = match *negotiated {
+            Some((_, service)) => service,
+            None => IcVersion::from_wire(prefix.ic.icvermsg),
+        };
+        let outcome = handler.handle_message(version, &mut response[ICMSG_HDR_SIZE..])?;
+        (outcome.status, outcome.event)
+    } else {
+        log::warn!("IC {class:?}: unsupported message type {}", msg_type.0);
+        (
+            IcStatus::E_FAIL,
+            IcEvent::Rejected(IcError::UnsupportedMessageType(msg_type)),
+        )
+    };
+
+    let mut out = prefix;
+    if msg_type == IcMsgType::NEGOTIATE {
+        out.ic.icmsgsize.set(16);
+        if needed > len {
+            // The offer was shorter than our answer: say how long the answer is.
+            out.pipe.msgsize.set((needed - 8) as u32);
+        }
     }
+    out.ic.status.set(status.0);
+    out.ic.icflags = IcFlags::GUEST_RESPONSE.0;
+    response[..ICMSG_HDR_SIZE].copy_from_slice(out.as_bytes());
+    Ok(Reply {
+        len: needed,
+        status,
+        event,
+    })
 }

@@ -17,7 +17,9 @@
 //!   cut (LSO v2), [`Nic::poll_with_checksum`] reports the host's receive verdict per frame.
 //! - [`offload`]: checksum and LSO v2 offloads — the host's capabilities
 //!   ([`offload::parse_offload`]), the negotiation, frame helpers ([`offload::l4_of`]) and
-//!   the receive checksum verdict ([`offload::rx_checksum_of`]); all pure and fuzzable.
+//!   the receive checksum verdict ([`offload::rx_checksum_of`]); the reassembly of frames the
+//!   host coalesced (RSC, [`offload::rsc`], used by a NIC opened with [`Nic::open_with_rsc`]);
+//!   all pure and fuzzable.
 //! - multi-queue (vRSS): [`Nic::open_queues`] asks the host for sub-channels and sets RSS;
 //!   [`Nic::split`] hands out one [`nic::Queue`] per channel — each owns its channel, its
 //!   send sections and its receive completions, so each VP drives its own without a lock;
@@ -41,4 +43,4 @@ pub mod protocol;
 pub mod rndis;
 pub mod rss;
 
-pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats, VfState};
+pub use nic::{Busy, Ctx, NetError, Nic, NicConfig, NicInfo, NicStats, RxInfo, VfState};

@@ -1,8 +1,9 @@
 //! Task offloads (devices §2.13–2.14, §7.1 step 8): the host's hardware capabilities
 //! ([`parse_offload`]), what the guest enables from them ([`negotiate`]), the transmit
 //! checksum preparation of a frame ([`prepare_tx_checksum`]) and the receive checksum result
-//! ([`RxChecksum`], [`rx_checksum_of`]), and the checks and header rewrite of an LSO v2 send
-//! ([`lso_plan`], [`prepare_lso_headers`]). Pure and bounds-checked, safe on any host bytes.
+//! ([`RxChecksum`], [`rx_checksum_of`]), the checks and header rewrite of an LSO v2 send
+//! ([`lso_plan`], [`prepare_lso_headers`]), and the reassembly of coalesced receive frames
+//! ([`rsc`]). Pure and bounds-checked, safe on any host bytes.
 //!
 //! Transmit convention: for a frame whose TCP/UDP checksum the host computes, the guest
 //! preloads the checksum field with the one's complement sum of the pseudo-header
@@ -13,6 +14,7 @@
 //! sum is taken without the length.)
 
 pub mod frame;
+pub mod rsc;
 
 use zerocopy::FromBytes;
 
@@ -198,9 +200,11 @@ pub struct Offloads {
     pub lso_v2_ipv4: Option<LsoV2>,
     /// LSO v2 over IPv6 enabled.
     pub lso_v2_ipv6: Option<LsoV2>,
-    /// RSC offered by the host (both IP versions). This driver does not reassemble coalesced
-    /// segments, so it sets RSC disabled; this records only that the host could.
+    /// RSC offered by the host (both IP versions, revision-3 capabilities).
     pub rsc_offered: bool,
+    /// RSC enabled for both IP versions: the host may deliver a coalesced TCP segment of up
+    /// to [`rsc::RSC_MAX_FRAME`] bytes in fragments, which the NIC reassembles.
+    pub rsc: bool,
 }
 
 impl Offloads {
@@ -224,6 +228,7 @@ impl Offloads {
         lso_v2_ipv4: None,
         lso_v2_ipv6: None,
         rsc_offered: false,
+        rsc: false,
     };
 }
 
@@ -270,14 +275,22 @@ fn param(tx: bool, rx: bool) -> u8 {
 /// - LSO v2 over IPv4 when TCPv4 transmit is on and the LSO v2 IPv4 encapsulation has 802.3;
 ///   over IPv6 likewise, with extension headers and TCP options in `ip6_opts` (used by
 ///   `Nic::send_lso`, see [`lso_plan`]).
-/// - RSC disabled explicitly when the host offers it (revision-3 parameters only): coalesced
-///   segments would need reassembly this driver does not do.
+/// - RSC left disabled, explicitly when the host offers it (revision-3 parameters only);
+///   [`negotiate_rsc`] enables it.
 ///
 /// Header revision: 2 with 22 bytes up to NVSP 4 (NDIS 6.1 announced), 3 with 28 bytes from
 /// NVSP 5 (NDIS 6.30) — the pair FreeBSD, OpenBSD and DPDK send. Linux sends revision 3
 /// throughout and only cuts the size to 22 for NVSP ≤ 4; a revision-2 object of 22 bytes is
 /// the one consistent with NDIS 6.1, and OpenVMM accepts any revision ≥ 1 with size ≥ 20.
 pub fn negotiate(caps: &OffloadCaps, version: NvspVersion) -> Negotiation {
+    negotiate_rsc(caps, version, false)
+}
+
+/// [`negotiate`], with RSC enabled for both IP versions when `rsc` is asked for and the host
+/// offers it for both (Linux's rule, `rndis_netdev_set_hwcaps`: `rsc.ip4 && rsc.ip6`; the
+/// parameters' RSC fields exist only in revision 3, i.e. from NVSP 5). Asked for and not
+/// offered, or offered and not asked for: RSC stays off, explicitly so when offered.
+pub fn negotiate_rsc(caps: &OffloadCaps, version: NvspVersion, rsc: bool) -> Negotiation {
     use csum_cap::{IP_HEADER, IP_OPTIONS, TCP, TCP_OPTIONS, UDP};
     let udp_ok = version >= NvspVersion::V5;
     let tx = ChecksumSet {
@@ -334,9 +347,10 @@ pub fn negotiate(caps: &OffloadCaps, version: NvspVersion) -> Negotiation {
         params.udp_ipv4_checksum = param(tx.udp4, rx.udp4);
         params.udp_ipv6_checksum = param(tx.udp6, rx.udp6);
     }
+    let rsc = rsc && rev3 && rsc_offered;
     if rev3 && rsc_offered {
-        params.rsc_ipv4 = lso_param::DISABLED;
-        params.rsc_ipv6 = lso_param::DISABLED;
+        params.rsc_ipv4 = lso(rsc);
+        params.rsc_ipv6 = lso(rsc);
     }
     Negotiation {
         params,
@@ -347,6 +361,7 @@ pub fn negotiate(caps: &OffloadCaps, version: NvspVersion) -> Negotiation {
             lso_v2_ipv4,
             lso_v2_ipv6,
             rsc_offered,
+            rsc,
         },
     }
 }

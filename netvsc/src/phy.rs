@@ -17,6 +17,12 @@
 //! verifies in software those the host did not check (another IP version, a host that
 //! skipped it). IPv4 fragments and IPv6 frames with extension headers cannot be verified by
 //! the device; they are passed on unverified and counted ([`DeviceStats::rx_unverified`]).
+//!
+//! Frame size: the device advertises the NIC's maximum frame (MTU + 14) and copies each
+//! received frame into an `M`-byte buffer. Receive segment coalescing would hand it frames of
+//! up to 64 KiB, so use a NIC opened without RSC storage ([`Nic::open`]: RSC stays off);
+//! a larger frame that still arrives is dropped and counted ([`DeviceStats::rx_too_large`]),
+//! never cut short.
 
 use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -42,6 +48,9 @@ pub struct DeviceStats {
     /// Received frames whose TCP/UDP checksum neither the host, the device nor smoltcp
     /// verifies (IPv4 fragments, IPv6 extension headers, with a receive offload on).
     pub rx_unverified: u64,
+    /// Received frames larger than the device's copy buffer (coalesced RSC frames of a NIC
+    /// opened with RSC storage): dropped.
+    pub rx_too_large: u64,
 }
 
 /// Which checksums the device (the host's offload, or the device in software) takes over
@@ -246,11 +255,17 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> phy::Device
         // Frames dropped for their checksum do not end the receive: the next one is tried.
         for _ in 0..RECEIVE_BUDGET {
             let got = nic.receive_with_checksum(RECEIVE_BUDGET, |frame, verdict| {
-                let n = frame.len().min(rx.len());
-                rx[..n].copy_from_slice(&frame[..n]);
+                let n = frame.len();
+                if let Some(dst) = rx.get_mut(..n) {
+                    dst.copy_from_slice(frame);
+                }
                 (n, verdict)
             });
             match got {
+                Ok(Some((n, _))) if n > rx.len() => {
+                    stats.rx_too_large += 1;
+                    continue;
+                }
                 Ok(Some((n, verdict))) => {
                     match duties.accept(&rx[..n], verdict) {
                         Some(true) => {}

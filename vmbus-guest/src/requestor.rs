@@ -227,6 +227,21 @@ impl<C, const N: usize> RequestTable<C, N> {
     }
 }
 
+/// What a channel's context-free code needs of its request table: failing every request in
+/// flight when the channel dies. Behind `dyn`, so that code exists once whatever the context
+/// types and table sizes of the drivers linked together (the hot paths that store and take
+/// contexts stay generic).
+pub(crate) trait FailAll {
+    /// [`RequestTable::fail_all`].
+    fn fail_all(&mut self, error: ChannelError);
+}
+
+impl<C, const N: usize> FailAll for RequestTable<C, N> {
+    fn fail_all(&mut self, error: ChannelError) {
+        RequestTable::fail_all(self, error);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

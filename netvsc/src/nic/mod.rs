@@ -22,6 +22,7 @@ mod offload;
 mod open;
 mod queue;
 mod receive;
+mod rsc;
 mod send;
 
 use vmbus_guest::ring::{PacketKind, PacketType};
@@ -31,6 +32,7 @@ use vmbus_guest::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::offload::rsc::Reassembly;
 use crate::offload::{OffloadCaps, Offloads, RxChecksum};
 use crate::protocol::{
     CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_DATA, DATA_PATH_SYNTHETIC, DATA_PATH_VF, NO_SECTION,
@@ -44,6 +46,7 @@ use crate::rndis::{self, Message, RndisError};
 pub use lso::LSO_SLOTS;
 pub use multi::{MultiQueueConfig, QueueSetup, SingleQueue};
 pub use queue::{Queue, Shared, SubQueue};
+pub use rsc::RxInfo;
 pub use send::{MAX_PACKED, MAX_PACKET_ALIGNMENT, PACK_THRESHOLD};
 
 /// Largest MTU (IP payload of a frame) this driver supports; frames are at most 1514 bytes.
@@ -106,6 +109,13 @@ pub struct NicConfig {
     pub offloads: bool,
     /// Multi-queue (vRSS): how many queues to ask for and the RSS key.
     pub multi_queue: MultiQueueConfig,
+    /// Receive segment coalescing (default on): with [`NicConfig::offloads`], a NIC opened
+    /// with reassembly storage ([`Nic::open_with_rsc`]) announces RSC in its NDIS config
+    /// (NVSP 6.1) and enables it when the host offers it for IPv4 and IPv6; the host may then
+    /// deliver TCP segments coalesced into frames of up to
+    /// [`RSC_MAX_FRAME`](crate::offload::rsc::RSC_MAX_FRAME) bytes. Without storage (plain
+    /// [`Nic::open`]) RSC stays off whatever this says.
+    pub rsc: bool,
 }
 
 impl Default for NicConfig {
@@ -123,6 +133,7 @@ impl Default for NicConfig {
             },
             offloads: true,
             multi_queue: MultiQueueConfig::default(),
+            rsc: true,
         }
     }
 }
@@ -283,9 +294,17 @@ pub struct NicStats {
     pub rx_bad_messages: u64,
     /// Messages larger than [`MAX_RECEIVE_MESSAGE`] or frames larger than MTU + 14.
     pub rx_too_large: u64,
-    /// Frames received while the NIC took none: during initialisation, while a control
-    /// request ([`Nic::keepalive`]) waited for its reply, and while closing.
+    /// Frames (or RSC fragments) received while the NIC took none: during initialisation,
+    /// while a control request ([`Nic::keepalive`]) waited for its reply, and while closing.
     pub rx_not_ready: u64,
+    /// Coalesced frames reassembled from RSC fragments and delivered (also in `rx_frames`).
+    pub rx_rsc_frames: u64,
+    /// Fragments those frames came in.
+    pub rx_rsc_fragments: u64,
+    /// RSC fragments dropped: out of order, of another packet id, a frame beyond the
+    /// reassembly buffer, cut by another message or by the end of its transfer-page packet,
+    /// or received without reassembly storage ([`crate::offload::rsc::RscDrop`]).
+    pub rx_rsc_dropped: u64,
     /// Receive completions that had to wait for ring space.
     pub rx_completions_deferred: u64,
     /// Receive completions that could not even be queued (the host keeps those ranges).
@@ -458,6 +477,8 @@ struct Core {
     lso_free: u8,
     /// The send section the current burst is filling.
     burst: Option<send::OpenSection>,
+    /// The coalesced frame being reassembled from RSC fragments.
+    rsc: Reassembly,
 }
 
 /// The SR-IOV VF as the host announced it (devices §2.17). This driver has no VF driver:
@@ -502,6 +523,9 @@ pub struct Nic<'b, T: Transport, H: Hal, const N: usize = 64, const M: usize = M
     msg: [u8; M],
     /// Multi-queue state: the shared send table and RSS settings, the sub-channel count.
     mq: multi::MqState,
+    /// The caller's RSC reassembly storage: [`RSC_MAX_FRAME`](crate::offload::rsc::RSC_MAX_FRAME)
+    /// bytes for each queue, queue `i` the `i`-th ([`Nic::open_with_rsc`]).
+    rsc_storage: Option<&'b mut [u8]>,
 }
 
 impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug

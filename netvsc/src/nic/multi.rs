@@ -176,10 +176,14 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             return Err(NetError::InvalidArgument("queues are already open"));
         }
         let relid = self.channel.relid();
-        let wanted = usize::from(self.mq.config.max_queues)
+        let mut wanted = usize::from(self.mq.config.max_queues)
             .min(1 + subs.len())
             .min(usize::from(self.core.info.sections))
             .min(MAX_CHANNELS);
+        if self.core.info.offloads.rsc {
+            // The host coalesces on every channel: each queue needs a reassembly area.
+            wanted = wanted.min(self.rsc_areas());
+        }
         let single = |reason| {
             log::info!("netvsc {relid}: single queue ({reason:?})");
             Ok(QueueSetup::single(reason))
@@ -452,15 +456,19 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             large_buf: &self.large_buf,
         };
         let s = subs.get_mut(index - 1)?.as_mut()?;
-        Some(Queue::new(
-            s.index,
-            &mut s.channel,
-            &mut s.core,
-            &mut s.ring,
-            &mut s.msg,
-            bufs,
-            &self.mq.shared,
-        ))
+        let rsc = super::offload::rsc_area(self.rsc_storage.as_deref_mut(), index);
+        Some(
+            Queue::new(
+                s.index,
+                &mut s.channel,
+                &mut s.core,
+                &mut s.ring,
+                &mut s.msg,
+                bufs,
+                &self.mq.shared,
+            )
+            .with_rsc(rsc),
+        )
     }
 
     /// Every queue at once, one [`Queue`] per channel (the primary first), each borrowing
@@ -480,6 +488,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             ring,
             msg,
             mq,
+            rsc_storage,
             ..
         } = self;
         let shared = &mq.shared;
@@ -488,8 +497,20 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             send_buf,
             large_buf,
         };
-        let primary = Queue::new(0, channel, core, ring, msg, bufs, shared);
-        core::iter::once(primary).chain(subs.iter_mut().flatten().map(move |s| {
+        // Queue i reassembles in area i; sub-queue i sits in subs[i - 1].
+        let mut areas = rsc_storage
+            .as_deref_mut()
+            .unwrap_or_default()
+            .chunks_exact_mut(crate::offload::rsc::RSC_MAX_FRAME)
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        let area = areas.next().flatten().unwrap_or_default();
+        let primary = Queue::new(0, channel, core, ring, msg, bufs, shared).with_rsc(area);
+        let subs = subs
+            .iter_mut()
+            .zip(areas)
+            .filter_map(|(s, a)| Some((s.as_mut()?, a)));
+        core::iter::once(primary).chain(subs.map(move |(s, area)| {
             Queue::new(
                 s.index,
                 &mut s.channel,
@@ -499,6 +520,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 bufs,
                 shared,
             )
+            .with_rsc(area.unwrap_or_default())
         }))
     }
 

@@ -6,10 +6,11 @@
 use zerocopy::IntoBytes;
 
 use super::*;
-use crate::offload::{negotiate, parse_offload};
+use crate::offload::rsc::RSC_MAX_FRAME;
+use crate::offload::{negotiate_rsc, parse_offload};
 use crate::protocol::{
-    NDIS_OFFLOAD_SIZE_REV1, NDIS_OFFLOAD_SIZE_REV2, NDIS_OFFLOAD_SIZE_REV3, NdisObjectHeader,
-    NdisOffload, ndis_object,
+    NDIS_CAP_RSC, NDIS_OFFLOAD_SIZE_REV1, NDIS_OFFLOAD_SIZE_REV2, NDIS_OFFLOAD_SIZE_REV3,
+    NdisObjectHeader, NdisOffload, ndis_object,
 };
 
 /// The revision and size of the NDIS_OFFLOAD a guest of NVSP `version` names in its query:
@@ -30,13 +31,47 @@ fn query_header(version: NvspVersion) -> NdisObjectHeader {
     }
 }
 
+/// The reassembly area of queue `index` in the caller's RSC storage (empty without one).
+pub(super) fn rsc_area(storage: Option<&mut [u8]>, index: usize) -> &mut [u8] {
+    storage
+        .and_then(|s| s.chunks_exact_mut(RSC_MAX_FRAME).nth(index))
+        .unwrap_or_default()
+}
+
 /// Errors that end the open; anything else only means "no offloads".
 fn fatal(e: &NetError) -> bool {
     matches!(e, NetError::Channel(_) | NetError::Vmbus(_))
 }
 
 impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
-    pub(super) fn negotiate_offloads(&mut self, waiter: &mut impl Wait) -> Result<(), NetError> {
+    /// Reassembly areas of [`RSC_MAX_FRAME`] bytes the caller's storage holds (0 without).
+    pub(super) fn rsc_areas(&self) -> usize {
+        self.rsc_storage
+            .as_ref()
+            .map_or(0, |s| s.len() / RSC_MAX_FRAME)
+    }
+
+    /// Whether the NIC asks for RSC: configured, offloads on, and storage for a frame.
+    pub(super) fn wants_rsc(&self, config: &NicConfig) -> bool {
+        config.rsc && config.offloads && self.rsc_areas() > 0
+    }
+
+    /// SEND_NDIS_CONFIG capabilities (devices §2.6): IEEE 802.1Q always, RSC from NVSP 6.1
+    /// when the NIC asks for it (Linux announces RSC at 6.1 whatever its LRO setting; a NIC
+    /// without reassembly storage does not claim it).
+    pub(super) fn ndis_capabilities(&self, version: NvspVersion, config: &NicConfig) -> u64 {
+        let mut caps = version.ndis_capabilities();
+        if version >= NvspVersion::V61 && self.wants_rsc(config) {
+            caps |= NDIS_CAP_RSC;
+        }
+        caps
+    }
+
+    pub(super) fn negotiate_offloads(
+        &mut self,
+        rsc: bool,
+        waiter: &mut impl Wait,
+    ) -> Result<(), NetError> {
         let relid = self.channel.relid();
         let header = query_header(self.core.info.version);
         // The input is the whole object, zeroed but for its header (Linux, FreeBSD).
@@ -61,7 +96,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }
         };
         self.core.info.offload_caps = Some(caps);
-        let n = negotiate(&caps, self.core.info.version);
+        let n = negotiate_rsc(&caps, self.core.info.version, rsc);
         if n.offloads == Offloads::NONE {
             return Ok(());
         }

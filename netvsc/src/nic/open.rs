@@ -28,6 +28,33 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         config: &NicConfig,
         waiter: &mut impl Wait,
     ) -> Result<Self, NetError> {
+        Self::open_inner(bus, relid, config, None, waiter)
+    }
+
+    /// [`Nic::open`] with reassembly storage for receive segment coalescing (RSC, devices
+    /// §2.13.2): `storage` holds [`RSC_MAX_FRAME`](crate::offload::rsc::RSC_MAX_FRAME) bytes
+    /// per queue (queue `i` reassembles in the `i`-th such area; [`Nic::open_queues`] opens no
+    /// more queues than there are areas). With [`NicConfig::rsc`] and offloads on, RSC is
+    /// announced and enabled when the host offers it ([`Offloads::rsc`]); coalesced frames are
+    /// then handed to [`Nic::poll`] and the other receive calls like any frame. Storage
+    /// smaller than one area leaves RSC off. Thread context only.
+    pub fn open_with_rsc(
+        bus: &'b Vmbus<T, H>,
+        relid: u32,
+        config: &NicConfig,
+        storage: &'b mut [u8],
+        waiter: &mut impl Wait,
+    ) -> Result<Self, NetError> {
+        Self::open_inner(bus, relid, config, Some(storage), waiter)
+    }
+
+    fn open_inner(
+        bus: &'b Vmbus<T, H>,
+        relid: u32,
+        config: &NicConfig,
+        rsc_storage: Option<&'b mut [u8]>,
+        waiter: &mut impl Wait,
+    ) -> Result<Self, NetError> {
         const { assert!(N >= 4, "room for the handshake and a few frames") };
         if config.mtu < 68 || config.mtu > MAX_JUMBO_MTU {
             return Err(NetError::InvalidArgument("MTU must be 68..=9000"));
@@ -81,10 +108,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 large_free: 0,
                 lso_free: 0,
                 burst: None,
+                rsc: Default::default(),
             },
             ring: [0; RING_PACKET_BUFFER],
             msg: [0; M],
             mq: multi::MqState::new(config),
+            rsc_storage,
         };
         match nic.bring_up(bus, config, waiter) {
             Ok(()) => {
@@ -128,7 +157,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
                 msg_type: msg::SEND_NDIS_CONFIG.into(),
                 mtu: (u32::from(self.core.info.mtu) + ETHERNET_HEADER as u32).into(),
                 reserved: 0.into(),
-                capabilities: version.ndis_capabilities().into(),
+                capabilities: self.ndis_capabilities(version, config).into(),
             };
             self.channel.send(&[&padded(m.as_bytes())])?;
         }
@@ -277,7 +306,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
         }
         self.core.info.mac.copy_from_slice(&mac.info[..6]);
         if config.offloads {
-            self.negotiate_offloads(waiter)?;
+            self.negotiate_offloads(self.wants_rsc(config), waiter)?;
             self.allocate_lso(bus);
         }
         let (media, _) = self.query_u32(oid::GEN_MEDIA_CONNECT_STATUS, waiter)?;

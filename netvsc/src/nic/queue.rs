@@ -18,6 +18,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use super::receive::OnFrame;
 use super::*;
 use crate::protocol::{RSS_KEY_SIZE, rss_hash};
 use crate::rss::{self, MICROSOFT_RSS_KEY, SendTable};
@@ -101,6 +102,8 @@ pub struct Queue<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> {
     pub(super) send_buf: &'n Option<HostBuffer<'b, T, H>>,
     pub(super) large_buf: &'n Option<HostBuffer<'b, T, H>>,
     pub(super) shared: &'n Shared,
+    /// The queue's RSC reassembly area (empty without one).
+    pub(super) rsc: &'n mut [u8],
 }
 
 impl<T: Transport, H: Hal, const N: usize, const M: usize> core::fmt::Debug
@@ -135,6 +138,7 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'n, 'b,
             send_buf: bufs.send_buf,
             large_buf: bufs.large_buf,
             shared,
+            rsc: &mut [],
         }
     }
 
@@ -181,7 +185,7 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'n, 'b,
     pub(super) fn pump(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        on_frame: &mut OnFrame<'_>,
     ) -> Result<bool, NetError> {
         let r = self.pump_ring(budget, on_frame);
         // One parsed while a control request waited (handshake_request) is applied here.
@@ -247,6 +251,7 @@ impl Core {
         c.switch_owed = false;
         c.burst = None;
         c.host_send_table = None;
+        c.rsc = Default::default();
         // LSO slots belong to the primary channel ([`Nic::send_lso`]).
         c.lso_free = 0;
         c
@@ -329,6 +334,7 @@ impl<T: Transport, H: Hal, const N: usize, const M: usize> SubQueue<'_, T, H, N,
 impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, M> {
     /// Queue 0 (the primary channel) as a [`Queue`].
     pub(super) fn lane(&mut self) -> Queue<'_, 'b, T, H, N, M> {
+        let rsc = super::offload::rsc_area(self.rsc_storage.as_deref_mut(), 0);
         Queue {
             index: 0,
             channel: &mut self.channel,
@@ -339,6 +345,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             send_buf: &self.send_buf,
             large_buf: &self.large_buf,
             shared: &self.mq.shared,
+            rsc,
         }
     }
 
@@ -447,7 +454,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     pub(super) fn pump(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        on_frame: &mut OnFrame<'_>,
     ) -> Result<bool, NetError> {
         self.lane().pump(budget, on_frame)
     }

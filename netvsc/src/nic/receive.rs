@@ -1,7 +1,32 @@
 //! The receive path (devices §2.8): transfer-page packets, one RNDIS message per range,
-//! completions batched at the end of a poll; control replies and indications.
+//! completions batched at the end of a poll; control replies and indications; coalesced
+//! frames reassembled from RSC fragments ([`crate::offload::rsc`]).
 
 use super::*;
+use crate::offload::rsc::{self, PacketId};
+
+/// One receive range of a transfer-page packet.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Range {
+    /// Byte offset in the receive buffer.
+    pub(super) offset: usize,
+    /// Byte count.
+    pub(super) count: usize,
+    /// Whether it is the packet's last range.
+    pub(super) last: bool,
+}
+
+/// What the receive path hands over with a frame besides its bytes.
+pub(super) struct FrameMeta<'a> {
+    /// The PACKET's PPI area; for a coalesced frame, a checksum PPI with the first
+    /// fragment's verdict (or nothing when it had none).
+    pub(super) ppi: &'a [u8],
+    /// The fragments of a coalesced frame (0: an ordinary frame).
+    pub(super) fragments: u16,
+}
+
+/// A frame consumer: returns false to stop after this frame.
+pub(super) type OnFrame<'f> = dyn FnMut(&[u8], &FrameMeta<'_>) -> bool + 'f;
 
 impl Core {
     /// Handles one received packet; never sends (receive completions are queued in
@@ -19,6 +44,10 @@ impl Core {
                     self.stats.rx_packets += 1;
                     let valid = self.check_transfer_pages(&t, p.payload(), recv_buf.is_some());
                     let reply = p.completion_requested();
+                    // A coalesced frame never continues from an earlier packet.
+                    if self.rsc.is_active() {
+                        self.stats.rx_rsc_dropped += u64::from(self.rsc.abandon());
+                    }
                     if !valid {
                         self.stats.rx_bad_packets += 1;
                         if reply {
@@ -33,9 +62,16 @@ impl Core {
                         });
                     } else {
                         if let Some(buf) = recv_buf {
-                            for r in t.ranges() {
+                            let count = t.range_count();
+                            for (i, r) in t.ranges().enumerate() {
                                 let (off, n) = (r.byte_offset as usize, r.byte_count as usize);
-                                self.on_range(off, n, buf, scratch, &mut |_, _| {});
+                                let at = Range {
+                                    offset: off,
+                                    count: n,
+                                    last: i + 1 == count,
+                                };
+                                // Only during a handshake wait: the NIC takes no frames.
+                                self.on_range(at, buf, scratch, &mut [], &mut |_, _| true);
                             }
                         }
                         if reply {
@@ -201,7 +237,8 @@ impl Core {
         ring: &[u8],
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        rsc: &mut [u8],
+        on_frame: &mut OnFrame<'_>,
     ) -> bool {
         while let Some(mut c) = self.cursor {
             if c.next >= c.count {
@@ -218,58 +255,96 @@ impl Core {
             self.cursor = Some(c);
             let Some(r) = ring.get(at..at + 8) else {
                 self.stats.rx_bad_ranges += 1;
+                self.stats.rx_rsc_dropped += u64::from(self.rsc.abandon());
                 continue;
             };
-            let count = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
-            let offset = u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize;
-            let mut stop = false;
-            self.on_range(offset, count, buf, scratch, &mut |f, c| {
-                stop = !on_frame(f, c)
-            });
-            if stop {
+            let range = Range {
+                count: u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize,
+                offset: u32::from_le_bytes([r[4], r[5], r[6], r[7]]) as usize,
+                last: c.next == c.count,
+            };
+            if self.on_range(range, buf, scratch, rsc, on_frame) {
                 return true;
             }
         }
         false
     }
 
+    /// Handles the RNDIS message of one receive range; returns true when `on_frame` asked to
+    /// stop. A message that is not an RSC fragment ends a partial coalesced frame.
     pub(super) fn on_range(
         &mut self,
-        offset: usize,
-        count: usize,
+        range: Range,
         buf: &HostBufferView<'_>,
         scratch: &mut [u8],
-        on_frame: &mut dyn FnMut(&[u8], &[u8]),
-    ) {
+        rsc: &mut [u8],
+        on_frame: &mut OnFrame<'_>,
+    ) -> bool {
+        let mut fragment = false;
+        let stop = self.on_message(range, buf, scratch, rsc, &mut fragment, on_frame);
+        if !fragment && self.rsc.is_active() {
+            self.stats.rx_rsc_dropped += u64::from(self.rsc.abandon());
+        }
+        stop
+    }
+
+    fn on_message(
+        &mut self,
+        range: Range,
+        buf: &HostBufferView<'_>,
+        scratch: &mut [u8],
+        rsc: &mut [u8],
+        fragment: &mut bool,
+        on_frame: &mut OnFrame<'_>,
+    ) -> bool {
+        let Range { offset, count, .. } = range;
         if count < size_of::<crate::protocol::RndisHeader>()
             || offset
                 .checked_add(count)
                 .is_none_or(|end| end > self.recv_len)
         {
             self.stats.rx_bad_ranges += 1;
-            return;
+            return false;
         }
         let n = count.min(scratch.len());
         if read_message(buf, offset, &mut scratch[..n]).is_err() {
             self.stats.rx_bad_ranges += 1;
-            return;
+            return false;
         }
         let msg_len = u32::from_le_bytes([scratch[4], scratch[5], scratch[6], scratch[7]]);
         if msg_len as usize > n && msg_len as usize <= count {
             self.stats.rx_too_large += 1;
-            return;
+            return false;
         }
         match rndis::parse_message(&scratch[..n]) {
             Ok(Message::Packet { frame, ppi }) => {
+                if let Some(id) = rsc::packet_id_of(ppi).filter(PacketId::is_fragment) {
+                    *fragment = true;
+                    let checksum = rsc::checksum_of(ppi);
+                    return self.on_fragment(id, frame, checksum, range.last, rsc, on_frame);
+                }
                 if frame.len() > self.max_frame {
                     self.stats.rx_too_large += 1;
                 } else if !self.ready {
                     self.stats.rx_not_ready += 1;
                 } else {
                     self.stats.rx_frames += 1;
-                    on_frame(frame, ppi);
+                    let meta = FrameMeta { ppi, fragments: 0 };
+                    return !on_frame(frame, &meta);
                 }
             }
+            other => self.on_control(other, offset, count),
+        }
+        false
+    }
+
+    /// Every message but a PACKET (replies, indications) or a parse error: off the data
+    /// path's hot code.
+    #[cold]
+    #[inline(never)]
+    fn on_control(&mut self, m: Result<Message<'_>, RndisError>, offset: usize, count: usize) {
+        match m {
+            Ok(Message::Packet { .. }) => {}
             Ok(Message::IndicateStatus { status, buffer }) => {
                 self.stats.indications += 1;
                 self.on_indication(status, buffer);
@@ -347,11 +422,11 @@ impl Core {
     }
 }
 
-impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, H, N, M> {
+impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b, T, H, N, M> {
     pub(super) fn pump_ring(
         &mut self,
         budget: usize,
-        on_frame: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        on_frame: &mut OnFrame<'_>,
     ) -> Result<bool, NetError> {
         // Frames queued by a burst go out now at the latest.
         self.flush_quietly();
@@ -362,6 +437,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             ring,
             msg: scratch,
             shared,
+            rsc,
             ..
         } = self;
         let rb = recv_buf.as_ref();
@@ -376,7 +452,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         let view = HostBufferView { read: &read };
         flush_completions(channel, core);
         for _ in 0..budget {
-            if core.drain_cursor(ring, &view, scratch, on_frame) {
+            if core.drain_cursor(ring, &view, scratch, rsc, on_frame) {
                 return Ok(true);
             }
             flush_completions(channel, core);
@@ -435,8 +511,24 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         mut on_frame: impl FnMut(&[u8], RxChecksum),
     ) -> Result<bool, NetError> {
         let mut v = Verdicts::new(&self.core.info.offloads);
-        let more = self.pump(budget, &mut |f, ppi| {
-            on_frame(f, v.of(f, ppi));
+        let more = self.pump(budget, &mut |f, m| {
+            on_frame(f, v.of(f, m.ppi));
+            true
+        });
+        v.count(&mut self.core.stats);
+        more
+    }
+
+    /// [`Nic::poll_with_checksum`], with what else the host said of each frame
+    /// ([`RxInfo`]: whether it was coalesced, in how many fragments). Interrupt-safe.
+    pub fn poll_with_info(
+        &mut self,
+        budget: usize,
+        mut on_frame: impl FnMut(&[u8], RxInfo),
+    ) -> Result<bool, NetError> {
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let more = self.pump(budget, &mut |f, m| {
+            on_frame(f, v.info(f, m));
             true
         });
         v.count(&mut self.core.stats);
@@ -474,9 +566,30 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         let mut f = Some(f);
         let mut out = None;
         let mut v = Verdicts::new(&self.core.info.offloads);
-        let got = self.pump(budget, &mut |frame, ppi| {
+        let got = self.pump(budget, &mut |frame, m| {
             if let Some(f) = f.take() {
-                out = Some(f(frame, v.of(frame, ppi)));
+                out = Some(f(frame, v.of(frame, m.ppi)));
+            }
+            false
+        });
+        v.count(&mut self.core.stats);
+        got?;
+        Ok(out)
+    }
+
+    /// [`Nic::receive_with`], with what the host said of the frame ([`RxInfo`]).
+    /// Interrupt-safe.
+    pub fn receive_with_info<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&[u8], RxInfo) -> R,
+    ) -> Result<Option<R>, NetError> {
+        let mut f = Some(f);
+        let mut out = None;
+        let mut v = Verdicts::new(&self.core.info.offloads);
+        let got = self.pump(budget, &mut |frame, m| {
+            if let Some(f) = f.take() {
+                out = Some(f(frame, v.info(frame, m)));
             }
             false
         });
@@ -515,6 +628,14 @@ impl Verdicts {
             self.good += 1;
         }
         v
+    }
+
+    /// [`Verdicts::of`] and the fragment count.
+    fn info(&mut self, frame: &[u8], m: &FrameMeta<'_>) -> RxInfo {
+        RxInfo {
+            checksum: self.of(frame, m.ppi),
+            rsc_fragments: m.fragments,
+        }
     }
 
     fn count(&self, stats: &mut NicStats) {

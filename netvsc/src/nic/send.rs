@@ -109,7 +109,7 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, NetError> {
-        self.queue(len, build, false)
+        self.queue_with(len, build, false)
     }
 
     /// [`Nic::send_frame`] with the TCP/UDP checksum left to the NIC (see
@@ -140,7 +140,30 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         len: usize,
         build: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, NetError> {
-        self.queue(len, build, true)
+        self.queue_with(len, build, true)
+    }
+
+    /// [`Queue::queue`] for a caller's builder: the builder goes in behind `dyn`, so the
+    /// queueing body is instantiated once for all builders (a network stack has one per
+    /// frame kind) rather than once per closure type. The slice paths (`send_frame`,
+    /// `send_batch`, `queue_frame`) keep their own inlined instance.
+    fn queue_with<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut [u8]) -> R,
+        checksum: bool,
+    ) -> Result<R, NetError> {
+        let mut build = Some(build);
+        let mut built = None;
+        let mut build_once = |buf: &mut [u8]| {
+            if let Some(build) = build.take() {
+                built = Some(build(buf));
+            }
+        };
+        let build_dyn: &mut dyn FnMut(&mut [u8]) = &mut build_once;
+        self.queue(len, build_dyn, checksum)?;
+        // `Ok` means the frame was built, exactly once.
+        built.ok_or(NetError::InvalidArgument("frame not built"))
     }
 
     /// The checksum PPI bytes a frame carries: none for the plain API or without transmit

@@ -137,6 +137,38 @@ fn negotiation_asks_only_for_what_the_host_has() {
     assert_eq!(none.offloads, Offloads::NONE);
 }
 
+#[test]
+fn rsc_is_enabled_only_when_asked_for_and_offered_for_both_ip_versions() {
+    let caps = parse_offload(&openvmm_caps(true)).unwrap();
+    let n = negotiate_rsc(&caps, NvspVersion::V61, true);
+    assert_eq!((n.params.rsc_ipv4, n.params.rsc_ipv6), (2, 2));
+    assert!(n.offloads.rsc && n.offloads.rsc_offered);
+    // The rest is what `negotiate` chooses.
+    let plain = negotiate(&caps, NvspVersion::V61);
+    assert_eq!(n.offloads.tx, plain.offloads.tx);
+    assert_eq!(n.params.lso_v2_ipv4, plain.params.lso_v2_ipv4);
+    // One IP version only: off (Linux needs both).
+    let mut one = caps;
+    one.rsc_ipv6 = false;
+    let n = negotiate_rsc(&one, NvspVersion::V61, true);
+    assert_eq!((n.params.rsc_ipv4, n.params.rsc_ipv6), (0, 0));
+    assert!(!n.offloads.rsc);
+    // Before NVSP 5 the parameters have no RSC fields.
+    let n = negotiate_rsc(&caps, NvspVersion::V4, true);
+    assert_eq!(n.bytes().len(), 22);
+    assert!(!n.offloads.rsc);
+    // Not offered.
+    let n = negotiate_rsc(
+        &parse_offload(&openvmm_caps(false)).unwrap(),
+        NvspVersion::V61,
+        true,
+    );
+    assert_eq!(
+        (n.params.rsc_ipv4, n.params.rsc_ipv6, n.offloads.rsc),
+        (0, 0, false)
+    );
+}
+
 fn eth(ethertype: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     f.extend_from_slice(&ethertype.to_be_bytes());

@@ -360,6 +360,13 @@ pub mod lso_tx {
     pub const IPV6: u32 = 1 << 31;
 }
 
+/// SEND_NDIS_CONFIG capability bit 7, RSC (devices §2.6): the guest takes coalesced
+/// receive frames. Linux sets it from NVSP 6.1.
+pub const NDIS_CAP_RSC: u64 = 1 << 7;
+
+/// Version of the RSC packet-id PPI payload Hyper-V sends (Linux `RNDIS_PKTINFO_ID_V1`).
+pub const RSC_PACKET_ID_V1: u8 = 1;
+
 /// Flags of the RSC packet-id PPI (devices §2.14).
 pub mod rsc_flags {
     /// A sub-allocation.

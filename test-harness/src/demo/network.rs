@@ -579,10 +579,10 @@ fn offload_summary(info: &netvsc::NicInfo) -> String {
         caps.revision,
         set(&o.tx),
         set(&o.rx),
-        if o.rsc_offered {
-            "offered, left off (no reassembly)"
-        } else {
-            "not offered"
+        match (o.rsc_offered, o.rsc) {
+            (_, true) => "on (coalesced frames reassembled)",
+            (true, false) => "offered, left off (the NIC has no reassembly storage)",
+            (false, false) => "not offered",
         },
         if o.tx.is_empty() {
             "smoltcp computes transmit checksums"

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A frame for the guest with its checksum PPI bits (`None`: the host checks it when sending).
-type RxFrame = (Vec<u8>, Option<u32>);
+pub(super) type RxFrame = (Vec<u8>, Option<u32>);
 
 impl State {
     /// Sends what waits for the guest on channel `index`: held completions of that channel
@@ -55,6 +55,7 @@ impl State {
         if !self.rndis_initialized || self.filter == 0 {
             return;
         }
+        self.deliver_hostile(ch);
         if self.spreading() {
             if let Some((sw, port)) = self.switch.clone() {
                 self.classify(&mut || sw.take(port));
@@ -120,8 +121,10 @@ impl State {
 
     /// Places frames from `next` in free data slots (keeping the control slots; a frame is
     /// taken only when a slot is free) and sends them on channel `index` in transfer-page
-    /// packets of up to `per_packet` ranges, until the slots or the frames run out. Each
-    /// frame comes with its checksum PPI bits, or `None` for the host to check it now.
+    /// packets of up to `per_packet` frames, until the slots or the frames run out. Each
+    /// frame comes with its checksum PPI bits, or `None` for the host to check it now; with
+    /// RSC enabled, such frames that continue one another are coalesced ([`super::rsc`]) and
+    /// go as fragments, all in one packet.
     fn deliver_frames(
         &mut self,
         ch: &mut HostChannel,
@@ -132,53 +135,55 @@ impl State {
         let Some(recv) = self.recv.as_ref() else {
             return;
         };
-        let (gpadl, id, slot_size) = (recv.gpadl, recv.id, recv.slot_size);
+        let (id, slot_size) = (recv.id, recv.slot_size);
+        let chunk = slot_size - FRAME_OFFSET_IN_SLOT;
         let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
         loop {
             let mut ranges = Vec::with_capacity(per_packet);
             let mut slots = Vec::with_capacity(per_packet);
             while ranges.len() < per_packet {
                 let free = self.recv.as_ref().map_or(0, |r| r.free.len());
-                if free <= CONTROL_SLOTS {
+                let room = free
+                    .saturating_sub(CONTROL_SLOTS)
+                    .min(super::rsc::MAX_RANGES - ranges.len());
+                if room == 0 {
                     break;
                 }
-                let Some((mut frame, bits)) = next(self) else {
+                let Some((frame, bits)) = self.pull(index, next) else {
                     break;
                 };
-                if frame.len() + FRAME_OFFSET_IN_SLOT > slot_size {
+                let (frame, bits, segments) = match bits {
+                    Some(b) => (frame, b, 1),
+                    None if self.offload.enabled.rsc => {
+                        self.coalesce(index, frame, room * chunk, next)
+                    }
+                    None => {
+                        let b = self.offload.verdict_bits(&frame);
+                        (frame, b, 1)
+                    }
+                };
+                if segments > 1 {
+                    let Some((r, s)) = self.place_fragments(ch, &frame, bits, segments) else {
+                        return;
+                    };
+                    ranges.extend(r);
+                    slots.extend(s);
+                    self.frames_to_guest += 1;
+                    continue;
+                }
+                if frame.len() > chunk {
                     self.reject(ch, "frame larger than a receive slot dropped".into());
                     continue;
                 }
                 let Some(slot) = self.recv.as_mut().and_then(|r| r.free.pop_front()) else {
                     break;
                 };
-                let bits = bits.unwrap_or_else(|| self.offload.receive_bits(&mut frame));
                 // PACKET header, one checksum PPI (16 bytes), frame at offset 256, msg_len
                 // covering the whole slot (OpenVMM's layout, devices §2.8).
-                let mut m = words(&[
-                    1,
-                    slot_size as u32,
-                    (FRAME_OFFSET_IN_SLOT - 8) as u32,
-                    frame.len() as u32,
-                    0,
-                    0,
-                    0,
-                    36,
-                    16,
-                    0,
-                    0,
-                ]);
-                m.extend_from_slice(&words(&[16, 0, 12, bits]));
-                let offset = slot * slot_size;
-                if ch.write_gpadl(gpadl, offset as u64, &m).is_err()
-                    || ch
-                        .write_gpadl(gpadl, (offset + FRAME_OFFSET_IN_SLOT) as u64, &frame)
-                        .is_err()
-                {
-                    self.reject(ch, "receive buffer unwritable".into());
+                let Some(range) = self.write_packet(ch, slot, &frame, bits, None) else {
                     return;
-                }
-                ranges.push((slot_size as u32, offset as u32));
+                };
+                ranges.push(range);
                 slots.push(slot);
                 self.frames_to_guest += 1;
             }
@@ -199,7 +204,13 @@ impl State {
     }
 }
 
-fn send_xfer(ch: &mut HostChannel, tid: u64, set: u16, ranges: &[(u32, u32)], payload: &[u8]) {
+pub(super) fn send_xfer(
+    ch: &mut HostChannel,
+    tid: u64,
+    set: u16,
+    ranges: &[(u32, u32)],
+    payload: &[u8],
+) {
     let mut header = Vec::with_capacity(8 + ranges.len() * 8);
     header.extend_from_slice(&set.to_le_bytes());
     header.extend_from_slice(&[0, 0]);

@@ -23,8 +23,10 @@
 //! Faults: link down/up ([`NetworkVsp::set_link`]), withheld send completions
 //! ([`NetworkVsp::withhold_completions`]), revoked buffers ([`NetworkVsp::revoke_buffers`]),
 //! zero-length completions ([`NetworkVsp::empty_completions`]), raw RNDIS messages
-//! ([`NetworkVsp::inject_rndis`]) and raw transfer-page packets with arbitrary ranges
-//! ([`NetworkVsp::inject_transfer_pages`]). Host requests: a VF association
+//! ([`NetworkVsp::inject_rndis`]), raw transfer-page packets with arbitrary ranges
+//! ([`NetworkVsp::inject_transfer_pages`]) and RSC fragment sequences
+//! ([`NetworkVsp::inject_fragments`]). Once the guest enables RSC, TCP segments are coalesced
+//! toward it (`rsc.rs`). Host requests: a VF association
 //! ([`NetworkVsp::announce_vf`]) and a host-side data-path switch
 //! ([`NetworkVsp::host_switch_data_path`]); the guest's SWITCH_DATA_PATH gets OpenVMM's empty
 //! completion.
@@ -32,6 +34,7 @@
 mod deliver;
 pub mod offload;
 mod rndis;
+mod rsc;
 mod rss;
 mod switch;
 pub mod tap;
@@ -47,6 +50,7 @@ use crate::vmbus::{
 pub use offload::{
     CapsReply, EnabledChecksums, EnabledOffloads, HostOffloadCaps, OffloadHostConfig, OffloadStats,
 };
+pub use rsc::{FIRST_FRAGMENT, Fragment, LAST_FRAGMENT, RscStats, SUB_ALLOCATION};
 pub use rss::RssParameters;
 pub use switch::{Sink, SwitchStats, VirtualSwitch};
 
@@ -197,6 +201,8 @@ struct State {
     generator_bits: Option<u32>,
     /// vRSS: parameters, per-channel frames, send table.
     rss: rss::Rss,
+    /// Receive segment coalescing toward the guest.
+    rsc: rsc::RscState,
 }
 
 /// The mock NIC; a cheap clone sharing one state (keep one to inject faults).
@@ -263,6 +269,7 @@ impl NetworkVsp {
                 offload,
                 generator_bits: None,
                 rss: rss::Rss::default(),
+                rsc: rsc::RscState::default(),
             })),
             index: 0,
         }
@@ -837,6 +844,7 @@ impl DeviceModel for NetworkVsp {
             s.generator_bits = None;
             s.host_requests.clear();
             s.rss_reset();
+            s.rsc.reset();
             if let Some((sw, port)) = &s.switch {
                 sw.set_filter(*port, 0);
             }

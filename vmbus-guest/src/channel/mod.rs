@@ -9,25 +9,24 @@
 
 #![forbid(unsafe_code)]
 
+mod link;
 mod open;
 mod signal;
 
 pub use open::ChannelConfig;
 
-use crate::bus::{Liveness, Released, SlotRef, Vmbus};
+use crate::bus::{Released, Vmbus};
 use crate::error::ChannelError;
 use crate::hal::Hal;
 use crate::host_buffer::Dma;
 use crate::offers::OfferInfo;
 use crate::requestor::{DEFAULT_REQUESTS, RequestId, RequestTable};
 use crate::ring::{
-    Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketDescriptor, PacketKind, RawRingMemory,
-    ReadError, RingReader, RingWriter, Signal, WriteError,
+    Corrupt, GpaRange, IncomingPacket, OutgoingPacket, PacketDescriptor, PacketKind, ReadError,
 };
-use crate::shared::SharedPages;
 use crate::transport::Transport;
 use crate::wait::Wait;
-use signal::Signaller;
+use link::{Health, Link};
 
 /// Most PFNs one GPA-direct packet may name.
 pub const MAX_GPA_DIRECT_PFNS: usize = 66;
@@ -36,14 +35,6 @@ pub const MAX_GPA_DIRECT_RANGES: usize = 16;
 /// Completions for unknown transaction ids skipped by one [`Channel::recv`] call before it
 /// returns `Ok(None)` (bounded work against a host that floods them).
 const MAX_SKIPPED_PER_RECV: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Health {
-    Open,
-    Rescinded,
-    Broken(Corrupt),
-    Gone,
-}
 
 /// What [`Channel::recv`] returns.
 #[derive(Debug)]
@@ -102,34 +93,19 @@ pub struct ChannelStats {
 /// Every method except [`Channel::open`], [`Channel::open_subchannels`], [`Channel::transact`]
 /// and [`Channel::close`] is interrupt-safe: no lock, no allocation, no blocking.
 pub struct Channel<'b, T: Transport, H: Hal, C = u64, const N: usize = DEFAULT_REQUESTS> {
-    bus: &'b Vmbus<T, H>,
-    info: OfferInfo,
-    offer_generation: u32,
-    slot: SlotRef,
-    epoch: u32,
-    signaller: Signaller,
-    /// The ring pages; `None` once closed (or leaked).
-    pages: Option<SharedPages>,
-    gpadl: u32,
-    writer: RingWriter<RawRingMemory>,
-    reader: RingReader<RawRingMemory>,
+    /// Everything but the request contexts: the code behind every method is there, once for
+    /// all context types and capacities.
+    link: Link<'b, T, H>,
     requests: RequestTable<C, N>,
-    health: Health,
-    in_batch: bool,
-    /// Inside [`Channel::begin_send_batch`]: packets are written, not yet published.
-    in_send_batch: bool,
-    /// The last `recv` stopped with packets possibly left.
-    more: bool,
-    stats: ChannelStats,
 }
 
 impl<T: Transport, H: Hal, C, const N: usize> core::fmt::Debug for Channel<'_, T, H, C, N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Channel")
-            .field("relid", &self.info.relid)
-            .field("health", &self.health)
+            .field("relid", &self.link.info.relid)
+            .field("health", &self.link.health)
             .field("in_flight", &self.requests.in_flight())
-            .field("stats", &self.stats)
+            .field("stats", &self.link.stats)
             .finish()
     }
 }
@@ -137,22 +113,22 @@ impl<T: Transport, H: Hal, C, const N: usize> core::fmt::Debug for Channel<'_, T
 impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// The bus the channel was opened on.
     pub fn bus(&self) -> &'b Vmbus<T, H> {
-        self.bus
+        self.link.bus
     }
 
     /// The offer this channel was opened for.
     pub fn offer(&self) -> &OfferInfo {
-        &self.info
+        &self.link.info
     }
 
     /// The relid.
     pub fn relid(&self) -> u32 {
-        self.info.relid
+        self.link.info.relid
     }
 
     /// Handle of the ring GPADL.
     pub fn ring_gpadl(&self) -> u32 {
-        self.gpadl
+        self.link.gpadl
     }
 
     /// Requests waiting for a completion.
@@ -167,104 +143,13 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
 
     /// Diagnostic counters.
     pub fn stats(&self) -> ChannelStats {
-        self.stats
+        self.link.stats
     }
 
     /// Whether the channel is usable (not rescinded, unloaded, corrupt or closed). Reads the
     /// liveness the bus maintains; requests in flight fail on the first sight of a death.
     pub fn is_alive(&mut self) -> bool {
-        self.check().is_ok()
-    }
-
-    /// Checks the channel is usable; on the first sight of a rescind or unload every request
-    /// in flight fails with the matching error.
-    fn check(&mut self) -> Result<(), ChannelError> {
-        if self.health == Health::Open {
-            match self.bus.slots.liveness(self.slot) {
-                Liveness::Live => return Ok(()),
-                Liveness::Rescinded => self.fail(Health::Rescinded),
-                Liveness::Gone => self.fail(Health::Gone),
-            }
-        }
-        Err(self.health_error())
-    }
-
-    fn health_error(&self) -> ChannelError {
-        match self.health {
-            Health::Open => ChannelError::NotOpen,
-            Health::Rescinded => ChannelError::Rescinded,
-            Health::Broken(c) => ChannelError::Corrupt(c),
-            Health::Gone => ChannelError::Closed,
-        }
-    }
-
-    fn fail(&mut self, health: Health) {
-        self.health = health;
-        let err = self.health_error();
-        self.requests.fail_all(err);
-    }
-
-    fn signal(&mut self) -> Result<(), ChannelError> {
-        self.stats.signals += 1;
-        self.signaller
-            .signal(self.bus.transport())
-            .map_err(ChannelError::from)
-    }
-
-    fn write_and_signal(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
-        if self.write_packet(packet)?.is_needed() {
-            self.signal()?;
-        }
-        Ok(())
-    }
-
-    /// Writes `packet` and, outside a send batch, commits it (asking for space once if the
-    /// ring is full), saying whether the host must be signalled. `Ok` means the packet is in
-    /// the ring (published, or published by the batch's end): the host may act on it whatever
-    /// happens to the signal.
-    fn write_packet(&mut self, packet: &OutgoingPacket<'_>) -> Result<Signal, ChannelError> {
-        let signal = match self.writer.write(packet) {
-            Ok(()) if self.in_send_batch => Signal::NotNeeded,
-            Ok(()) => self.writer.commit(),
-            Err(WriteError::Full { needed }) => {
-                // Publish what the batch wrote so far (the host frees space only behind
-                // packets it can see), then ask the host to signal when the space is there
-                // (§7.8 step 7).
-                if self.writer.commit().is_needed() {
-                    self.signal_after_write();
-                }
-                match self.writer.request_space(needed) {
-                    Ok(true) => {
-                        self.writer.write(packet).map_err(|e| self.write_error(e))?;
-                        if self.in_send_batch {
-                            Signal::NotNeeded
-                        } else {
-                            self.writer.commit()
-                        }
-                    }
-                    Ok(false) => return Err(ChannelError::Full),
-                    Err(c) => {
-                        self.fail(Health::Broken(c));
-                        return Err(ChannelError::Corrupt(c));
-                    }
-                }
-            }
-            Err(e) => return Err(self.write_error(e)),
-        };
-        self.stats.sent += 1;
-        Ok(signal)
-    }
-
-    /// Signals the host for packets already in the ring: a failure does not undo them (the
-    /// host sees them the next time it looks at the ring); it is logged and counted.
-    fn signal_after_write(&mut self) {
-        if let Err(e) = self.signal() {
-            self.stats.signal_failures += 1;
-            log::warn!(
-                "channel {}: packets queued but signalling the host failed ({e})",
-                self.info.relid
-            );
-        }
+        self.link.check(&mut self.requests).is_ok()
     }
 
     /// Starts a send batch: packets sent until [`Channel::end_send_batch`] ([`Channel::send`],
@@ -277,9 +162,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// publishes what is there first. Every begin must be followed by an end: until then
     /// the host does not see the packets. Interrupt-safe.
     pub fn begin_send_batch(&mut self) -> Result<(), ChannelError> {
-        self.check()?;
-        self.in_send_batch = true;
-        Ok(())
+        self.link.begin_send_batch(&mut self.requests)
     }
 
     /// Ends a send batch: publishes its packets with one write-index store and signals the
@@ -288,62 +171,18 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// ([`ChannelStats::signal_failures`] counts it). Without a batch open, does nothing.
     /// Interrupt-safe.
     pub fn end_send_batch(&mut self) -> Result<(), ChannelError> {
-        if !self.in_send_batch {
-            return Ok(());
-        }
-        self.in_send_batch = false;
-        self.stats.send_batches += 1;
-        if self.writer.commit().is_needed()
-            && let Err(e) = self.signal()
-        {
-            self.stats.signal_failures += 1;
-            return Err(e);
-        }
-        Ok(())
+        self.link.end_send_batch()
     }
 
     /// Whether a send batch is open ([`Channel::begin_send_batch`]).
     pub fn in_send_batch(&self) -> bool {
-        self.in_send_batch
-    }
-
-    /// Liveness before a send: checked per packet outside a batch, once per batch inside.
-    #[inline]
-    fn check_send(&mut self) -> Result<(), ChannelError> {
-        if self.in_send_batch && self.health == Health::Open {
-            Ok(())
-        } else {
-            self.check()
-        }
-    }
-
-    /// Sends a request's packet: `Err` only if it never reached the ring (the caller then
-    /// takes the request back). Once the packet is in the ring the request is in flight — the
-    /// host may complete it, and may be using the memory it names — so a failed signal does
-    /// not fail it: it is logged and counted, and the request completes, or fails at close,
-    /// like any other.
-    fn send_request(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
-        if self.write_packet(packet)?.is_needed() {
-            self.signal_after_write();
-        }
-        Ok(())
-    }
-
-    fn write_error(&mut self, e: WriteError) -> ChannelError {
-        match e {
-            WriteError::Full { .. } => ChannelError::Full,
-            WriteError::Corrupt(c) => {
-                self.fail(Health::Broken(c));
-                ChannelError::Corrupt(c)
-            }
-            other => ChannelError::InvalidPacket(other),
-        }
+        self.link.in_send_batch
     }
 
     /// Sends an in-band packet (type 6) without completion request.
     pub fn send(&mut self, payload: &[&[u8]]) -> Result<(), ChannelError> {
-        self.check_send()?;
-        self.write_and_signal(&OutgoingPacket::in_band(0, false, payload))
+        let packet = OutgoingPacket::in_band(0, false, payload);
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends an in-band packet (type 6) without completion request, carrying the host's
@@ -354,8 +193,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         transaction_id: u64,
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
-        self.check_send()?;
-        self.write_and_signal(&OutgoingPacket::in_band(transaction_id, false, payload))
+        let packet = OutgoingPacket::in_band(transaction_id, false, payload);
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends a completion (type 11) for a host packet that requested one.
@@ -364,8 +203,8 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         transaction_id: u64,
         payload: &[&[u8]],
     ) -> Result<(), ChannelError> {
-        self.check_send()?;
-        self.write_and_signal(&OutgoingPacket::completion(transaction_id, payload))
+        let packet = OutgoingPacket::completion(transaction_id, payload);
+        self.link.send(&mut self.requests, &packet)
     }
 
     /// Sends an in-band packet with completion requested. The completion (or the failure)
@@ -373,10 +212,10 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// the context is dropped; a packet that reached the ring is in flight even if signalling
     /// the host failed ([`ChannelStats::signal_failures`]).
     pub fn request(&mut self, payload: &[&[u8]], context: C) -> Result<RequestId, ChannelError> {
-        self.check_send()?;
+        self.link.check_send(&mut self.requests)?;
         let id = self.requests.insert(context, false).map_err(|(e, _)| e)?;
         let packet = OutgoingPacket::in_band(id.transaction_id(), true, payload);
-        if let Err(e) = self.send_request(&packet) {
+        if let Err(e) = self.link.send_request(&mut self.requests, &packet) {
             self.requests.cancel(id);
             return Err(e);
         }
@@ -395,7 +234,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         payload: &[&[u8]],
         context: C,
     ) -> Result<RequestId, ChannelError> {
-        self.check_send()?;
+        self.link.check_send(&mut self.requests)?;
         if dma.is_empty() || dma.len() > MAX_GPA_DIRECT_RANGES {
             return Err(ChannelError::InvalidArgument("1 to 16 GPA-direct ranges"));
         }
@@ -412,7 +251,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             }
             for i in 0..count {
                 // Cannot fail: the capacity was checked above.
-                let _ = pfns.push(d.pfn(self.bus.hal(), i)?);
+                let _ = pfns.push(d.pfn(self.link.bus.hal(), i)?);
             }
             let _ = spans.push((d.len() as u32, d.page_offset(), start, count));
             host_buffer |= d.users().is_some();
@@ -432,17 +271,17 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         // Recorded before the packet goes out: from then on the host may touch the memory.
         for d in dma {
             if let Some(users) = d.users() {
-                users.record(self.slot);
+                users.record(self.link.slot);
             }
         }
         if host_buffer {
-            self.bus.slots.dma_started(self.slot);
+            self.link.bus.slots.dma_started(self.link.slot);
         }
         let packet = OutgoingPacket::gpa_direct(id.transaction_id(), &ranges, payload);
-        if let Err(e) = self.send_request(&packet) {
+        if let Err(e) = self.link.send_request(&mut self.requests, &packet) {
             if self.requests.cancel(id).is_some() && host_buffer {
                 // Never reached the ring: the host cannot be using the memory for it.
-                self.bus.slots.dma_completed(self.slot);
+                self.link.bus.slots.dma_completed(self.link.slot);
             }
             return Err(e);
         }
@@ -458,45 +297,35 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// After a rescind, unload or ring corruption, each request in flight is returned once as
     /// [`Received::Failed`], then the channel error; close the channel.
     pub fn recv<'a>(&mut self, buf: &'a mut [u8]) -> Result<Option<Received<'a, C>>, ChannelError> {
-        // Liveness is checked once per batch, not per packet; a dead channel's ring is left
-        // alone (after `close_in_place` its memory is no longer ours).
-        if !self.in_batch && self.check().is_ok() {
-            self.reader.begin_drain();
-            self.in_batch = true;
-        }
-        if self.health != Health::Open {
+        self.link.begin_receive(&mut self.requests);
+        if self.link.health != Health::Open {
             return match self.requests.take_failed() {
                 Some((request, context, error)) => Ok(Some(Received::Failed {
                     request,
                     context,
                     error,
                 })),
-                None => Err(self.health_error()),
+                None => Err(self.link.health_error()),
             };
         }
-        self.more = true;
+        self.link.more = true;
         for _ in 0..MAX_SKIPPED_PER_RECV {
             // Decide with a short borrow of `buf`; the packet is rebuilt from the private
             // copy below, so the borrow returned to the caller is the only long one.
-            let outcome = match self.reader.read(&mut *buf) {
+            let outcome = match self.link.reader.read(&mut *buf) {
                 Ok(p) => {
-                    self.stats.received += 1;
+                    self.link.stats.received += 1;
                     let len = usize::from(p.descriptor.length8) * 8;
                     if matches!(p.kind, PacketKind::Completion) {
                         match self.requests.complete(p.transaction_id()) {
                             Some(ended) => {
                                 if ended.dma {
-                                    self.bus.slots.dma_completed(self.slot);
+                                    self.link.bus.slots.dma_completed(self.link.slot);
                                 }
                                 Some((len, Some((ended.id, ended.context))))
                             }
                             None => {
-                                self.stats.unknown_completions += 1;
-                                log::warn!(
-                                    "channel {}: completion for unknown transaction {:#x}",
-                                    self.info.relid,
-                                    p.transaction_id()
-                                );
+                                self.link.unknown_completion(p.transaction_id());
                                 None
                             }
                         }
@@ -505,14 +334,14 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
                     }
                 }
                 Err(ReadError::Empty) => {
-                    self.more = false;
+                    self.link.more = false;
                     return Ok(None);
                 }
                 Err(ReadError::BufferTooSmall { needed }) => {
                     return Err(ChannelError::BufferTooSmall { needed });
                 }
                 Err(ReadError::Corrupt(c)) => {
-                    self.fail(Health::Broken(c));
+                    self.link.fail(&mut self.requests, Health::Broken(c));
                     return self.recv(buf);
                 }
             };
@@ -549,64 +378,26 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// a driver whose completions can be that large must size its buffer for them.
     /// Interrupt-safe.
     pub fn skip(&mut self) -> Result<Option<PacketDescriptor>, ChannelError> {
-        if !self.in_batch && self.check().is_ok() {
-            self.reader.begin_drain();
-            self.in_batch = true;
-        }
-        if self.health != Health::Open {
-            return Err(self.health_error());
-        }
-        match self.reader.skip() {
-            Ok(descriptor) => {
-                self.stats.received += 1;
-                self.more = true;
-                Ok(Some(descriptor))
-            }
-            Err(ReadError::Empty) => {
-                self.more = false;
-                Ok(None)
-            }
-            Err(ReadError::Corrupt(c)) => {
-                self.fail(Health::Broken(c));
-                Err(ChannelError::Corrupt(c))
-            }
-            // `skip` copies nothing, so no buffer is too small.
-            Err(ReadError::BufferTooSmall { needed }) => {
-                Err(ChannelError::BufferTooSmall { needed })
-            }
-        }
+        self.link.skip(&mut self.requests)
     }
 
     /// Ends a receive batch: publishes the read index once (signalling the host only if it
     /// waits for space), clears the interrupt mask and re-checks the ring. Returns whether
     /// packets are waiting — then receive again: no interrupt will announce them.
     pub fn end_batch(&mut self) -> Result<bool, ChannelError> {
-        if !self.in_batch {
-            return Ok(self.more);
-        }
-        self.in_batch = false;
-        self.stats.batches += 1;
-        let end = self.reader.finish_drain();
-        if end.signal.is_needed() && self.health == Health::Open {
-            self.signal()?;
-        }
-        self.more = end.more;
-        Ok(end.more)
+        self.link.end_batch()
     }
 
     /// Ends a receive batch that stopped on a budget: publishes the read index (signalling
     /// the host only if it waits for space) but keeps the interrupt mask set, so the host does
     /// not interrupt while the driver is still behind (NAPI-style). Receive again later.
     pub fn yield_batch(&mut self) -> Result<(), ChannelError> {
-        if self.in_batch && self.reader.publish().is_needed() && self.health == Health::Open {
-            self.signal()?;
-        }
-        Ok(())
+        self.link.yield_batch()
     }
 
     /// Whether the last receive stopped with packets possibly still in the ring.
     pub fn has_more(&self) -> bool {
-        self.more
+        self.link.more
     }
 
     /// A request/response exchange for handshakes: sends `payload` with completion
@@ -651,7 +442,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             if self.end_batch()? {
                 continue;
             }
-            self.bus.poll();
+            self.link.bus.poll();
             waiter.wait()?;
         }
     }
@@ -669,12 +460,12 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         out: &mut [Option<Channel<'b, T, H, C, M>>],
     ) -> usize {
         let want = n.min(out.iter().filter(|c| c.is_none()).count());
-        let primary = self.info.relid;
-        let _ = self.bus.wait_until(waiter, |c| {
+        let primary = self.link.info.relid;
+        let _ = self.link.bus.wait_until(waiter, |c| {
             (c.offers.free_subchannels(primary).count() >= want).then_some(Ok(()))
         });
         let mut relids = [0u32; crate::bus::MAX_OPEN_CHANNELS];
-        let found = self.bus.with_offers(|t| {
+        let found = self.link.bus.with_offers(|t| {
             let mut k = 0;
             for o in t.free_subchannels(primary).take(want.min(relids.len())) {
                 relids[k] = o.relid;
@@ -688,7 +479,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             let Some(place) = out.iter_mut().find(|c| c.is_none()) else {
                 break;
             };
-            match Channel::open(self.bus, relid, config, waiter) {
+            match Channel::open(self.link.bus, relid, config, waiter) {
                 Ok(ch) => {
                     *place = Some(ch);
                     opened += 1;
@@ -729,59 +520,10 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
         waiter: &mut impl Wait,
         mut on_failed: impl FnMut(RequestId, C, ChannelError),
     ) -> Released {
-        let _ = self.check();
-        if matches!(self.health, Health::Open | Health::Broken(_)) {
-            self.fail(Health::Gone);
-        }
+        self.link.fail_for_close(&mut self.requests);
         while let Some((id, ctx, err)) = self.requests.take_failed() {
             on_failed(id, ctx, err);
         }
-        // Whatever it died of, a closed channel reports `Closed` from now on, and no batch
-        // is open on a ring that is about to go.
-        self.health = Health::Gone;
-        self.in_batch = false;
-        self.in_send_batch = false;
-        self.more = false;
-        let Some(pages) = self.pages.take() else {
-            return Released::Leaked;
-        };
-        let relid = self.info.relid;
-        let released = if self.epoch != self.bus.epoch() {
-            self.bus.ended_epoch_release(self.epoch)
-        } else {
-            {
-                let mut c = self.bus.lock();
-                if c.offer_present(relid, self.offer_generation)
-                    && let Err(e) = c.post_close(relid)
-                {
-                    log::warn!("CLOSECHANNEL({relid}) failed: {e}");
-                }
-            }
-            waiter.restart();
-            let r = self.bus.teardown_gpadl(self.gpadl, self.epoch, waiter);
-            self.bus
-                .lock()
-                .release_channel(relid, self.offer_generation);
-            r
-        };
-        self.bus.slots.release(self.slot, released.is_freed());
-        match released {
-            Released::Freed => pages.free(self.bus.hal()),
-            Released::Leaked => pages.leak(),
-        }
-        released
-    }
-}
-
-impl<T: Transport, H: Hal, C, const N: usize> Drop for Channel<'_, T, H, C, N> {
-    fn drop(&mut self) {
-        if let Some(pages) = self.pages.take() {
-            log::warn!(
-                "channel {} dropped without close: its ring stays the host's",
-                self.info.relid
-            );
-            self.bus.slots.release(self.slot, false);
-            pages.leak();
-        }
+        self.link.close(waiter)
     }
 }

@@ -4,8 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+use super::link::{Health, Link};
 use super::signal::Signaller;
-use super::{Channel, ChannelStats, Health};
+use super::{Channel, ChannelStats};
 use crate::bus::{Created, Released, SlotRef, Vmbus};
 use crate::error::{ChannelError, VmbusError};
 use crate::hal::{HV_PAGE_SIZE, Hal};
@@ -69,6 +70,21 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
     /// Opens channel `relid` and waits (bounded by `waiter`) for OPENCHANNEL_RESULT. Thread
     /// context only.
     pub fn open(
+        bus: &'b Vmbus<T, H>,
+        relid: u32,
+        config: &ChannelConfig,
+        waiter: &mut impl Wait,
+    ) -> Result<Self, ChannelError> {
+        Ok(Channel {
+            link: Link::open(bus, relid, config, waiter)?,
+            requests: RequestTable::new(),
+        })
+    }
+}
+
+impl<'b, T: Transport, H: Hal> Link<'b, T, H> {
+    /// [`Channel::open`] without the request table.
+    fn open(
         bus: &'b Vmbus<T, H>,
         relid: u32,
         config: &ChannelConfig,
@@ -178,7 +194,7 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             finish_undo(bus, &claimed, pages, released);
             return Err(e.into());
         }
-        Ok(Channel {
+        Ok(Link {
             bus,
             info: claimed.info,
             offer_generation: claimed.offer_generation,
@@ -189,7 +205,6 @@ impl<'b, T: Transport, H: Hal, C, const N: usize> Channel<'b, T, H, C, N> {
             gpadl,
             writer,
             reader,
-            requests: RequestTable::new(),
             health: Health::Open,
             in_batch: false,
             in_send_batch: false,

@@ -19,12 +19,17 @@
 //!   checksum before the host looks ([`super::NetworkVsp::corrupt_rx_checksums`]) or replace
 //!   the verdict bits outright ([`super::NetworkVsp::force_rx_checksum_bits`]).
 //!
+//! - RSC: offered (revision-3 object, [`HostOffloadCaps::rsc`]) and enabled per IP version
+//!   by the parameters' revision-3 fields, which a lower-revision object may not carry; the
+//!   coalescing itself is in `rsc.rs`.
+//!
 //! - LSO v2: an LSO PPI is checked (v2, OpenVMM's offset rule, enabled, MSS within the
 //!   frame size, payload within the advertised size, the guest's zeroed IP length and its
 //!   preload without the length) and the frame is cut into segments as a NIC does
 //!   ([`OffloadStats::tx_lso_segments`]); each segment is verified like any other frame.
 
 mod frame;
+pub(super) mod rsc;
 mod tx;
 
 use frame::{checksum_at, parse, verdict};
@@ -157,6 +162,10 @@ pub struct EnabledOffloads {
     pub lso_v2_ipv6: bool,
     /// RSC (either IP version).
     pub rsc: bool,
+    /// RSC over IPv4.
+    pub rsc_ipv4: bool,
+    /// RSC over IPv6.
+    pub rsc_ipv6: bool,
 }
 
 /// Counters of the offload model.
@@ -245,7 +254,7 @@ impl OffloadState {
         let (mut i4t, mut i4r, mut i6t, mut i6r) =
             (caps.ip4_tx, caps.ip4_rx, caps.ip6_tx, caps.ip6_rx);
         let mut lso = (caps.lso_v2_max_size != 0, caps.lso_v2_max_size != 0);
-        let mut rsc = caps.rsc;
+        let mut rsc = (caps.rsc, caps.rsc);
         if let Some(e) = current {
             let keep = |bits: u32, d: &EnabledChecksums, v6: bool| {
                 let (tcp, udp) = if v6 {
@@ -270,7 +279,7 @@ impl OffloadState {
             i6t = keep(i6t, &e.tx, true);
             i6r = keep(i6r, &e.rx, true);
             lso = (lso.0 && e.lso_v2_ipv4, lso.1 && e.lso_v2_ipv6);
-            rsc &= e.rsc;
+            rsc = (rsc.0 && e.rsc_ipv4, rsc.1 && e.rsc_ipv6);
         }
         let encap = |on: bool| if on { 2 } else { 0 };
         for (i, v) in [
@@ -301,9 +310,9 @@ impl OffloadState {
         for (i, v) in lso_words.into_iter().enumerate() {
             b[80 + 4 * i..84 + 4 * i].copy_from_slice(&le32(v));
         }
-        if revision >= 3 && rsc {
-            b[144] = 1;
-            b[145] = 1;
+        if revision >= 3 {
+            b[144] = u8::from(rsc.0);
+            b[145] = u8::from(rsc.1);
         }
         b
     }
@@ -394,10 +403,15 @@ impl OffloadState {
         };
         lso(field(11), &mut e.lso_v2_ipv4);
         lso(field(12), &mut e.lso_v2_ipv6);
-        let mut rsc = e.rsc;
-        lso(field(22), &mut rsc);
-        lso(field(23), &mut rsc);
-        e.rsc = rsc;
+        if info[1] < 3 && (field(22) != 0 || field(23) != 0) {
+            return invalid(format!(
+                "RSC fields in a revision-{} OFFLOAD_PARAMETERS (revision 3 has them)",
+                info[1]
+            ));
+        }
+        lso(field(22), &mut e.rsc_ipv4);
+        lso(field(23), &mut e.rsc_ipv6);
+        e.rsc = e.rsc_ipv4 || e.rsc_ipv6;
         // Everything enabled must have been advertised.
         let has = |b: u32, want: u32| b & want == want;
         let checks = [
@@ -453,6 +467,12 @@ impl OffloadState {
     /// fault to the frame first, then reports what the host finds for the checksums the
     /// guest enabled on receive.
     pub(super) fn receive_bits(&mut self, frame: &mut [u8]) -> u32 {
+        self.maybe_corrupt(frame);
+        self.verdict_bits(frame)
+    }
+
+    /// Applies a pending corruption fault to a TCP/UDP frame about to be delivered.
+    pub(super) fn maybe_corrupt(&mut self, frame: &mut [u8]) {
         if self.corrupt_rx > 0
             && let Some(p) = parse(frame)
             && let Some(at) = checksum_at(&p).filter(|_| !p.fragment)
@@ -461,6 +481,11 @@ impl OffloadState {
             frame[at] ^= 0x5A;
             frame[at + 1] ^= 0xA5;
         }
+    }
+
+    /// The checksum PPI value for a frame as it is: what the host finds for the checksums
+    /// the guest enabled on receive (or the forced bits).
+    pub(super) fn verdict_bits(&mut self, frame: &[u8]) -> u32 {
         if let Some(bits) = self.forced_rx_bits {
             return bits;
         }

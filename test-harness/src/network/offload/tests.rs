@@ -161,7 +161,14 @@ fn offload_parameters_are_checked_like_a_host() {
         .unwrap();
     assert_eq!((current[0], current[1], current.len()), (0xA7, 3, 156));
     assert!(s.enabled.tx.tcp4 && s.enabled.rx.tcp4 && s.enabled.rx.udp6 && !s.enabled.tx.udp6);
-    assert!(s.enabled.rsc);
+    assert!(s.enabled.rsc && s.enabled.rsc_ipv4 && !s.enabled.rsc_ipv6);
+    // RSC fields in a revision-2 object (sized to hold them): refused.
+    let (st, why) = s
+        .set_parameters(&params(2, 28, &[(23, 2)]), v61)
+        .unwrap_err();
+    assert_eq!(st, STATUS_INVALID_DATA);
+    assert!(why.unwrap().contains("revision-2"));
+    assert!(!s.enabled.rsc_ipv6);
     s.set_parameters(&params(3, 28, &[(7, 2)]), v61).unwrap();
     assert!(s.enabled.tx.tcp4 && s.enabled.tx.tcp6 && !s.enabled.rx.tcp6);
     assert_eq!(s.stats.parameters_header, Some((3, 28)));
