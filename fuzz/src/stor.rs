@@ -607,12 +607,16 @@ pub fn disk(inp: &mut Input<'_>) {
         assert_eq!(disk.block_size(), bs);
         assert_eq!(disk.num_blocks(), blocks);
     }
-    let dbs = disk.block_size() as usize;
     for _ in 0..16 {
+        // The block size the guest believes (a hostile READ CAPACITY may have changed it).
+        let dbs = disk.block_size() as usize;
         let t = disk.transport_mut();
         if t.inp.is_empty() {
             break;
         }
+        // The model checks written bytes by their offset in its own blocks: only while the
+        // guest's blocks are the model's.
+        t.disk.check_writes &= dbs == bs as usize;
         let op = t.inp.u8() % 5;
         let lba = u64::from(t.inp.u8()) % (blocks + 2);
         let n = 1 + t.inp.below(9);
