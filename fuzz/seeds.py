@@ -267,6 +267,17 @@ seeds['netvsc'] += [
         + u8(16) + frame(True, 0, b'v6'),
 ]
 
+# netvsc_offload part 7: a packet-id PPI, then a frame in three fragments (first, middle,
+# last) and an ordinary frame.
+def frag(flags_idx, data, cs=None, last_range=False):
+    return u8(flags_idx) + u8(1) + u8(1) + u32(len(data)) + data \
+        + (u8(1) + u32(cs) if cs is not None else u8(0)) + u8(0 if last_range else 1)
+seeds['netvsc_offload'] += [
+    u8(7) + u8(1) + u8(0) + u8(0) + u8(0) + u8(1) + bytes([1, 3, 7, 0]) + u8(0) + u8(0)
+        + frag(0, b'first part ', 0x18) + frag(1, b'middle part ') + frag(3, b'last', None, True)
+        + u8(5) + u8(1) + u8(1) + u32(3) + b'abc' + u8(0) + u8(1),
+]
+
 for target, inputs in seeds.items():
     d = os.path.join('corpus', target)
     os.makedirs(d, exist_ok=True)

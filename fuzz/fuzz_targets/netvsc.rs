@@ -238,11 +238,18 @@ struct Run {
     /// `table_known` false once something may have sent another.
     table: Option<[u32; 16]>,
     table_known: bool,
+    /// Largest frame a poll may hand out.
+    max_rx: usize,
 }
 
 impl Run {
     fn on_frame(&mut self, sim: &Shared<'_>, relid: u32, f: &[u8], v: Option<RxChecksum>) {
         *self.delivered.entry(relid).or_default() += 1;
+        assert!(
+            !f.is_empty() && f.len() <= self.max_rx,
+            "frame of {} bytes",
+            f.len()
+        );
         let mut s = sim.borrow_mut();
         if s.exact {
             let (want, bits) = s
@@ -304,12 +311,14 @@ fn nic(mut inp: Input<'_>) {
         multi_queue: Default::default(),
         rsc: true,
     };
-    // Half the single-queue NICs have RSC reassembly storage (chosen by a bit already read, so
-    // the seeds keep their meaning): fragments the host makes up are then reassembled.
+    // Half the NICs have RSC reassembly storage (chosen by a bit already read, so the seeds
+    // keep their meaning): fragments the host makes up are then reassembled, not dropped;
+    // RSC is never negotiated with this host, so frames stay within the MTU. One area per
+    // queue the NIC may open.
     let mut rsc_storage = vec![
         0u8;
         if config.packet_filter >> 31 == 1 {
-            netvsc::offload::rsc::RSC_MAX_FRAME
+            netvsc::offload::rsc::RSC_MAX_FRAME * (1 + SUB_QUEUES)
         } else {
             0
         }
@@ -351,7 +360,7 @@ fn nic(mut inp: Input<'_>) {
     let mut waiter = HostWait::new(sim.clone(), 6);
     let mut subs: Vec<Option<SubQueue<'_, Scripted, DevHal, 16>>> =
         (0..SUB_QUEUES).map(|_| None).collect();
-    let opened = if max_queues > 1 {
+    let opened = if max_queues > 1 && rsc_storage.is_empty() {
         TheNic::open_multi(&bus, 1, &config, &mut subs, &mut waiter).map(|(n, setup)| {
             trace!("queues: {setup:?}");
             assert_eq!(n.queue_count(), setup.queues);
@@ -359,7 +368,11 @@ fn nic(mut inp: Input<'_>) {
             n
         })
     } else {
-        TheNic::open_with_rsc(&bus, 1, &config, &mut rsc_storage, &mut waiter)
+        TheNic::open_with_rsc(&bus, 1, &config, &mut rsc_storage, &mut waiter).inspect(|_| {
+            if max_queues > 1 {
+                waiter.restart();
+            }
+        })
     };
     let mut nic = match opened {
         Ok(n) => n,
@@ -376,8 +389,15 @@ fn nic(mut inp: Input<'_>) {
         }
     }
     let max_frame = nic.max_frame_len();
+    // A coalesced frame may exceed the MTU (if this host ever enabled RSC).
+    let max_rx = if nic.offloads().rsc {
+        netvsc::offload::rsc::RSC_MAX_FRAME
+    } else {
+        max_frame
+    };
     let mut run = Run {
         table_known: true,
+        max_rx,
         ..Run::default()
     };
     for _ in 0..64 {

@@ -1,7 +1,7 @@
 //! The pure offload and multi-queue functions of netvsc against reference models
 //! (`src/net.rs`, written from the RFCs and devices §2.11–2.15). The first input byte picks:
 //!
-//! - `parse_offload` (NDIS_OFFLOAD) and `negotiate`: fields at the protocol offsets, zero
+//! - `parse_offload` (NDIS_OFFLOAD) and `negotiate` / `negotiate_rsc`: fields at the protocol offsets, zero
 //!   beyond the object's size or revision, the object never read past its size or the input;
 //!   the offloads chosen are exactly the documented policy, never one the host lacks;
 //! - `l4_of` and `prepare_tx_checksum`: the headers found are the model's; an offloaded
@@ -16,7 +16,9 @@
 //! - `parse_send_indirection_table` and `SendTable`: the table read where the message says
 //!   (or at 40 on NVSP ≤ 6), never outside it; a table naming a queue beyond the count is
 //!   refused whole; a hash always steers to an open queue;
-//! - `toeplitz`, `hash_input`, `flow_hash`, `indirection_slot` against the models.
+//! - `toeplitz`, `hash_input`, `flow_hash`, `indirection_slot` against the models;
+//! - RSC: `rsc::packet_id_of`, `rsc::checksum_of` and fragments pushed into
+//!   `rsc::Reassembly` against a model of its rules (`src/rsc_check.rs`).
 #![no_main]
 
 use hyperv_guest_fuzz::net::{self, Headers, be16, fold, le32, pseudo, sum, verifies};
@@ -26,7 +28,7 @@ use netvsc::offload::frame::{l4_checksum_ok, write_l4_checksum};
 use netvsc::offload::{
     ChecksumSet, CsumStatus, IpVersion, L4, L4Proto, LSO_MAX_HEADERS, LSO_MAX_PAYLOAD, LsoError,
     LsoV2, OffloadError, Offloads, RxChecksum, TxChecksum, l4_of, lso_plan, negotiate,
-    parse_offload, prepare_lso_headers, prepare_tx_checksum, rx_checksum_of,
+    negotiate_rsc, parse_offload, prepare_lso_headers, prepare_tx_checksum, rx_checksum_of,
 };
 use netvsc::protocol::NvspVersion;
 use netvsc::rss::{
@@ -36,14 +38,15 @@ use netvsc::rss::{
 
 fuzz_target!(|data: &[u8]| {
     let mut inp = Input::new(data);
-    match inp.u8() % 7 {
+    match inp.u8() % 8 {
         0 => offload_caps(&mut inp),
         1 => tx_checksum(&mut inp),
         2 => lso(&mut inp),
         3 => rx_checksum(&mut inp),
         4 => rss_caps(&mut inp),
         5 => send_table(&mut inp),
-        _ => hashing(&mut inp),
+        6 => hashing(&mut inp),
+        _ => hyperv_guest_fuzz::rsc_check::rsc(&mut inp),
     }
 });
 
@@ -172,7 +175,13 @@ fn offload_caps(inp: &mut Input<'_>) {
 
     // The policy of `negotiate`, written out.
     let version = VERSIONS[inp.below(6)];
-    let n = negotiate(&c, version);
+    // RSC asked for or not (`negotiate` is `negotiate_rsc` without it).
+    let asked = inp.bool();
+    let n = if asked {
+        negotiate_rsc(&c, version, true)
+    } else {
+        negotiate(&c, version)
+    };
     let o = n.offloads;
     let new = version >= NvspVersion::V5;
     let tx = ChecksumSet {
@@ -226,8 +235,14 @@ fn offload_caps(inp: &mut Input<'_>) {
         "OFFLOAD_PARAMETERS for {c:?} at {version:?}"
     );
     assert!(p[13..22].iter().all(|&x| x == 0));
+    // RSC on only when asked for and offered for both IP versions, from NVSP 5.
+    assert_eq!(o.rsc, asked && new && c.rsc_ipv4 && c.rsc_ipv6);
     if new {
-        let rsc = if o.rsc_offered { 1 } else { 0 };
+        let rsc = match (o.rsc_offered, o.rsc) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        };
         assert_eq!(&p[22..], &[rsc, rsc, 0, 0, 0, 0]);
     }
 }

@@ -292,10 +292,14 @@ fn blocking(ctl: &mut Ctl<'_, '_>, sim: &Rc<RefCell<Vstor<'_>>>) {
             "disk geometry"
         );
     }
-    let dbs = disk.block_size() as usize;
     for _ in 0..2 {
+        // The block size the guest believes (a hostile READ CAPACITY may have set it); the
+        // model checks written bytes by their offset in its own blocks, so only while the
+        // two agree.
+        let dbs = disk.block_size() as usize;
         let (op, lba, n) = {
             let mut s = sim.borrow_mut();
+            s.disk.check_writes &= dbs == s.disk.block_size as usize;
             (
                 s.inp.u8() % 3,
                 u64::from(s.inp.u8()) % (blocks + 1),

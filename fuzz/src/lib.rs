@@ -14,6 +14,7 @@ pub mod nvsp;
 pub mod nvsp_offload;
 pub mod ring;
 pub mod rndis_check;
+pub mod rsc_check;
 pub mod scsi;
 pub mod stor;
 pub mod vstor;

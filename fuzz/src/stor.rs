@@ -488,9 +488,15 @@ impl ScsiTransport for Transport<'_, '_> {
         let cdb = r.cdb.as_bytes();
         let bs = self.disk.block_size;
         if matches!(cdb[0], 0x28 | 0x2A | 0x88 | 0x8A) && self.limit > 0 {
+            // Within the limit, or a single block (of the size the guest believes: a hostile
+            // READ CAPACITY may have given one larger than the limit and the model's).
+            let blocks = match cdb[0] {
+                0x28 | 0x2A => u32::from(u16::from_be_bytes([cdb[7], cdb[8]])),
+                _ => u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]]),
+            };
             assert!(
-                r.transfer_length <= self.limit.max(bs),
-                "{}-byte transfer over the {}-byte limit",
+                r.transfer_length <= self.limit.max(bs) || blocks == 1,
+                "{}-byte transfer of {blocks} blocks over the {}-byte limit",
                 r.transfer_length,
                 self.limit
             );
@@ -601,12 +607,16 @@ pub fn disk(inp: &mut Input<'_>) {
         assert_eq!(disk.block_size(), bs);
         assert_eq!(disk.num_blocks(), blocks);
     }
-    let dbs = disk.block_size() as usize;
     for _ in 0..16 {
+        // The block size the guest believes (a hostile READ CAPACITY may have changed it).
+        let dbs = disk.block_size() as usize;
         let t = disk.transport_mut();
         if t.inp.is_empty() {
             break;
         }
+        // The model checks written bytes by their offset in its own blocks: only while the
+        // guest's blocks are the model's.
+        t.disk.check_writes &= dbs == bs as usize;
         let op = t.inp.u8() % 5;
         let lba = u64::from(t.inp.u8()) % (blocks + 2);
         let n = 1 + t.inp.below(9);
