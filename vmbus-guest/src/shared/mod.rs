@@ -40,9 +40,8 @@ unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
     let dst = buf.as_mut_ptr();
     let head = src.align_offset(CHUNK).min(len);
     // SAFETY: every offset below is < len, so `src + i` is in the caller's range and `dst + i`
-    // in `buf`; word and chunk reads are at offsets of `src` aligned to their size (the head
-    // word only when `src + i` is 8-aligned; chunks past `head`); writes into `buf` are
-    // unaligned writes.
+    // in `buf`; reads of `src` are aligned to their size (head word only at 8-aligned `src`,
+    // chunks past `head`); writes into `buf` are unaligned writes.
     unsafe {
         let mut i = 0;
         // Ring packets start 8-aligned: an 8-byte head is one word, not eight bytes.
