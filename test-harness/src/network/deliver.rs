@@ -7,6 +7,11 @@ use super::*;
 /// A frame for the guest with its checksum PPI bits (`None`: the host checks it when sending).
 pub(super) type RxFrame = (Vec<u8>, Option<u32>);
 
+/// Delivered frames' buffers kept for reuse.
+const SPARE_FRAMES: usize = 64;
+/// Completed packets' slot lists kept for reuse.
+pub(super) const SPARE_SLOT_LISTS: usize = 256;
+
 impl State {
     /// Sends what waits for the guest on channel `index`: held completions of that channel
     /// when released; on the primary also raw packets, NVSP messages, control messages (any
@@ -47,8 +52,7 @@ impl State {
             }
         }
         while let Some((set, ranges, payload)) = self.raw_xfer.pop_front() {
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, Vec::new());
+            let tid = self.outstanding.add(Vec::new());
             send_xfer(ch, tid, set, &ranges, &payload);
         }
         self.deliver_control(ch);
@@ -84,8 +88,8 @@ impl State {
                     b
                 }
             };
-            self.deliver_frames(ch, 0, per_packet, &mut |_| {
-                Some((frame.clone(), Some(bits)))
+            self.deliver_frames(ch, 0, per_packet, &mut |s| {
+                Some((s.copy_of(&frame), Some(bits)))
             });
             self.generator = Some((frame, per_packet));
         }
@@ -112,8 +116,7 @@ impl State {
                 self.reject(ch, "receive buffer unwritable".into());
                 return;
             }
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, vec![slot]);
+            let tid = self.outstanding.add(vec![slot]);
             let payload = self.padded(&[107, 1, 0xFFFF_FFFF, 0]);
             send_xfer(ch, tid, id, &[(len as u32, offset as u32)], &payload);
         }
@@ -138,9 +141,10 @@ impl State {
         let (id, slot_size) = (recv.id, recv.slot_size);
         let chunk = slot_size - FRAME_OFFSET_IN_SLOT;
         let payload = self.padded(&[107, 0, 0xFFFF_FFFF, 0]);
+        let mut ranges = std::mem::take(&mut self.ranges);
         loop {
-            let mut ranges = Vec::with_capacity(per_packet);
-            let mut slots = Vec::with_capacity(per_packet);
+            ranges.clear();
+            let mut slots = self.spare_slots.pop().unwrap_or_default();
             while ranges.len() < per_packet {
                 let free = self.recv.as_ref().map_or(0, |r| r.free.len());
                 let room = free
@@ -186,21 +190,27 @@ impl State {
                 ranges.push(range);
                 slots.push(slot);
                 self.frames_to_guest += 1;
+                if self.spare_frames.len() < SPARE_FRAMES {
+                    self.spare_frames.push(frame);
+                }
             }
             if ranges.is_empty() {
+                self.spare_slots.push(slots);
                 break;
             }
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, slots);
+            let tid = self.outstanding.add(slots);
             self.note_delivery(tid, index, ranges.len() as u64);
             send_xfer(ch, tid, id, &ranges, &payload);
         }
+        self.ranges = ranges;
     }
 
-    pub(super) fn take_tid(&mut self) -> u64 {
-        let t = self.next_tid;
-        self.next_tid += 1;
-        t
+    /// A copy of `frame` in a reused buffer (no allocation per generated frame).
+    fn copy_of(&mut self, frame: &[u8]) -> Vec<u8> {
+        let mut v = self.spare_frames.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(frame);
+        v
     }
 }
 
@@ -211,15 +221,23 @@ pub(super) fn send_xfer(
     ranges: &[(u32, u32)],
     payload: &[u8],
 ) {
-    let mut header = Vec::with_capacity(8 + ranges.len() * 8);
-    header.extend_from_slice(&set.to_le_bytes());
-    header.extend_from_slice(&[0, 0]);
-    header.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-    for (count, offset) in ranges {
-        header.extend_from_slice(&count.to_le_bytes());
-        header.extend_from_slice(&offset.to_le_bytes());
+    // On the stack for the usual packet sizes (no allocation per packet).
+    let mut on_stack = [0u8; 8 + 8 * 64];
+    let mut on_heap = Vec::new();
+    let need = 8 + ranges.len() * 8;
+    let header = if need <= on_stack.len() {
+        &mut on_stack[..need]
+    } else {
+        on_heap.resize(need, 0);
+        &mut on_heap[..]
+    };
+    header[..2].copy_from_slice(&set.to_le_bytes());
+    header[4..8].copy_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for ((count, offset), at) in ranges.iter().zip(header[8..].chunks_exact_mut(8)) {
+        at[..4].copy_from_slice(&count.to_le_bytes());
+        at[4..].copy_from_slice(&offset.to_le_bytes());
     }
-    if let Err(e) = ch.send_packet(PACKET_TYPE_XFER_PAGES, 1, tid, &header, payload) {
+    if let Err(e) = ch.send_packet(PACKET_TYPE_XFER_PAGES, 1, tid, header, payload) {
         log::warn!("network VSP: transfer-page packet not sent: {e}");
     }
 }

@@ -32,6 +32,7 @@
 //! completion.
 
 mod deliver;
+mod in_flight;
 pub mod offload;
 mod rndis;
 mod rsc;
@@ -160,8 +161,7 @@ struct State {
     rejections: Vec<String>,
     switch: Option<(VirtualSwitch, usize)>,
     /// Type-7 packets the guest has not completed: tid → slots.
-    outstanding: BTreeMap<u64, Vec<usize>>,
-    next_tid: u64,
+    outstanding: in_flight::InFlight,
     to_guest: VecDeque<Outgoing>,
     raw_xfer: VecDeque<RawTransfer>,
     withhold: bool,
@@ -179,6 +179,12 @@ struct State {
     /// A frame delivered over and over ([`NetworkVsp::generate`]): (frame, frames per
     /// transfer-page packet).
     generator: Option<(Vec<u8>, usize)>,
+    /// Buffers of delivered frames, reused for the generator's copies.
+    spare_frames: Vec<Vec<u8>>,
+    /// Slot lists of completed transfer-page packets, reused for the next ones.
+    spare_slots: Vec<Vec<usize>>,
+    /// The ranges of the transfer-page packet being assembled (reused).
+    ranges: Vec<(u32, u32)>,
     subchannels: u32,
     completions_from_guest: u64,
     /// The guest sent RNDIS HALT.
@@ -244,8 +250,7 @@ impl NetworkVsp {
                 fatal: None,
                 rejections: Vec::new(),
                 switch: None,
-                outstanding: BTreeMap::new(),
-                next_tid: 1,
+                outstanding: in_flight::InFlight::default(),
                 to_guest: VecDeque::new(),
                 raw_xfer: VecDeque::new(),
                 withhold: false,
@@ -257,6 +262,9 @@ impl NetworkVsp {
                 keep_frames: true,
                 frames_to_guest: 0,
                 generator: None,
+                spare_frames: Vec::new(),
+                spare_slots: Vec::new(),
+                ranges: Vec::new(),
                 subchannels: 0,
                 completions_from_guest: 0,
                 halted: false,
@@ -582,8 +590,8 @@ impl State {
                 // Completions of packets sent before the revocation: nothing to return.
                 return None;
             }
-            match self.outstanding.remove(&p.transaction_id) {
-                Some(slots) => {
+            match self.outstanding.remove(p.transaction_id) {
+                Some(mut slots) => {
                     self.check_completion_channel(ch, p.transaction_id, index);
                     if u32_at(&p.payload, 0) != Some(108) {
                         self.reject(
@@ -592,7 +600,10 @@ impl State {
                         );
                     }
                     if let Some(r) = self.recv.as_mut() {
-                        r.free.extend(slots);
+                        r.free.extend(slots.drain(..));
+                    }
+                    if self.spare_slots.len() < deliver::SPARE_SLOT_LISTS {
+                        self.spare_slots.push(slots);
                     }
                 }
                 None => ch.protocol_error(format!(
@@ -801,7 +812,11 @@ impl DeviceModel for NetworkVsp {
         let subs = {
             let mut s = self.lock();
             let r = s.on_packet(ch, packet, self.index);
-            s.deliver(ch, self.index);
+            // A receive completion only frees slots: what they make room for goes out in
+            // `poll`, once per host step (not once per completion read).
+            if packet.packet_type != PACKET_TYPE_COMPLETION {
+                s.deliver(ch, self.index);
+            }
             r
         };
         if let Some(n) = subs {

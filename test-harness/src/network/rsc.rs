@@ -64,8 +64,6 @@ pub(super) struct RscState {
     stats: RscStats,
     /// Hostile sequences, one transfer-page packet each.
     hostile: VecDeque<Vec<Fragment>>,
-    /// The image of a receive slot being written (reused: no allocation per frame).
-    image: Vec<u8>,
 }
 
 impl RscState {
@@ -153,9 +151,9 @@ impl State {
     }
 
     /// Writes a PACKET into receive slot `slot`: header, checksum PPI, the packet-id PPI
-    /// when given, and `data` at offset 256 (OpenVMM's layout, devices §2.8), as one write of
-    /// the slot's image built in a reused buffer; returns its range (byte count, offset), or
-    /// `None` if the buffer is not writable.
+    /// when given, and `data` at offset 256 (OpenVMM's layout, devices §2.8), as two writes
+    /// (headers, data: the gap between keeps what it held, as on a real host); returns its
+    /// range (byte count, offset), or `None` if the buffer is not writable.
     pub(super) fn write_packet(
         &mut self,
         ch: &mut HostChannel,
@@ -167,9 +165,8 @@ impl State {
         let recv = self.recv.as_ref()?;
         let (gpadl, slot_size) = (recv.gpadl, recv.slot_size);
         let ppi_len = if packet_id.is_some() { 32 } else { 16 };
-        let image = &mut self.rsc.image;
-        image.clear();
-        for w in [
+        let mut head = [0u8; 60 + 16];
+        let words = [
             1,
             slot_size as u32,
             (FRAME_OFFSET_IN_SLOT - 8) as u32,
@@ -185,20 +182,25 @@ impl State {
             0,
             12,
             bits,
-        ] {
-            image.extend_from_slice(&w.to_le_bytes());
-        }
-        if let Some((flags, id)) = packet_id {
-            for w in [16, PPI_PACKET_ID, 12] {
-                image.extend_from_slice(&w.to_le_bytes());
+        ];
+        let (id_words, id_tail) = match packet_id {
+            Some((flags, id)) => {
+                let [lo, hi] = id.to_le_bytes();
+                ([16, PPI_PACKET_ID, 12], [1, flags, lo, hi])
             }
-            image.extend_from_slice(&[1, flags]);
-            image.extend_from_slice(&id.to_le_bytes());
+            None => ([0; 3], [0; 4]),
+        };
+        for (w, at) in words.iter().chain(&id_words).zip(head.chunks_exact_mut(4)) {
+            at.copy_from_slice(&w.to_le_bytes());
         }
-        image.resize(FRAME_OFFSET_IN_SLOT, 0);
-        image.extend_from_slice(data);
+        head[72..].copy_from_slice(&id_tail);
+        let head = &head[..44 + ppi_len as usize];
         let offset = slot * slot_size;
-        if ch.write_gpadl(gpadl, offset as u64, image).is_err() {
+        let parts = [
+            (offset as u64, head),
+            ((offset + FRAME_OFFSET_IN_SLOT) as u64, data),
+        ];
+        if ch.write_gpadl_parts(gpadl, &parts).is_err() {
             self.reject(ch, "receive buffer unwritable".into());
             return None;
         }
@@ -271,8 +273,7 @@ impl State {
                     ranges.push(r);
                 }
             }
-            let tid = self.take_tid();
-            self.outstanding.insert(tid, slots);
+            let tid = self.outstanding.add(slots);
             self.rsc.stats.injected_packets += 1;
             send_xfer(ch, tid, id, &ranges, &payload);
         }

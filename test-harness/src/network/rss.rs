@@ -329,7 +329,7 @@ impl State {
             .collect();
         for tid in tids {
             self.rss.sent_on.remove(&tid);
-            if let (Some(slots), Some(r)) = (self.outstanding.remove(&tid), self.recv.as_mut()) {
+            if let (Some(slots), Some(r)) = (self.outstanding.remove(tid), self.recv.as_mut()) {
                 r.free.extend(slots);
             }
         }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::gpadl::GpadlTable;
+use super::gpadl::{Gpadl, GpadlTable};
 use super::mem::GuestRam;
 use super::packet::{
     FLAG_COMPLETION_REQUESTED, HostPacket, PACKET_TYPE_COMPLETION, PACKET_TYPE_GPA_DIRECT,
@@ -420,19 +420,16 @@ impl HostChannel {
             .ok_or(HostRingError::UnknownGpadl(handle))
     }
 
-    fn gpadl_pieces(
+    /// Runs `f` on live GPADL `handle` (its table locked once).
+    fn with_gpadl<R>(
         &self,
         handle: u32,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<(u64, usize)>, HostRingError> {
+        f: impl FnOnce(&Gpadl) -> Result<R, HostRingError>,
+    ) -> Result<R, HostRingError> {
         let t = self.gpadls.lock().unwrap_or_else(PoisonError::into_inner);
-        let g = t
-            .live
+        f(t.live
             .get(&handle)
-            .ok_or(HostRingError::UnknownGpadl(handle))?;
-        g.resolve(offset, len)
-            .ok_or(HostRingError::BadAddress(offset))
+            .ok_or(HostRingError::UnknownGpadl(handle))?)
     }
 
     /// Reads `buf.len()` bytes at byte `offset` of GPADL `handle` (ranges concatenated).
@@ -442,22 +439,30 @@ impl HostChannel {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), HostRingError> {
-        let mut done = 0;
-        for (gpa, n) in self.gpadl_pieces(handle, offset, buf.len())? {
-            self.read_gpa(gpa, &mut buf[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+        self.with_gpadl(handle, |g| {
+            g.for_each_piece(offset, buf.len(), |gpa, r| self.read_gpa(gpa, &mut buf[r]))
+                .ok_or(HostRingError::BadAddress(offset))?
+        })
     }
 
     /// Writes `data` at byte `offset` of GPADL `handle`.
     pub fn write_gpadl(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), HostRingError> {
-        let mut done = 0;
-        for (gpa, n) in self.gpadl_pieces(handle, offset, data.len())? {
-            self.write_gpa(gpa, &data[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+        self.write_gpadl_parts(handle, &[(offset, data)])
+    }
+
+    /// Writes each `(offset, data)` of `parts` into GPADL `handle`, in order (one lookup of the
+    /// GPADL for all: a device model writing a header and a payload per frame uses this).
+    pub fn write_gpadl_parts(
+        &self,
+        handle: u32,
+        parts: &[(u64, &[u8])],
+    ) -> Result<(), HostRingError> {
+        self.with_gpadl(handle, |g| {
+            parts.iter().try_for_each(|&(offset, data)| {
+                g.for_each_piece(offset, data.len(), |gpa, r| self.write_gpa(gpa, &data[r]))
+                    .ok_or(HostRingError::BadAddress(offset))?
+            })
+        })
     }
 
     /// Asks the host to offer another channel (e.g. sub-channels a device created on request,

@@ -2,6 +2,7 @@
 //! range list against guest RAM (vmbus-core §6) and addressing bytes of a live GPADL.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::mem::GuestRam;
@@ -52,34 +53,44 @@ impl Gpadl {
         self.ranges.iter().map(|r| u64::from(r.byte_count)).sum()
     }
 
-    /// Splits `[offset, offset + len)` of the GPADL's byte stream into guest-physical pieces.
-    pub fn resolve(&self, mut offset: u64, len: usize) -> Option<Vec<(u64, usize)>> {
-        let mut out = Vec::new();
-        let mut left = len as u64;
-        if offset.checked_add(left)? > self.len() {
+    /// Calls `f(gpa, range)` for each guest-physical piece of `[offset, offset + len)` of the
+    /// GPADL's byte stream, in order (`range`: where the piece lies within those `len` bytes),
+    /// stopping at the first error; `None` if the bytes are not all inside the GPADL.
+    pub fn for_each_piece<E>(
+        &self,
+        mut offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, Range<usize>) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        if offset.checked_add(len as u64)? > self.len() {
             return None;
         }
+        let mut done = 0;
         for r in &self.ranges {
             let count = u64::from(r.byte_count);
             if offset >= count {
                 offset -= count;
                 continue;
             }
-            while left > 0 && offset < count {
+            while done < len && offset < count {
                 let abs = u64::from(r.byte_offset) + offset;
                 let page = (abs / 4096) as usize;
                 let in_page = abs % 4096;
-                let n = (4096 - in_page).min(left).min(count - offset);
-                out.push((r.pfns[page] * 4096 + in_page, n as usize));
-                offset += n;
-                left -= n;
+                let n = (4096 - in_page)
+                    .min((len - done) as u64)
+                    .min(count - offset) as usize;
+                if let Err(e) = f(r.pfns[page] * 4096 + in_page, done..done + n) {
+                    return Some(Err(e));
+                }
+                offset += n as u64;
+                done += n;
             }
-            if left == 0 {
+            if done == len {
                 break;
             }
             offset = 0;
         }
-        (left == 0).then_some(out)
+        Some(Ok(()))
     }
 }
 

@@ -177,9 +177,7 @@ unsafe fn copy_in_words<W: Copy>(src: *const u8, buf: &mut [u8]) {
     // SAFETY: every offset below is < len, inside both ranges; word loads are from
     // word-aligned `src` offsets (past `head`), word stores into `buf` are unaligned.
     unsafe {
-        for i in 0..head {
-            dst.add(i).write(src.add(i).read_volatile());
-        }
+        copy_in_small(src, dst, head);
         let mut i = head;
         while i + 4 * word <= len {
             let s = src.add(i).cast::<W>();
@@ -202,10 +200,7 @@ unsafe fn copy_in_words<W: Copy>(src: *const u8, buf: &mut [u8]) {
                 .write_unaligned(src.add(i).cast::<W>().read_volatile());
             i += word;
         }
-        while i < len {
-            dst.add(i).write(src.add(i).read_volatile());
-            i += 1;
-        }
+        copy_in_small(src.add(i), dst.add(i), len - i);
     }
 }
 
@@ -222,9 +217,7 @@ unsafe fn copy_out_words<W: Copy>(dst: *mut u8, data: &[u8]) {
     let head = dst.align_offset(word).min(len);
     // SAFETY: as in `copy_in_words`, with the roles of the two ranges swapped.
     unsafe {
-        for i in 0..head {
-            dst.add(i).write_volatile(src.add(i).read());
-        }
+        copy_out_small(src, dst, head);
         let mut i = head;
         while i + 4 * word <= len {
             let s = src.add(i).cast::<W>();
@@ -247,9 +240,59 @@ unsafe fn copy_out_words<W: Copy>(dst: *mut u8, data: &[u8]) {
                 .write_volatile(src.add(i).cast::<W>().read_unaligned());
             i += word;
         }
-        while i < len {
+        copy_out_small(src.add(i), dst.add(i), len - i);
+    }
+}
+
+/// The ends of [`copy_in_words`]: `n` bytes from guest memory at `src`, with volatile loads
+/// of single bytes up to an 8-byte boundary of `src`, then aligned 8-byte words, then bytes
+/// (a small unaligned copy takes a few loads, not one per byte).
+///
+/// # Safety
+///
+/// As for [`volatile_copy_in`], for the `n` bytes at `src` and `dst`.
+#[inline(always)]
+unsafe fn copy_in_small(src: *const u8, dst: *mut u8, n: usize) {
+    let head = src.align_offset(8).min(n);
+    // SAFETY: every offset is < n; the 8-byte loads are from 8-aligned `src` offsets.
+    unsafe {
+        for i in 0..head {
+            dst.add(i).write(src.add(i).read_volatile());
+        }
+        let mut i = head;
+        while i + 8 <= n {
+            let w = src.add(i).cast::<u64>().read_volatile();
+            dst.add(i).cast::<u64>().write_unaligned(w);
+            i += 8;
+        }
+        for i in i..n {
+            dst.add(i).write(src.add(i).read_volatile());
+        }
+    }
+}
+
+/// The ends of [`copy_out_words`]: as [`copy_in_small`] with the roles swapped (aligned
+/// volatile stores into guest memory at `dst`).
+///
+/// # Safety
+///
+/// As for [`volatile_copy_out`], for the `n` bytes at `src` and `dst`.
+#[inline(always)]
+unsafe fn copy_out_small(src: *const u8, dst: *mut u8, n: usize) {
+    let head = dst.align_offset(8).min(n);
+    // SAFETY: every offset is < n; the 8-byte stores are to 8-aligned `dst` offsets.
+    unsafe {
+        for i in 0..head {
             dst.add(i).write_volatile(src.add(i).read());
-            i += 1;
+        }
+        let mut i = head;
+        while i + 8 <= n {
+            let w = src.add(i).cast::<u64>().read_unaligned();
+            dst.add(i).cast::<u64>().write_volatile(w);
+            i += 8;
+        }
+        for i in i..n {
+            dst.add(i).write_volatile(src.add(i).read());
         }
     }
 }
