@@ -185,6 +185,8 @@ struct State {
     spare_slots: Vec<Vec<usize>>,
     /// The ranges of the transfer-page packet being assembled (reused).
     ranges: Vec<(u32, u32)>,
+    /// The bytes of the guest's last send section or page buffers (reused).
+    sent_bytes: Vec<u8>,
     subchannels: u32,
     completions_from_guest: u64,
     /// The guest sent RNDIS HALT.
@@ -265,6 +267,7 @@ impl NetworkVsp {
                 spare_frames: Vec::new(),
                 spare_slots: Vec::new(),
                 ranges: Vec::new(),
+                sent_bytes: Vec::new(),
                 subchannels: 0,
                 completions_from_guest: 0,
                 halted: false,
@@ -540,8 +543,10 @@ impl State {
     }
 
     fn padded(&self, w: &[u32]) -> Vec<u8> {
-        let mut b = words(w);
-        b.resize(self.nvsp_size().max(b.len()), 0);
+        let mut b = vec![0u8; self.nvsp_size().max(w.len() * 4)];
+        for (x, at) in w.iter().zip(b.chunks_exact_mut(4)) {
+            at.copy_from_slice(&x.to_le_bytes());
+        }
         b
     }
 
@@ -812,9 +817,13 @@ impl DeviceModel for NetworkVsp {
         let subs = {
             let mut s = self.lock();
             let r = s.on_packet(ch, packet, self.index);
-            // A receive completion only frees slots: what they make room for goes out in
-            // `poll`, once per host step (not once per completion read).
-            if packet.packet_type != PACKET_TYPE_COMPLETION {
+            // A receive completion only frees slots, a data SEND_RNDIS_PKT is completed
+            // already: what follows goes out in `poll`, once per host step (not once per
+            // packet read).
+            let data = packet.packet_type != PACKET_TYPE_COMPLETION
+                && u32_at(&packet.payload, 0) == Some(107)
+                && u32_at(&packet.payload, 4) == Some(0);
+            if packet.packet_type != PACKET_TYPE_COMPLETION && !data {
                 s.deliver(ch, self.index);
             }
             r

@@ -44,7 +44,9 @@ impl State {
                 );
                 return;
             }
-            let mut b = vec![0u8; size as usize];
+            let mut b = std::mem::take(&mut self.sent_bytes);
+            b.clear();
+            b.resize(size as usize, 0);
             if let Err(e) = ch.read_gpadl(
                 sb.gpadl,
                 u64::from(section) * u64::from(section_size),
@@ -77,7 +79,8 @@ impl State {
                 self.complete(ch, p.transaction_id, &m);
                 return;
             }
-            let mut b = Vec::new();
+            let mut b = std::mem::take(&mut self.sent_bytes);
+            b.clear();
             let mut first = 0;
             for (i, (count, offset, pfns)) in p.gpa_ranges.iter().enumerate() {
                 let mut part = vec![0u8; *count as usize];
@@ -153,6 +156,7 @@ impl State {
             }
             at += msg_len;
         }
+        self.sent_bytes = bytes;
         let payload = if self.empty_completions {
             Vec::new()
         } else {
