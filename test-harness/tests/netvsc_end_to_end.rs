@@ -121,22 +121,15 @@ fn default_capacities_register_16_mib_and_1_mib_and_fit_16_kib() {
 
 #[test]
 fn two_guests_on_a_virtual_switch_exchange_frames_both_ways() {
-    let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 0, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 0, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        max_version: NvspVersion::V4.0,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let mut a = rig_with(vsp_a.clone(), 16 << 20);
-    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut a, mut b, vsp_a, vsp_b) = switched_pair(
+        with_mac(mac_a),
+        NetVspConfig {
+            max_version: NvspVersion::V4.0,
+            ..with_mac(mac_b)
+        },
+    );
     let (mut nic_a, host_a) = open(&mut a, &small());
     let (mut nic_b, host_b) = open(&mut b, &small());
     assert_eq!(nic_a.mac(), mac_a);
@@ -225,16 +218,8 @@ fn link_down_and_up_are_indicated_and_frames_stop_while_down() {
     let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 1, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 1, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        ..Default::default()
-    })
-    .on_switch(&switch);
+    let vsp_a = NetworkVsp::new(with_mac(mac_a)).on_switch(&switch);
+    let vsp_b = NetworkVsp::new(with_mac(mac_b)).on_switch(&switch);
     let mut a = rig_with(vsp_a.clone(), 16 << 20);
     let mut b = rig_with(vsp_b.clone(), 16 << 20);
     let (mut nic_a, host_a) = open(&mut a, &small());
@@ -460,21 +445,9 @@ fn a_rescind_with_sends_in_flight_fails_them_and_leaks_nothing_the_host_maps() {
 
 #[test]
 fn frames_can_be_pulled_one_at_a_time_and_the_packet_completes_after_the_last() {
-    let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 2, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 2, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let mut a = rig_with(vsp_a.clone(), 16 << 20);
-    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut a, mut b, vsp_a, vsp_b) = switched_pair(with_mac(mac_a), with_mac(mac_b));
     let (mut nic_a, host_a) = open(&mut a, &small());
     let (mut nic_b, host_b) = open(&mut b, &small());
     let sent: Vec<Vec<u8>> = (0..4u16)
@@ -525,21 +498,9 @@ fn two_smoltcp_guests_on_the_switch_ping_each_other() {
         EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
     };
 
-    let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 3, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 3, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let mut a = rig_with(vsp_a.clone(), 16 << 20);
-    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut a, mut b, vsp_a, vsp_b) = switched_pair(with_mac(mac_a), with_mac(mac_b));
     let (mut nic_a, host_a) = open(&mut a, &small());
     let (mut nic_b, host_b) = open(&mut b, &small());
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::net::*;
 use netvsc::protocol::NvspVersion;
-use test_harness::network::{NetVspConfig, NetworkVsp, VirtualSwitch};
+use test_harness::network::NetVspConfig;
 use test_harness::vmbus::MockVmbusHost;
 use vmbus_guest::Released;
 
@@ -125,21 +125,9 @@ fn no_data_path_switch_below_nvsp_4() {
 
 #[test]
 fn revoked_buffers_fail_sends_with_a_count_and_close_still_frees_them() {
-    let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 5, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 5, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let mut a = rig_with(vsp_a.clone(), 16 << 20);
-    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut a, mut b, vsp_a, vsp_b) = switched_pair(with_mac(mac_a), with_mac(mac_b));
     let (mut nic_a, host_a) = open(&mut a, &small());
     let (mut nic_b, host_b) = open(&mut b, &small());
     vsp_a.revoke_buffers();
@@ -188,21 +176,9 @@ fn jumbo() -> netvsc::NicConfig {
 
 #[test]
 fn jumbo_frames_go_as_page_buffers_with_the_header_in_one_page_and_come_back_whole() {
-    let switch = VirtualSwitch::new();
     let mac_a = [0x00, 0x15, 0x5D, 0, 6, 0xA];
     let mac_b = [0x00, 0x15, 0x5D, 0, 6, 0xB];
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: mac_a,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: mac_b,
-        ..Default::default()
-    })
-    .on_switch(&switch);
-    let mut a = rig_with(vsp_a.clone(), 16 << 20);
-    let mut b = rig_with(vsp_b.clone(), 16 << 20);
+    let (mut a, mut b, vsp_a, vsp_b) = switched_pair(with_mac(mac_a), with_mac(mac_b));
     let mut nic_a = JumboNic::open(&a.guest, a.relid, &jumbo(), &mut waiter(&mut a.host)).unwrap();
     let mut nic_b = JumboNic::open(&b.guest, b.relid, &jumbo(), &mut waiter(&mut b.host)).unwrap();
     let (host_a, host_b) = (&mut a.host, &mut b.host);

@@ -9,30 +9,18 @@ use common::frames::*;
 use common::net::*;
 use netvsc::offload::{CsumStatus, LsoError};
 use netvsc::{Busy, NetError};
-use test_harness::network::{
-    HostOffloadCaps, NetVspConfig, NetworkVsp, OffloadHostConfig, VirtualSwitch,
-};
+use test_harness::network::{HostOffloadCaps, NetVspConfig, NetworkVsp, OffloadHostConfig};
 use test_harness::vmbus::MockVmbusHost;
 use vmbus_guest::Released;
 
 /// A guest-to-guest pair on a switch: rigs for A (sender) and B (receiver).
 fn pair(a_config: NetVspConfig) -> (Rig, Rig, NetworkVsp, NetworkVsp) {
-    let switch = VirtualSwitch::new();
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: MAC_A,
-        ..a_config
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: MAC_B,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    (
-        rig_with(vsp_a.clone(), 16 << 20),
-        rig_with(vsp_b.clone(), 16 << 20),
-        vsp_a,
-        vsp_b,
+    switched_pair(
+        NetVspConfig {
+            mac: MAC_A,
+            ..a_config
+        },
+        with_mac(MAC_B),
     )
 }
 

@@ -15,7 +15,6 @@ use smoltcp::phy::Device;
 use smoltcp::time::Instant;
 use test_harness::network::{
     CapsReply, HostOffloadCaps, NVSP_VERSIONS, NetVspConfig, NetworkVsp, OffloadHostConfig,
-    VirtualSwitch,
 };
 use test_harness::vmbus::MockVmbusHost;
 use vmbus_guest::Released;
@@ -303,22 +302,14 @@ struct Pair {
 }
 
 fn pair(b_config: NetVspConfig) -> Pair {
-    let switch = VirtualSwitch::new();
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: MAC_A,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: MAC_B,
-        ..b_config
-    })
-    .on_switch(&switch);
-    Pair {
-        a: rig_with(vsp_a, 16 << 20),
-        b: rig_with(vsp_b.clone(), 16 << 20),
-        vsp_b,
-    }
+    let (a, b, _, vsp_b) = switched_pair(
+        with_mac(MAC_A),
+        NetVspConfig {
+            mac: MAC_B,
+            ..b_config
+        },
+    );
+    Pair { a, b, vsp_b }
 }
 
 /// Sends `frames` from A and returns what B received with the verdicts.

@@ -8,7 +8,6 @@ mod common;
 use common::frames::*;
 use common::net::*;
 use netvsc::offload::CsumStatus;
-use test_harness::network::{NetVspConfig, NetworkVsp, VirtualSwitch};
 use vmbus_guest::Released;
 
 /// The TCP payload of a received IPv4 segment.
@@ -22,21 +21,7 @@ fn tcp_payload(f: &[u8]) -> &[u8] {
 /// the datagram (trailing padding or garbage) from payload: it sent them as TCP data.
 #[test]
 fn bytes_after_the_ip_datagram_are_not_sent_as_lso_payload() {
-    let switch = VirtualSwitch::new();
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: MAC_A,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: MAC_B,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let (mut ra, mut rb) = (
-        rig_with(vsp_a.clone(), 16 << 20),
-        rig_with(vsp_b.clone(), 16 << 20),
-    );
+    let (mut ra, mut rb, vsp_a, vsp_b) = switched_pair(with_mac(MAC_A), with_mac(MAC_B));
     let mut a = GuestNic::open(&ra.guest, ra.relid, &small(), &mut waiter(&mut ra.host)).unwrap();
     let mut b = GuestNic::open(&rb.guest, rb.relid, &small(), &mut waiter(&mut rb.host)).unwrap();
     let (host_a, host_b) = (&mut ra.host, &mut rb.host);

@@ -13,29 +13,19 @@ use netvsc::offload::rsc::RSC_MAX_FRAME;
 use netvsc::protocol::NvspVersion;
 use netvsc::{NicConfig, RxInfo};
 use test_harness::network::{
-    CapsReply, HostOffloadCaps, NetVspConfig, NetworkVsp, OffloadHostConfig, VirtualSwitch,
+    CapsReply, HostOffloadCaps, NetVspConfig, NetworkVsp, OffloadHostConfig,
 };
 use test_harness::vmbus::MockVmbusHost;
 use vmbus_guest::Released;
 
 /// A guest-to-guest pair on a switch: A (sender) and B (receiver, its host as configured).
 fn pair(b_config: NetVspConfig) -> (Rig, Rig, NetworkVsp, NetworkVsp) {
-    let switch = VirtualSwitch::new();
-    let vsp_a = NetworkVsp::new(NetVspConfig {
-        mac: MAC_A,
-        ..NetVspConfig::default()
-    })
-    .on_switch(&switch);
-    let vsp_b = NetworkVsp::new(NetVspConfig {
-        mac: MAC_B,
-        ..b_config
-    })
-    .on_switch(&switch);
-    (
-        rig_with(vsp_a.clone(), 16 << 20),
-        rig_with(vsp_b.clone(), 16 << 20),
-        vsp_a,
-        vsp_b,
+    switched_pair(
+        with_mac(MAC_A),
+        NetVspConfig {
+            mac: MAC_B,
+            ..b_config
+        },
     )
 }
 

@@ -4,7 +4,7 @@
 use netvsc::{Nic, NicConfig};
 use test_harness::guest::boot_vp;
 use test_harness::hv::{HostPreset, MockConfig, MockHal, MockHypervisor, MockVp};
-use test_harness::network::{NETWORK_CLASS, NetVspConfig, NetworkVsp};
+use test_harness::network::{NETWORK_CLASS, NetVspConfig, NetworkVsp, VirtualSwitch};
 use test_harness::vmbus::{DeviceOffer, HostRelease, MockVmbusHost};
 use vmbus_guest::protocol::Guid;
 use vmbus_guest::{BoundedWait, ConnectionConfig, SynicTransport, Vmbus};
@@ -46,6 +46,28 @@ pub fn rig_with(vsp: NetworkVsp, memory: usize) -> Rig {
         vsp,
         relid,
     }
+}
+
+/// A host configuration that differs from the default only in its MAC address.
+pub fn with_mac(mac: [u8; 6]) -> NetVspConfig {
+    NetVspConfig {
+        mac,
+        ..NetVspConfig::default()
+    }
+}
+
+/// Two guests (each its own partition, host and 16 MiB) whose NICs are on one virtual
+/// switch, with hosts configured `a` and `b`: (rig A, rig B, VSP A, VSP B).
+pub fn switched_pair(a: NetVspConfig, b: NetVspConfig) -> (Rig, Rig, NetworkVsp, NetworkVsp) {
+    let switch = VirtualSwitch::new();
+    let vsp_a = NetworkVsp::new(a).on_switch(&switch);
+    let vsp_b = NetworkVsp::new(b).on_switch(&switch);
+    (
+        rig_with(vsp_a.clone(), 16 << 20),
+        rig_with(vsp_b.clone(), 16 << 20),
+        vsp_a,
+        vsp_b,
+    )
 }
 
 pub fn rig(config: NetVspConfig) -> Rig {
