@@ -259,7 +259,11 @@ pub fn parse_mouse_message(packet: &[u8]) -> Result<MouseMessage<'_>, ParseError
                 return Err(ParseError::BadHidDescriptor);
             }
             let len = hid.class_descriptor_length.get();
-            let after = tail.get(usize::from(hid.b_length)..).unwrap_or(&[]);
+            // A HID descriptor longer than what the message holds is truncated (it used to
+            // yield an empty report descriptor from nowhere when the class length was 0).
+            let after = tail
+                .get(usize::from(hid.b_length)..)
+                .ok_or(ParseError::Truncated { kind, len: p.len() })?;
             let report_descriptor =
                 after
                     .get(..usize::from(len))
@@ -385,6 +389,16 @@ mod tests {
         );
         let b = device_info(0, &[7; 10], 10, 250);
         assert!(parse_mouse_message(&b[..67]).is_err());
+        // A HID descriptor running past the message with a zero-length report descriptor
+        // (fuzz input): truncated, not an empty report descriptor.
+        let b = device_info(0, &[], 0, 250);
+        assert_eq!(
+            parse_mouse_message(&b[..57]),
+            Err(ParseError::Truncated {
+                kind: mouse_msg::INITIAL_DEVICE_INFO,
+                len: 41
+            })
+        );
         for n in 0..80 {
             let _ = parse_mouse_message(&b[..n]);
         }
