@@ -194,6 +194,9 @@ fn submit(ctl: &mut Ctl<'_, '_>, sim: &Rc<RefCell<Vstor<'_>>>, q: &mut Queue, ha
     let bs = s.disk.block_size as usize;
     let lba = u64::from(s.inp.u8()) % (s.disk.blocks + 2);
     let n = 1 + s.inp.below(4);
+    // A raw WRITE(10)/WRITE(16) CDB writes at its own LBA: the disk oracle checks the data
+    // the host reads against the write pattern there, whatever direction the request says.
+    let mut cdb_lba = None;
     let (request, write, read) = match kind {
         0 | 1 => {
             let write = kind == 1;
@@ -211,6 +214,14 @@ fn submit(ctl: &mut Ctl<'_, '_>, sim: &Rc<RefCell<Vstor<'_>>>, q: &mut Queue, ha
             let Some(cdb) = Cdb::from_bytes(&raw) else {
                 return;
             };
+            let b = cdb.as_bytes();
+            cdb_lba = match b[0] {
+                0x2A if b.len() >= 6 => {
+                    Some(u64::from(u32::from_be_bytes([b[2], b[3], b[4], b[5]])))
+                }
+                0x8A if b.len() >= 10 => Some(u64::from_be_bytes(b[2..10].try_into().unwrap())),
+                _ => None,
+            };
             let dir = DataDirection(s.inp.u8() % 3);
             let len = s.inp.below(9000) as u32;
             let lun = LunAddress::lun(s.inp.u8() % 3);
@@ -226,9 +237,9 @@ fn submit(ctl: &mut Ctl<'_, '_>, sim: &Rc<RefCell<Vstor<'_>>>, q: &mut Queue, ha
     let Some(mut buf) = Buf::new(hal, len, visible) else {
         return;
     };
-    let base = lba * bs as u64;
-    if write {
-        buf.fill(|i| written(base + i as u64));
+    let base = cdb_lba.unwrap_or(lba).wrapping_mul(bs as u64);
+    if write || cdb_lba.is_some() {
+        buf.fill(|i| written(base.wrapping_add(i as u64)));
     }
     let io = match (len, request.direction) {
         (0, _) => IoBuffer::None,
