@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
 
 use hyperv_guest_fuzz::dev::{self, Chaos, DevHal, Devices, HostWait, Step};
 use hyperv_guest_fuzz::host::Scripted;
-use hyperv_guest_fuzz::scsi::{Disk, written};
+use hyperv_guest_fuzz::scsi::{Disk, write_lba, written};
 use hyperv_guest_fuzz::trace;
 use hyperv_guest_fuzz::vstor::Vstor;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -214,14 +214,7 @@ fn submit(ctl: &mut Ctl<'_, '_>, sim: &Rc<RefCell<Vstor<'_>>>, q: &mut Queue, ha
             let Some(cdb) = Cdb::from_bytes(&raw) else {
                 return;
             };
-            let b = cdb.as_bytes();
-            cdb_lba = match b[0] {
-                0x2A if b.len() >= 6 => {
-                    Some(u64::from(u32::from_be_bytes([b[2], b[3], b[4], b[5]])))
-                }
-                0x8A if b.len() >= 10 => Some(u64::from_be_bytes(b[2..10].try_into().unwrap())),
-                _ => None,
-            };
+            cdb_lba = write_lba(cdb.as_bytes());
             let dir = DataDirection(s.inp.u8() % 3);
             let len = s.inp.below(9000) as u32;
             let lun = LunAddress::lun(s.inp.u8() % 3);

@@ -85,6 +85,16 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
 }
 
+/// The LBA a WRITE(10) or WRITE(16) CDB writes at (where [`Disk::execute`] checks the data
+/// against [`written`]); `None` for any other CDB.
+pub fn write_lba(cdb: &[u8]) -> Option<u64> {
+    match *cdb.first()? {
+        0x2A if cdb.len() >= 6 => Some(u64::from(be32(cdb, 2))),
+        0x8A if cdb.len() >= 10 => Some(be64(cdb, 2)),
+        _ => None,
+    }
+}
+
 /// One block's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

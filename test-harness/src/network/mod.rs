@@ -230,7 +230,19 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 fn words(w: &[u32]) -> Vec<u8> {
-    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+    words_padded(w, 0)
+}
+
+/// `w` little-endian, zero-padded to at least `len` bytes, in one allocation (completions
+/// are built this way once per packet).
+fn words_padded(w: &[u32], len: usize) -> Vec<u8> {
+    let len = len.max(w.len() * 4);
+    let mut b = Vec::with_capacity(len);
+    for x in w {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    b.resize(len, 0);
+    b
 }
 
 impl NetworkVsp {
@@ -543,11 +555,7 @@ impl State {
     }
 
     fn padded(&self, w: &[u32]) -> Vec<u8> {
-        let mut b = vec![0u8; self.nvsp_size().max(w.len() * 4)];
-        for (x, at) in w.iter().zip(b.chunks_exact_mut(4)) {
-            at.copy_from_slice(&x.to_le_bytes());
-        }
-        b
+        words_padded(w, self.nvsp_size())
     }
 
     fn reject(&mut self, ch: &HostChannel, what: String) {
@@ -820,10 +828,9 @@ impl DeviceModel for NetworkVsp {
             // A receive completion only frees slots, a data SEND_RNDIS_PKT is completed
             // already: what follows goes out in `poll`, once per host step (not once per
             // packet read).
-            let data = packet.packet_type != PACKET_TYPE_COMPLETION
-                && u32_at(&packet.payload, 0) == Some(107)
-                && u32_at(&packet.payload, 4) == Some(0);
-            if packet.packet_type != PACKET_TYPE_COMPLETION && !data {
+            let completed = packet.packet_type == PACKET_TYPE_COMPLETION
+                || u32_at(&packet.payload, 0) == Some(107) && u32_at(&packet.payload, 4) == Some(0);
+            if !completed {
                 s.deliver(ch, self.index);
             }
             r
