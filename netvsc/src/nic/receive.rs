@@ -428,8 +428,22 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
         budget: usize,
         on_frame: &mut OnFrame<'_>,
     ) -> Result<bool, NetError> {
-        // Frames queued by a burst go out now at the latest.
-        self.flush_quietly();
+        // Frames queued by a burst go out now at the latest, in the send batch that also
+        // carries this poll's receive completions: everything the guest owes the host from
+        // one poll is published with one write-index store and at most one signal (a host
+        // reading on every signal would otherwise be woken per transfer-page packet). A
+        // dead channel fails the batch's begin; the receive below reports it.
+        self.submit_quietly();
+        if !self.channel.in_send_batch() {
+            let _ = self.channel.begin_send_batch();
+        }
+        let r = self.drain_ring(budget, on_frame);
+        self.end_send_batch();
+        r
+    }
+
+    /// [`Queue::pump_ring`] inside its send batch.
+    fn drain_ring(&mut self, budget: usize, on_frame: &mut OnFrame<'_>) -> Result<bool, NetError> {
         let Self {
             channel,
             recv_buf,

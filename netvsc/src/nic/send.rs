@@ -283,18 +283,24 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
 
     /// A flush whose back-pressure is left for the next flush or poll.
     pub(super) fn flush_quietly(&mut self) {
+        self.submit_quietly();
+        self.end_send_batch();
+    }
+
+    /// Submits the burst into the send batch it opens, leaving the batch open; back-pressure
+    /// is left for the next flush or poll.
+    pub(super) fn submit_quietly(&mut self) {
         if let Err(e) = self.submit_burst()
             && !matches!(e, NetError::Busy(_))
         {
             log::warn!("netvsc: queued frames not submitted: {e}");
         }
-        self.end_send_batch();
     }
 
-    /// Ends the channel's send batch the burst opened ([`Nic::flush`]): its sections reach
-    /// the host with one publish and at most one signal. A failed signal leaves them in the
-    /// ring (the host finds them when it next looks).
-    fn end_send_batch(&mut self) {
+    /// Ends the channel's send batch the burst (or a poll) opened ([`Nic::flush`]): its
+    /// packets reach the host with one publish and at most one signal. A failed signal
+    /// leaves them in the ring (the host finds them when it next looks).
+    pub(super) fn end_send_batch(&mut self) {
         if let Err(e) = self.channel.end_send_batch() {
             log::warn!("netvsc: signalling a burst failed: {e}");
         }
