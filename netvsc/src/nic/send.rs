@@ -1,8 +1,8 @@
-//! The send path (devices §2.9): frames copied into send-buffer sections — consecutive small
-//! frames packed into one section as one VMBus packet — and frames too large for a section
-//! (jumbo) as GPA-direct page buffers.
+//! The send path (devices §2.9): frames copied into send-buffer sections — consecutive
+//! frames packed into one section as one VMBus packet, as Linux and FreeBSD do — and frames
+//! too large for a section (jumbo) as GPA-direct page buffers.
 //!
-//! A burst: [`Nic::queue_frame`] / [`Nic::queue_frame_with`] append small frames to the open
+//! A burst: [`Nic::queue_frame`] / [`Nic::queue_frame_with`] append frames to the open
 //! section (submitted when it is full or a frame does not fit), [`Nic::flush`] submits it.
 //! Frames of a burst reach the host in order; its sections are one send batch of the channel
 //! (one publish, at most one signal at the flush).
@@ -28,7 +28,10 @@ pub(super) const fn large_slot_bytes(max_frame: usize) -> usize {
 /// Most GPA ranges of a page-buffer send: the header, then one per frame page.
 const MAX_LARGE_RANGES: usize = 1 + (MAX_JUMBO_MTU as usize + ETHERNET_HEADER).div_ceil(PAGE);
 
-/// Frames shorter than this are packed several to a section; longer ones get their own.
+/// The frame size [`Nic::can_send`] promises room for in a burst's open section. Any frame
+/// whose message (with the host's packet alignment) fits a section is packed behind the
+/// frames before it (Linux packs whatever fits, devices §2.9): a burst of full-size frames
+/// then shares sections too (3 per 6144-byte section), one request and completion each.
 pub const PACK_THRESHOLD: usize = 512;
 /// Most RNDIS messages packed into one section, whatever the host allows.
 pub const MAX_PACKED: u32 = 64;
@@ -63,9 +66,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         }
     }
 
-    /// Sends a burst: frames below [`PACK_THRESHOLD`] bytes are packed into shared sections
-    /// (up to the host's max packets per message), larger ones go alone (GPA-direct if too
-    /// large for a section); the burst is then submitted with [`Nic::flush`]. Returns how many
+    /// Sends a burst: frames are packed into shared sections (up to the host's max packets
+    /// per message and the section size); a frame too large for a section goes alone,
+    /// GPA-direct; the burst is then submitted with [`Nic::flush`]. Returns how many
     /// frames were taken (a prefix of `frames`; fewer on back-pressure — poll and send the
     /// rest). Errors other than back-pressure end the burst.
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize, NetError> {
@@ -190,8 +193,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
             return Err(NetError::FrameSize(len));
         }
         let section_size = self.core.info.section_size as usize;
-        let packable =
-            len < PACK_THRESHOLD && packed_len <= M && self.core.info.max_packets_per_message > 1;
+        let packable = packed_len <= section_size
+            && packed_len <= M
+            && self.core.info.max_packets_per_message > 1;
         // The host's packet alignment spaces packed messages; a message alone in its section
         // needs only the usual 8-byte padding (a full-size frame padded to 64 would not fit a
         // 1560-byte section).
