@@ -10,7 +10,7 @@
 //! - [`nic`]: the driver: [`Nic::open`] negotiates NVSP (6.1 down to 1), registers the
 //!   receive and send buffers through GPADLs, initialises RNDIS (MAC, MTU, link, packet
 //!   filter); [`Nic::poll`] receives frames and reaps completions, [`Nic::send_frame`] sends
-//!   one frame and [`Nic::send_batch`] a burst (small frames packed into shared send
+//!   one frame and [`Nic::send_batch`] a burst (frames packed into shared send
 //!   sections, one packet and one completion per section). It negotiates checksum and LSO v2
 //!   offloads at open; [`Nic::send_frame_checksum`] and the other `_checksum` variants
 //!   leave TCP/UDP checksums to the host, [`Nic::send_lso`] hands it a large TCP segment to
