@@ -38,22 +38,14 @@ const CHUNK: usize = core::mem::size_of::<Chunk>();
 unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
     let len = buf.len();
     let dst = buf.as_mut_ptr();
-    let head = src.align_offset(CHUNK).min(len);
     // SAFETY: every offset below is < len, so `src + i` is in the caller's range and `dst + i`
-    // in `buf`; reads of `src` are aligned to their size (head word only at 8-aligned `src`,
-    // chunks past `head`); writes into `buf` are unaligned writes.
+    // in `buf`; each read of `src` is aligned to its size (the head's units by the bits of
+    // the distance to alignment, then whole chunks, then the tail's units from a chunk
+    // boundary); writes into `buf` are unaligned writes.
     unsafe {
-        let mut i = 0;
-        // Ring packets start 8-aligned: an 8-byte head is one word, not eight bytes.
-        if head == 8 && (src as usize).is_multiple_of(8) {
-            dst.cast::<u64>()
-                .write_unaligned(src.cast::<u64>().read_volatile());
-            i = 8;
-        }
-        while i < head {
-            dst.add(i).write(src.add(i).read_volatile());
-            i += 1;
-        }
+        let mut i = edge_units(src, len, &mut |at, unit| {
+            copy_unit_in(src.add(at), dst.add(at), unit)
+        });
         while i + 4 * CHUNK <= len {
             let s = src.add(i).cast::<Chunk>();
             let (a, b, c, d) = (
@@ -75,18 +67,9 @@ unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
                 .write_unaligned(src.add(i).cast::<Chunk>().read_volatile());
             i += CHUNK;
         }
-        // Past the chunks `src + i` is CHUNK-aligned (or `i` is still in the head, which
-        // then ran to `len`): a word if 8 bytes are left.
-        if i + 8 <= len && (src.add(i) as usize).is_multiple_of(8) {
-            dst.add(i)
-                .cast::<u64>()
-                .write_unaligned(src.add(i).cast::<u64>().read_volatile());
-            i += 8;
-        }
-        while i < len {
-            dst.add(i).write(src.add(i).read_volatile());
-            i += 1;
-        }
+        tail_units(i, len, &mut |at, unit| {
+            copy_unit_in(src.add(at), dst.add(at), unit)
+        });
     }
 }
 
@@ -99,21 +82,13 @@ unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
 unsafe fn copy_out(dst: *mut u8, data: &[u8]) {
     let len = data.len();
     let src = data.as_ptr();
-    let head = dst.align_offset(CHUNK).min(len);
     // SAFETY: every offset below is < len, so `dst + i` is in the caller's range and `src + i`
-    // in `data`; word and chunk writes are at offsets of `dst` aligned to their size (as in
-    // `copy_in`); reads from `data` are unaligned reads.
+    // in `data`; each write of `dst` is aligned to its size (as the reads in `copy_in`);
+    // reads from `data` are unaligned reads.
     unsafe {
-        let mut i = 0;
-        if head == 8 && (dst as usize).is_multiple_of(8) {
-            dst.cast::<u64>()
-                .write_volatile(src.cast::<u64>().read_unaligned());
-            i = 8;
-        }
-        while i < head {
-            dst.add(i).write_volatile(src.add(i).read());
-            i += 1;
-        }
+        let mut i = edge_units(dst, len, &mut |at, unit| {
+            copy_unit_out(src.add(at), dst.add(at), unit)
+        });
         while i + 4 * CHUNK <= len {
             let s = src.add(i).cast::<Chunk>();
             let (a, b, c, d) = (
@@ -135,15 +110,93 @@ unsafe fn copy_out(dst: *mut u8, data: &[u8]) {
                 .write_volatile(src.add(i).cast::<Chunk>().read_unaligned());
             i += CHUNK;
         }
-        if i + 8 <= len && (dst.add(i) as usize).is_multiple_of(8) {
-            dst.add(i)
-                .cast::<u64>()
-                .write_volatile(src.add(i).cast::<u64>().read_unaligned());
-            i += 8;
+        tail_units(i, len, &mut |at, unit| {
+            copy_unit_out(src.add(at), dst.add(at), unit)
+        });
+    }
+}
+
+/// The head of a copy of `len` bytes at `shared` (the host-visible side) up to its first
+/// [`Chunk`] boundary: `unit(offset, size)` for units of 1, 2, 4 and 8 bytes, smallest first,
+/// each aligned to its size at `shared + offset` (the distance to the boundary has a bit set
+/// for each unit taken, so every unit leaves the next one aligned). A copy shorter than that
+/// distance goes byte by byte. Returns the bytes done.
+#[inline(always)]
+fn edge_units(shared: *const u8, len: usize, unit: &mut impl FnMut(usize, usize)) -> usize {
+    let head = shared.align_offset(CHUNK);
+    let mut i = 0;
+    if head <= len {
+        for size in [1, 2, 4, 8] {
+            if size < CHUNK && head & size != 0 {
+                unit(i, size);
+                i += size;
+            }
         }
+    } else {
         while i < len {
-            dst.add(i).write_volatile(src.add(i).read());
+            unit(i, 1);
             i += 1;
+        }
+    }
+    i
+}
+
+/// The tail of a copy from offset `i` (at a [`Chunk`] boundary of the shared side, or `len`)
+/// to `len`: units of 8, 4, 2 and 1 bytes, largest first, each aligned to its size.
+#[inline(always)]
+fn tail_units(mut i: usize, len: usize, unit: &mut impl FnMut(usize, usize)) {
+    for size in [8, 4, 2, 1] {
+        if size < CHUNK && (len - i) & size != 0 {
+            unit(i, size);
+            i += size;
+        }
+    }
+}
+
+/// One volatile read of `size` (1, 2, 4 or 8) bytes at `src`, stored unaligned at `dst`.
+///
+/// # Safety
+///
+/// `src` is readable and aligned to `size`; `dst` is writable for `size` bytes.
+#[inline(always)]
+unsafe fn copy_unit_in(src: *const u8, dst: *mut u8, size: usize) {
+    // SAFETY: the caller's contract, for each width.
+    unsafe {
+        match size {
+            8 => dst
+                .cast::<u64>()
+                .write_unaligned(src.cast::<u64>().read_volatile()),
+            4 => dst
+                .cast::<u32>()
+                .write_unaligned(src.cast::<u32>().read_volatile()),
+            2 => dst
+                .cast::<u16>()
+                .write_unaligned(src.cast::<u16>().read_volatile()),
+            _ => dst.write(src.read_volatile()),
+        }
+    }
+}
+
+/// One volatile write of `size` (1, 2, 4 or 8) bytes at `dst`, loaded unaligned from `src`.
+///
+/// # Safety
+///
+/// `dst` is writable and aligned to `size`; `src` is readable for `size` bytes.
+#[inline(always)]
+unsafe fn copy_unit_out(src: *const u8, dst: *mut u8, size: usize) {
+    // SAFETY: the caller's contract, for each width.
+    unsafe {
+        match size {
+            8 => dst
+                .cast::<u64>()
+                .write_volatile(src.cast::<u64>().read_unaligned()),
+            4 => dst
+                .cast::<u32>()
+                .write_volatile(src.cast::<u32>().read_unaligned()),
+            2 => dst
+                .cast::<u16>()
+                .write_volatile(src.cast::<u16>().read_unaligned()),
+            _ => dst.write_volatile(src.read()),
         }
     }
 }
