@@ -28,7 +28,7 @@ impl State {
             self.complete(ch, p.transaction_id, &m);
             return;
         }
-        let (bytes, first_range) = if section != 0xFFFF_FFFF {
+        let (buf, first_range, total) = if section != 0xFFFF_FFFF {
             let Some(sb) = self.send.as_ref() else {
                 self.die(
                     ch,
@@ -44,19 +44,21 @@ impl State {
                 );
                 return;
             }
+            // Reused, and not zeroed: every byte looked at is read from the section first.
             let mut b = std::mem::take(&mut self.sent_bytes);
-            b.clear();
-            b.resize(size as usize, 0);
+            let n = size as usize;
+            if b.len() < n {
+                b.resize(n, 0);
+            }
             if let Err(e) = ch.read_gpadl(
                 sb.gpadl,
                 u64::from(section) * u64::from(section_size),
-                &mut b,
+                &mut b[..n],
             ) {
                 self.die(ch, format!("send section unreadable: {e}"));
                 return;
             }
-            let n = b.len();
-            (b, n)
+            (b, n, n)
         } else {
             if p.packet_type != PACKET_TYPE_GPA_DIRECT || p.gpa_ranges.is_empty() {
                 self.die(
@@ -103,8 +105,11 @@ impl State {
                 }
                 b.extend_from_slice(&part);
             }
-            (b, first)
+            let n = b.len();
+            (b, first, n)
         };
+        let bytes = &buf[..total];
+        let mut data_messages = 0u64;
         let mut ok = true;
         let mut at = 0usize;
         let mut messages = 0u32;
@@ -124,8 +129,8 @@ impl State {
                 ok = false;
                 break;
             }
-            let msg_type = u32_at(&bytes, at).unwrap_or(0);
-            let msg_len = u32_at(&bytes, at + 4).unwrap_or(0) as usize;
+            let msg_type = u32_at(bytes, at).unwrap_or(0);
+            let msg_len = u32_at(bytes, at + 4).unwrap_or(0) as usize;
             if msg_len < 8 || at + msg_len > bytes.len() {
                 self.reject(ch, format!("RNDIS message length {msg_len} at {at}"));
                 ok = false;
@@ -148,7 +153,9 @@ impl State {
             } else if msg_type == 1 {
                 ok &= self.on_data(ch, m, at, first_range);
                 self.note_sent(m, index);
+                data_messages += 1;
             } else if !self.on_control(ch, m) {
+                self.sent_bytes = buf;
                 return;
             }
             if section == 0xFFFF_FFFF {
@@ -156,17 +163,23 @@ impl State {
             }
             at += msg_len;
         }
-        self.sent_bytes = bytes;
+        self.note_sent_count(index, data_messages);
+        self.sent_bytes = buf;
+        // SEND_RNDIS_PKT_COMPLETE {108, status}, padded to the NVSP message size (no
+        // allocation per packet).
+        let mut complete = [0u8; 40];
+        complete[..4].copy_from_slice(&108u32.to_le_bytes());
+        complete[4..8].copy_from_slice(&(if ok { 1u32 } else { 2 }).to_le_bytes());
         let payload = if self.empty_completions {
-            Vec::new()
+            &complete[..0]
         } else {
-            self.padded(&[108, if ok { 1 } else { 2 }])
+            &complete[..self.nvsp_size()]
         };
         if self.withhold {
             let st = if ok { 1 } else { 2 };
             self.withheld.push((st, p.transaction_id, index));
         } else {
-            self.complete(ch, p.transaction_id, &payload);
+            self.complete(ch, p.transaction_id, payload);
         }
     }
 

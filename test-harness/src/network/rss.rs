@@ -259,11 +259,10 @@ impl State {
         }
     }
 
-    /// A frame the guest sent on channel `index` (in RNDIS PACKET `m`): counted, and checked
-    /// against the send table the host gave (or its previous one).
+    /// A frame the guest sent on channel `index` (in RNDIS PACKET `m`): checked against the
+    /// send table the host gave (or its previous one).
     pub(super) fn note_sent(&mut self, m: &[u8], index: u16) {
-        *self.rss.received.entry(index).or_default() += 1;
-        let (Some(table), Some(p)) = (self.rss.send_table, &self.rss.params) else {
+        let (Some(table), Some(p)) = (&self.rss.send_table, &self.rss.params) else {
             return;
         };
         let data = u32_at(m, 8).map(|o| o as usize + 8);
@@ -273,13 +272,21 @@ impl State {
         };
         let hash = hash_input(frame, p.hash_information).map_or(0, |i| toeplitz(&p.key, &i));
         let slot = hash as usize % SEND_TABLE;
-        let follows = |t: Option<[u32; SEND_TABLE]>| t.is_some_and(|t| t[slot] == u32::from(index));
-        if !follows(Some(table)) && !follows(self.rss.prev_send_table) {
+        let follows =
+            |t: Option<&[u32; SEND_TABLE]>| t.is_some_and(|t| t[slot] == u32::from(index));
+        if !follows(Some(table)) && !follows(self.rss.prev_send_table.as_ref()) {
             log::warn!(
                 "network VSP: frame with hash {hash:#x} sent on channel {index}, table says {}",
                 table[slot]
             );
             self.rss.mismatches += 1;
+        }
+    }
+
+    /// `frames` data messages the guest sent on channel `index` in one packet, counted.
+    pub(super) fn note_sent_count(&mut self, index: u16, frames: u64) {
+        if frames > 0 {
+            *self.rss.received.entry(index).or_default() += frames;
         }
     }
 
