@@ -1,7 +1,8 @@
 //! netvsc transmit bursts (devices §2.9): frames packed into one send section up to the
 //! host's max packets per message at its packet alignment and the section size, one
 //! SEND_RNDIS_PKT and one completion per section, order kept, back-pressure reported as a
-//! shorter burst, and the smoltcp device packing the frames of one poll.
+//! shorter burst, the smoltcp device packing the frames of one poll, and a poll's receive
+//! completions published together.
 
 mod common;
 
@@ -159,6 +160,43 @@ fn back_pressure_shortens_the_burst_and_queued_frames_wait_for_a_flush() {
     nic.flush().unwrap();
     settle(&mut nic, host);
     assert_eq!(vsp.frames_from_guest(), frames[..82].to_vec());
+    assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
+    assert_clean(host, &vsp);
+}
+
+#[test]
+fn a_poll_publishes_its_receive_completions_together() {
+    let mut rig = rig(NetVspConfig::default());
+    let vsp = rig.vsp.clone();
+    let (mut nic, host) = open(&mut rig, &small());
+    let f = frame(1, 64);
+    vsp.generate(Some((&f, 8)));
+    host.step();
+    vsp.generate(None);
+    let packets = vsp.receives_outstanding();
+    assert!(packets >= 4, "{packets} transfer-page packets waiting");
+    let (signals, completions) = (host.signal_count(nic.relid()), vsp.receive_completions());
+    // A host that drains the ring after every frame (one on another core) sees none of the
+    // poll's completions before the poll ends: no wake-up per transfer-page packet.
+    let mut seen_mid_poll = 0;
+    let mut frames = 0;
+    let more = nic
+        .poll(64, |_| {
+            frames += 1;
+            host.step();
+            seen_mid_poll += vsp.receive_completions() - completions;
+        })
+        .unwrap();
+    assert!(!more);
+    assert_eq!(frames, vsp.frames_to_guest());
+    assert_eq!(seen_mid_poll, 0);
+    host.step();
+    assert_eq!(vsp.receive_completions() - completions, packets as u64);
+    assert_eq!(vsp.receives_outstanding(), 0);
+    assert!(
+        host.signal_count(nic.relid()) - signals <= 1,
+        "one publish, one signal"
+    );
     assert_eq!(nic.close(&mut waiter(host)), Released::Freed);
     assert_clean(host, &vsp);
 }
