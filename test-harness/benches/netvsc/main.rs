@@ -1,12 +1,12 @@
 //! netvsc frame-rate benchmark: transmit and receive of 64-byte frames (packed several per
 //! send section / transfer-page packet, and one each) and 1514-byte frames (sent three per
-//! section, as the driver packs a burst, received one per packet) through the mock network VSP, next to a raw-ring baseline measured in the same run: the same channel and
-//! ring sizes, a GPADL send buffer of 6144-byte sections and a GPADL receive buffer of
-//! 1806-byte slots, carrying the same frames with the same copies (the guest copies each
-//! frame into a section once and the host copies it out once, one completion per section;
-//! the host copies each received frame into a slot once and the guest copies it out once, one
-//! completion per transfer-page packet) to the baseline device in `baseline.rs`, with no NVSP
-//! or RNDIS.
+//! section, as the driver packs a burst, received one per packet) through the mock network
+//! VSP, next to a raw-ring baseline measured in the same run: the same channel and ring sizes,
+//! a GPADL send buffer of 6144-byte sections and a GPADL receive buffer of 1806-byte slots,
+//! carrying the same frames with the same copies (the guest copies each frame into a section
+//! once and the host copies it out once, one completion per section; the host copies each
+//! received frame into a slot once and the guest copies it out once, one completion per
+//! transfer-page packet) to the baseline device in `baseline.rs`, with no NVSP or RNDIS.
 //!
 //! `cargo bench -p test-harness --bench netvsc` (env: `NETVSC_BENCH_ROUNDS`, default 5;
 //! `NETVSC_BENCH_MS`, default 120 ms per run; `NETVSC_BENCH_INSNS=0` skips the instruction
