@@ -304,6 +304,57 @@ fn reader_signals_when_freed_space_crosses_pending_send_size() {
     );
 }
 
+/// A large packet waits for space; a smaller one that fits in the meantime (a receive
+/// completion written while a send request waits) must leave the larger one's pending send
+/// size in place, or the reader never signals and the large packet waits for unrelated
+/// traffic. Fails with a writer that clears pending send size on any successful write.
+#[test]
+fn a_smaller_write_keeps_a_larger_waiters_pending_send_size() {
+    let ring = HeapRing::new(256);
+    let mut w = RingWriter::new(ring.mem).unwrap();
+    let mut r = RingReader::new(ring.mem).unwrap();
+    let pending = || {
+        ring.mem
+            .control()
+            .pending_send_size
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (small_payload, big_payload) = ([0u8; 8], [0u8; 72]);
+    let (small_parts, big_parts): ([&[u8]; 1], [&[u8]; 1]) = ([&small_payload], [&big_payload]);
+    let small = OutgoingPacket::in_band(0, false, &small_parts); // 32 ring bytes
+    let big = OutgoingPacket::in_band(0, false, &big_parts); // 96 ring bytes
+    for _ in 0..6 {
+        w.write(&small).unwrap();
+    }
+    let _ = w.commit();
+    // 248 - 192 = 56 bytes free: the big packet waits, a small one still fits.
+    assert_eq!(w.write(&big), Err(WriteError::Full { needed: 96 }));
+    assert!(!w.request_space(96).unwrap());
+    assert_eq!(pending(), 96);
+    w.write(&small).unwrap();
+    let _ = w.commit();
+    assert_eq!(
+        pending(),
+        96,
+        "the small write cancelled the big one's wake-up"
+    );
+    // A small waiter does not lower it either.
+    assert_eq!(w.write(&small), Err(WriteError::Full { needed: 32 }));
+    assert!(!w.request_space(32).unwrap());
+    assert_eq!(pending(), 96);
+    // The reader frees 32 bytes at a time: 24 free -> 56 -> 88 -> 120; it signals once, when
+    // free space passes 96, and then the big packet goes and clears the field.
+    let mut buf = [0u8; 64];
+    let mut signals = vec![];
+    for _ in 0..4 {
+        r.read(&mut buf).unwrap();
+        signals.push(r.publish().is_needed());
+    }
+    assert_eq!(signals, vec![false, false, true, false]);
+    w.write(&big).unwrap();
+    assert_eq!(pending(), 0);
+}
+
 #[test]
 fn no_space_signal_without_the_feature_bit() {
     let ring = HeapRing::new(256);

@@ -33,8 +33,10 @@ pub struct RingWriter<M: RingMemory> {
     committed: u32,
     /// The read index as last read and validated; space up to it is known free.
     cached_read: u32,
-    /// Whether pending send size is non-zero in shared memory.
-    pending_set: bool,
+    /// Ring bytes of the largest packet recorded in pending send size and not yet written
+    /// (0: pending send size is clear). Only a write at least this large clears it: a
+    /// smaller packet that fits must not cancel the wake-up a larger one is waiting for.
+    waiting_for: u32,
 }
 
 impl<M: RingMemory> RingWriter<M> {
@@ -55,7 +57,7 @@ impl<M: RingMemory> RingWriter<M> {
             tail: w,
             committed: w,
             cached_read: r,
-            pending_set: false,
+            waiting_for: 0,
         })
     }
 
@@ -186,12 +188,12 @@ impl<M: RingMemory> RingWriter<M> {
         }
         let cursor = advance(start, total, self.size);
         self.tail = cursor;
-        if self.pending_set {
+        if self.waiting_for != 0 && total >= self.waiting_for {
             self.mem
                 .control()
                 .pending_send_size
                 .store(0, Ordering::Relaxed);
-            self.pending_set = false;
+            self.waiting_for = 0;
         }
         Ok(())
     }
@@ -230,16 +232,18 @@ impl<M: RingMemory> RingWriter<M> {
     /// there now, retry the write. `Ok(false)`: wait for the reader's signal, then retry.
     ///
     /// Commit first: the reader measures pending send size from the published write index and
-    /// may be idle until it sees the uncommitted packets. The next successful write clears
-    /// pending send size.
+    /// may be idle until it sees the uncommitted packets. Several waiters (e.g. a large
+    /// request and a small completion) share the field: it holds the largest `needed`, and
+    /// only a successful write of at least that many bytes clears it. A waiter that gives up
+    /// leaves it set, which costs at most a spurious signal from the reader.
     pub fn request_space(&mut self, needed: u32) -> Result<bool, Corrupt> {
+        self.waiting_for = self.waiting_for.max(needed);
         // Measured from the published write index, as the reader computes it.
-        let pending = self.uncommitted().saturating_add(needed);
+        let pending = self.uncommitted().saturating_add(self.waiting_for);
         self.mem
             .control()
             .pending_send_size
             .store(pending, Ordering::Relaxed);
-        self.pending_set = true;
         // Full barrier: pending send size is visible before re-reading the read index, and
         // the reader's index store before its pending-send-size load (store→load both ways).
         fence(Ordering::SeqCst);
