@@ -215,7 +215,11 @@ impl Core {
     pub(super) fn can_send(&self, requests_full: bool) -> bool {
         self.burst.is_some_and(|o| {
             u32::from(o.frames) < self.info.max_packets_per_message
-                && o.used as usize + rndis::packet_message_len(PACK_THRESHOLD + send::PPI_BYTES)
+                && o.used as usize
+                    + send::packed_message_len(
+                        PACK_THRESHOLD + send::PPI_BYTES,
+                        self.info.packet_alignment,
+                    )
                     <= self.info.section_size as usize
         }) || !requests_full && self.sections.free_count() > 0
     }

@@ -41,6 +41,12 @@ pub const MAX_PACKET_ALIGNMENT: u32 = 64;
 /// RNDIS PACKET header size.
 const HEADER: usize = size_of::<RndisPacket>();
 
+/// Section bytes a packed RNDIS PACKET with `body` bytes after its header (PPIs and frame)
+/// takes, spaced to the host's packet `alignment` (devices §2.9).
+pub(super) fn packed_message_len(body: usize, alignment: u32) -> usize {
+    (HEADER + body).next_multiple_of(alignment as usize)
+}
+
 /// The section a burst is filling.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct OpenSection {
@@ -185,13 +191,13 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'_, 'b, T, 
         build: impl FnOnce(&mut [u8]) -> R,
         checksum: bool,
     ) -> Result<R, NetError> {
-        let align = self.core.info.packet_alignment as usize;
         let ppi_len = self.ppi_len(checksum);
-        let packed_len = (HEADER + ppi_len + len).next_multiple_of(align);
         if len < ETHERNET_HEADER || len > self.core.max_frame || len > M {
             self.core.stats.tx_bad_size += 1;
             return Err(NetError::FrameSize(len));
         }
+        // After the size check: `len <= M`, so this cannot overflow.
+        let packed_len = packed_message_len(ppi_len + len, self.core.info.packet_alignment);
         let section_size = self.core.info.section_size as usize;
         let packable = packed_len <= section_size
             && packed_len <= M
