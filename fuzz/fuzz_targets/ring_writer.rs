@@ -10,7 +10,9 @@
 //!   room; success only with room under some read index the host published; `TooLarge` and
 //!   `InvalidPacket` exactly for packets that can never fit or are malformed;
 //! - `commit` publishes the cursor and signals exactly when the reader was idle and unmasked;
-//!   `request_space` stores the right pending send size and answers from the current index;
+//!   `request_space` stores the right pending send size (the largest size still waited for,
+//!   capped at the largest packet) and answers from the current index; only a write at least
+//!   that large clears it;
 //! - the writer never stores into the fields the reader owns (read index, interrupt mask).
 #![no_main]
 
@@ -171,6 +173,8 @@ fn run(data: &[u8]) {
     let mut tail = w0;
     let mut committed = w0;
     let mut reads = vec![r0];
+    // Ring bytes recorded as waited for and not yet written (0: none).
+    let mut waiting = 0u32;
 
     for _ in 0..256 {
         if inp.is_empty() {
@@ -228,6 +232,10 @@ fn run(data: &[u8]) {
                     (Ok(image), Ok(())) => {
                         let total = image.len() as u32;
                         assert_eq!(writer.packet_size(&packet), Ok(total));
+                        if waiting != 0 && total >= waiting {
+                            assert_eq!(c.pending_send_size.load(SeqCst), 0, "waiter written");
+                            waiting = 0;
+                        }
                         assert!(
                             reads
                                 .iter()
@@ -292,9 +300,10 @@ fn run(data: &[u8]) {
                 let uncommitted = distance(committed, tail, size);
                 assert_eq!(writer.uncommitted(), uncommitted);
                 let got = writer.request_space(needed);
+                waiting = waiting.max(needed.min(size - 16));
                 assert_eq!(
                     c.pending_send_size.load(SeqCst),
-                    uncommitted.saturating_add(needed)
+                    uncommitted.saturating_add(waiting)
                 );
                 match got {
                     Ok(room) => {

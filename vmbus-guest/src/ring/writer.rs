@@ -235,9 +235,12 @@ impl<M: RingMemory> RingWriter<M> {
     /// may be idle until it sees the uncommitted packets. Several waiters (e.g. a large
     /// request and a small completion) share the field: it holds the largest `needed`, and
     /// only a successful write of at least that many bytes clears it. A waiter that gives up
-    /// leaves it set, which costs at most a spurious signal from the reader.
+    /// leaves it set, which costs at most a spurious signal from the reader. A `needed` larger
+    /// than any packet (which no write could ever clear) is recorded as the largest packet,
+    /// so the reader can always cross it.
     pub fn request_space(&mut self, needed: u32) -> Result<bool, Corrupt> {
-        self.waiting_for = self.waiting_for.max(needed);
+        let largest_packet = self.size - 2 * TRAILER_SIZE as u32;
+        self.waiting_for = self.waiting_for.max(needed.min(largest_packet));
         // Measured from the published write index, as the reader computes it.
         let pending = self.uncommitted().saturating_add(self.waiting_for);
         self.mem
