@@ -109,8 +109,8 @@ fn run(data: &[u8]) {
         let monitor = inp.u8();
         let allocated = inp.u8() % 2;
         world.accept_offers = vec![host::offer(relid, 1, 0, 0, monitor, allocated, 0, 0x10)];
-        world.answer_teardown = inp.u8() % 8 != 0;
-        if inp.u8() % 4 == 0 {
+        world.answer_teardown = !inp.u8().is_multiple_of(8);
+        if inp.u8().is_multiple_of(4) {
             world.signal_failures = inp.u64();
         }
     }
@@ -372,7 +372,7 @@ fn run(data: &[u8]) {
                 raw_in.poke(at, &bytes);
             }
             14 => {
-                let (ring, size) = if inp.u8() % 4 == 0 {
+                let (ring, size) = if inp.u8().is_multiple_of(4) {
                     out_tampered = true;
                     (&raw_out, out_size)
                 } else {
@@ -446,8 +446,6 @@ fn run(data: &[u8]) {
         assert!(ch.requests_in_flight() <= pending.len());
     }
     trace!("end: host lied = {}", w.borrow().lied);
-    drop(host_w);
-    drop(host_r);
     let mut failed = Vec::new();
     let _ = ch.close_with(&mut wait(4), |id, c, _| failed.push((id, c)));
     for (id, c) in failed {

@@ -60,18 +60,26 @@ fn host_packet(ring: &FuzzRing, inp: &mut Input, at: u32) -> u32 {
             header.extend_from_slice(&inp.u16().to_le_bytes());
             header.push(inp.u8());
             header.push(0);
-            let claimed = if inp.u8() % 4 == 0 { inp.u32() } else { count };
+            let claimed = if inp.u8().is_multiple_of(4) {
+                inp.u32()
+            } else {
+                count
+            };
             header.extend_from_slice(&claimed.to_le_bytes());
             header.extend(inp.fill(count as usize * 8));
         }
         9 => {
             let count = inp.u8() as u32 % 4;
             header.extend_from_slice(&0u32.to_le_bytes());
-            let claimed = if inp.u8() % 4 == 0 { inp.u32() } else { count };
+            let claimed = if inp.u8().is_multiple_of(4) {
+                inp.u32()
+            } else {
+                count
+            };
             header.extend_from_slice(&claimed.to_le_bytes());
             for _ in 0..count {
                 let byte_count = inp.u16() as u32 * if inp.bool() { 1 } else { 37 };
-                let byte_offset = if inp.u8() % 8 == 0 {
+                let byte_offset = if inp.u8().is_multiple_of(8) {
                     inp.u32()
                 } else {
                     inp.u16() as u32 % 4096

@@ -51,7 +51,7 @@ fn spec(inp: &mut Input, size: u32) -> Spec {
     let mut gpa = Vec::new();
     if kind == 2 {
         for _ in 0..inp.u8() % 4 {
-            let byte_offset = if inp.u8() % 16 == 0 {
+            let byte_offset = if inp.u8().is_multiple_of(16) {
                 inp.u32()
             } else {
                 inp.u16() as u32 % 4096

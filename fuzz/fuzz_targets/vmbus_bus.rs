@@ -79,7 +79,7 @@ fn check_received(o: &mut Open<'_>, r: Received<'_, u32>) {
 }
 
 fn host_message(w: &Rc<RefCell<World>>, inp: &mut Input) {
-    let relid = if inp.u8() % 8 == 0 {
+    let relid = if inp.u8().is_multiple_of(8) {
         inp.u32()
     } else {
         1 + inp.u8() as u32 % 8
@@ -97,7 +97,11 @@ fn host_message(w: &Rc<RefCell<World>>, inp: &mut Input) {
     let m = match inp.u8() % 10 {
         0 => {
             let sup = inp.u8() % 2;
-            let state = if inp.u8() % 4 == 0 { inp.u8() } else { 0 };
+            let state = if inp.u8().is_multiple_of(4) {
+                inp.u8()
+            } else {
+                0
+            };
             let id = if inp.bool() {
                 1 + inp.u8() as u32 % 0x40
             } else {
@@ -113,10 +117,18 @@ fn host_message(w: &Rc<RefCell<World>>, inp: &mut Input) {
             let b = (
                 inp.u8() as usize % 12,
                 inp.u8() % 4,
-                if inp.u8() % 4 == 0 { inp.u16() % 3 } else { 0 },
+                if inp.u8().is_multiple_of(4) {
+                    inp.u16() % 3
+                } else {
+                    0
+                },
                 inp.u8(),
                 inp.u8() % 2,
-                if inp.u8() % 8 == 0 { 0x2000 } else { 0 },
+                if inp.u8().is_multiple_of(8) {
+                    0x2000
+                } else {
+                    0
+                },
                 inp.u8() as u32,
             );
             host::offer(relid, b.0, b.1, b.2, b.3, b.4, b.5, b.6)
@@ -167,13 +179,13 @@ fn run(data: &[u8]) {
     let w = World::new(Policy::Tape, tape);
     {
         let mut world = w.borrow_mut();
-        if inp.u8() % 4 == 0 {
+        if inp.u8().is_multiple_of(4) {
             world.take_errors = inp.u64();
         }
-        if inp.u8() % 4 == 0 {
+        if inp.u8().is_multiple_of(4) {
             world.alloc_failures = inp.u64();
         }
-        if inp.u8() % 4 == 0 {
+        if inp.u8().is_multiple_of(4) {
             world.signal_failures = inp.u64();
         }
         world.vp = inp.u8() as u32 % 4;

@@ -274,7 +274,7 @@ fn run(data: &[u8]) {
                 cpu.0.borrow_mut().refill.push_back((sint, words));
             }
             3 | 4 => {
-                let sint = if inp.u8() % 8 == 0 {
+                let sint = if inp.u8().is_multiple_of(8) {
                     inp.u8()
                 } else {
                     inp.u8() % SINT_COUNT
@@ -342,7 +342,7 @@ fn run(data: &[u8]) {
                 }
             }
             6 => {
-                let sint = if inp.u8() % 8 == 0 {
+                let sint = if inp.u8().is_multiple_of(8) {
                     inp.u8()
                 } else {
                     inp.u8() % SINT_COUNT
@@ -381,7 +381,7 @@ fn run(data: &[u8]) {
                 }
             }
             7 => {
-                let sint = if inp.u8() % 8 == 0 {
+                let sint = if inp.u8().is_multiple_of(8) {
                     inp.u8()
                 } else {
                     inp.u8() % SINT_COUNT

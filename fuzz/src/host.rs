@@ -290,14 +290,18 @@ impl World {
         };
         let class = self.tape() as usize % (DEVICE_CLASSES.len() + 1);
         let instance = self.tape() % 4;
-        let sub = if self.tape() % 4 == 0 {
+        let sub = if self.tape().is_multiple_of(4) {
             self.tape() as u16 % 3
         } else {
             0
         };
         let monitor = self.tape();
         let allocated = self.tape() % 2;
-        let flags = if self.tape() % 8 == 0 { 0x2000 } else { 0 };
+        let flags = if self.tape().is_multiple_of(8) {
+            0x2000
+        } else {
+            0
+        };
         let conn = self.tape() as u32;
         offer(relid, class, instance, sub, monitor, allocated, flags, conn)
     }
@@ -657,7 +661,10 @@ fn host_receive(w: &mut World, ty: u32, p: &[u8]) {
             let handle = le32(p, 12);
             let count = le32(p, 20) as usize;
             assert_eq!(le32(p, 24), 0, "GPADL range offset");
-            assert!(count % 4096 == 0 && count > 0, "GPADL byte count {count}");
+            assert!(
+                count.is_multiple_of(4096) && count > 0,
+                "GPADL byte count {count}"
+            );
             assert!(
                 !w.gpadls.contains_key(&handle),
                 "GPADL handle {handle:#x} reused while the host maps it"
@@ -733,17 +740,17 @@ fn host_receive(w: &mut World, ty: u32, p: &[u8]) {
             }
         }
         // UNLOAD
-        16 => match {
+        16 => {
             w.unloads += 1;
-            w.decide()
-        } {
-            0 => w.send(unload_response()),
-            1 => {}
-            _ => {
-                w.send(unload_response());
-                w.send(unload_response());
+            match w.decide() {
+                0 => w.send(unload_response()),
+                1 => {}
+                _ => {
+                    w.send(unload_response());
+                    w.send(unload_response());
+                }
             }
-        },
+        }
         // CLOSECHANNEL: no answer; a hostile host may rescind.
         7 => {
             if w.decide() == 2 {
@@ -776,7 +783,7 @@ fn gpadl_progress(w: &mut World, handle: u32) {
             w.send(gpadl_created(g.relid, handle, s));
         }
         _ => {
-            if w.tape() % 2 == 0 {
+            if w.tape().is_multiple_of(2) {
                 w.send(gpadl_created(g.relid + 1, handle, 0));
             } else {
                 w.send(gpadl_created(g.relid, handle ^ 1, 0));
