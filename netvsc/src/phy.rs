@@ -9,6 +9,11 @@
 //! Frames smoltcp produced but the NIC could not take (back-pressure, a dead channel) are
 //! counted in [`DeviceStats`], never dropped silently.
 //!
+//! Interrupts: a receive that runs out of budget leaves the NIC's ring masked, so the host
+//! does not interrupt for what is left. After `Interface::poll`, poll again at once while
+//! [`NetvscDevice::needs_poll`] (or [`Nic::receive_pending`]) says so; wait for the channel's
+//! interrupt only when it does not.
+//!
 //! Checksums: smoltcp's `DeviceCapabilities::checksum` follows the negotiated offloads.
 //! With any TCP/UDP transmit offload, smoltcp leaves TCP and UDP checksums to the device,
 //! which sends frames through [`Nic::queue_frame_checksum_with`] (offloaded where the host
@@ -165,6 +170,13 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize>
     pub fn last_error(&self) -> Option<NetError> {
         self.last_error
     }
+
+    /// Whether host packets are still waiting after smoltcp's last receive (its per-call
+    /// budget ran out: [`Nic::receive_pending`]). The ring stays masked meanwhile, so no
+    /// interrupt announces them: poll the interface again before waiting for one.
+    pub fn needs_poll(&self) -> bool {
+        self.nic.receive_pending()
+    }
 }
 
 /// A received frame (a copy in the device's buffer).
@@ -252,7 +264,9 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> phy::Device
             last_error,
         } = self;
         let duties = Duties::of(&nic.offloads());
-        // Frames dropped for their checksum do not end the receive: the next one is tried.
+        // Frames dropped for their checksum, and a budget spent on packets that were no
+        // frames, do not end the receive: the next call is tried (bounded; what is left is
+        // reported by `needs_poll`).
         for _ in 0..RECEIVE_BUDGET {
             let got = nic.receive_with_checksum(RECEIVE_BUDGET, |frame, verdict| {
                 let n = frame.len();
@@ -285,6 +299,7 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> phy::Device
                         },
                     ));
                 }
+                Ok(None) if nic.receive_pending() => continue,
                 Ok(None) => return None,
                 Err(e) => {
                     stats.rx_errors += 1;

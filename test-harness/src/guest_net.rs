@@ -89,7 +89,8 @@ impl GuestStack {
     }
 
     /// Runs the interface once: frames in and out of `nic`, timers, DHCP. Returns whether
-    /// anything happened (a socket changed or a frame moved).
+    /// anything happened (a socket changed or a frame moved) or host packets still wait
+    /// (no interrupt announces those: poll again).
     pub fn poll<T: Transport, H: Hal, const N: usize>(
         &mut self,
         nic: &mut Nic<'_, T, H, N>,
@@ -133,7 +134,7 @@ impl GuestStack {
                 None => {}
             }
         }
-        changed != smoltcp::iface::PollResult::None || moved
+        changed != smoltcp::iface::PollResult::None || moved || nic.receive_pending()
     }
 
     /// How long smoltcp can wait before it must be polled again (`None`: no timer).

@@ -84,7 +84,8 @@ impl<'s> Net<'s> {
     }
 
     /// Moves frames between the NIC and smoltcp and runs DHCP; reports a new lease through
-    /// KVP and the status screen. Returns whether anything happened (poll again soon).
+    /// KVP and the status screen. Returns whether anything happened or host packets still
+    /// wait (poll again soon).
     pub fn poll(&mut self, services: &mut Services, status: &mut Status) -> bool {
         let mut device = NetvscDevice::new(&mut self.nic);
         let changed = self.iface.poll(timestamp(), &mut device, &mut self.sockets);
@@ -155,6 +156,7 @@ impl<'s> Net<'s> {
                 if self.nic.link_up() { "up" } else { "down" }
             );
         }
-        changed == smoltcp::iface::PollResult::SocketStateChanged
+        // Host packets the device's budget left in the ring raise no interrupt: poll again.
+        changed == smoltcp::iface::PollResult::SocketStateChanged || self.nic.receive_pending()
     }
 }

@@ -479,6 +479,10 @@ struct Core {
     burst: Option<send::OpenSection>,
     /// The coalesced frame being reassembled from RSC fragments.
     rsc: Reassembly,
+    /// The last poll or receive stopped with host packets still waiting in the ring (its
+    /// budget used up, or a frame handed over mid-packet): the reader stays masked, so no
+    /// interrupt announces them ([`Nic::receive_pending`]).
+    rx_more: bool,
 }
 
 /// The SR-IOV VF as the host announced it (devices §2.17). This driver has no VF driver:

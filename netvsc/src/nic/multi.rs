@@ -541,7 +541,9 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
 
     /// Polls every queue with `budget` each, handing each frame to `on_frame` with its queue's
     /// index. Returns whether any queue may have more; on a queue's error the other queues
-    /// are still polled and the first error is returned. Interrupt-safe.
+    /// are still polled and the first error is returned — then ask
+    /// [`Nic::queues_pending`] whether the others left packets waiting (no interrupt
+    /// announces those). Interrupt-safe.
     pub fn poll_queues(
         &mut self,
         subs: &mut Subs<'_, 'b, T, H, N, M>,
@@ -560,6 +562,13 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             }
         }
         first_error.map_or(Ok(more), Err)
+    }
+
+    /// Whether the last poll or receive of any queue (the primary's and those in `subs`)
+    /// left host packets waiting ([`Queue::receive_pending`]): poll again before waiting
+    /// for an interrupt.
+    pub fn queues_pending(&self, subs: &Subs<'_, 'b, T, H, N, M>) -> bool {
+        self.core.rx_more || subs.iter().flatten().any(|q| q.core.rx_more)
     }
 
     /// Back to one queue: RSS disabled on the host (when it was set and the primary is

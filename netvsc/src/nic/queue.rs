@@ -190,6 +190,7 @@ impl<'n, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'n, 'b,
         let r = self.pump_ring(budget, on_frame);
         // One parsed while a control request waited (handshake_request) is applied here.
         apply_send_table(self.core, self.shared, self.channel.relid());
+        self.core.rx_more = matches!(r, Ok(true));
         r
     }
 }
@@ -256,6 +257,7 @@ impl Core {
         c.burst = None;
         c.host_send_table = None;
         c.rsc = Default::default();
+        c.rx_more = false;
         // LSO slots belong to the primary channel ([`Nic::send_lso`]).
         c.lso_free = 0;
         c
@@ -423,6 +425,12 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
     /// receive ranges returned. Returns whether packets may still be waiting. Interrupt-safe.
     pub fn poll(&mut self, budget: usize, on_frame: impl FnMut(&[u8])) -> Result<bool, NetError> {
         self.lane().poll(budget, on_frame)
+    }
+
+    /// Whether the primary channel's last poll or receive left host packets waiting
+    /// ([`Queue::receive_pending`]): call again before waiting for an interrupt.
+    pub fn receive_pending(&self) -> bool {
+        self.core.rx_more
     }
 
     /// Receives the next frame of the primary channel ([`Queue::receive_with`]).

@@ -438,6 +438,12 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
             let _ = self.channel.begin_send_batch();
         }
         let r = self.drain_ring(budget, on_frame);
+        // The completions just reaped may have freed the request slot or ring space a
+        // refused burst needs; nothing else would retry it (a full ring arms the host's
+        // space signal, a full request table does not).
+        if self.core.burst.is_some() {
+            self.submit_quietly();
+        }
         self.end_send_batch();
         r
     }
@@ -471,8 +477,12 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
             }
             flush_completions(channel, core);
             if core.pending.is_full() {
+                // The ring refused the completions owed, so pending send size is armed: the
+                // host signals when it frees space, and polling sooner finds nothing to do
+                // (a host that stops reading must not make the guest spin). Stay masked:
+                // no more packets are taken until the completions are out.
                 channel.yield_batch()?;
-                return Ok(true);
+                return Ok(false);
             }
             match channel.recv(ring) {
                 Ok(Some(r)) => {
@@ -549,11 +559,21 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
         more
     }
 
+    /// Whether the last poll or receive of this queue left host packets waiting: its budget
+    /// ran out, or it handed over a frame with more behind it. The ring stays masked until
+    /// a call finds it empty, so no interrupt announces those packets: call again before
+    /// waiting for one (what `poll`'s return value says, for the pull-style calls).
+    pub fn receive_pending(&self) -> bool {
+        self.core.rx_more
+    }
+
     /// Receives the next frame and hands it to `f` (pull style, for network stacks that
     /// ask for one frame at a time): processes up to `budget` host packets (completions,
-    /// indications, refused messages) until a frame is found. `Ok(None)`: no frame now.
-    /// The rest of a multi-frame transfer-page packet is kept for the next call; its
-    /// completion goes to the host once all its frames were taken. Interrupt-safe.
+    /// indications, refused messages) until a frame is found. `Ok(None)`: no frame now —
+    /// and if [`Queue::receive_pending`], the budget ran out first: call again before
+    /// waiting for an interrupt. The rest of a multi-frame transfer-page packet is kept for
+    /// the next call; its completion goes to the host once all its frames were taken.
+    /// Interrupt-safe.
     pub fn receive_with<R>(
         &mut self,
         budget: usize,

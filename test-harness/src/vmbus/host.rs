@@ -108,6 +108,8 @@ pub(super) struct Entry {
     pub rescinded: bool,
     pub phase: Phase,
     pub withhold_open: bool,
+    /// The host does not read the outbound ring ([`MockVmbusHost::stall_reading`]).
+    pub reading_stalled: bool,
     pub signalled: bool,
     pub signal_count: u64,
     pub ring_gpadl: Option<u32>,
@@ -315,6 +317,7 @@ impl MockVmbusHost {
                 rescinded: false,
                 phase: Phase::Idle,
                 withhold_open: false,
+                reading_stalled: false,
                 signalled: false,
                 signal_count: 0,
                 ring_gpadl: None,
@@ -680,6 +683,15 @@ impl MockVmbusHost {
             .deliver_message(vp, sint, SYNIC_MESSAGE_TYPE_CHANNEL, payload)
         {
             log::warn!("inject_raw_message: {e}");
+        }
+    }
+
+    /// Fault injection: while on, the host stops reading `relid`'s outbound ring (a stuck
+    /// host worker) but its device keeps sending; signals are remembered, and the ring is
+    /// read on the first step after it is turned off.
+    pub fn stall_reading(&mut self, relid: u32, on: bool) {
+        if let Some(e) = self.channels.get_mut(&relid) {
+            e.reading_stalled = on;
         }
     }
 

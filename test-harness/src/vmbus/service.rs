@@ -21,7 +21,7 @@ pub(super) fn service(
     }
     let mut work = 0;
     e.ch.begin_batch();
-    if e.signalled || poll {
+    if (e.signalled || poll) && !e.reading_stalled {
         e.signalled = false;
         work += e.ch.flush_backlog();
         let drained = match e.ch.rings.as_mut() {
