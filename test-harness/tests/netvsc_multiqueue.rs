@@ -659,3 +659,48 @@ fn queue_handles_are_send_and_small() {
     );
     let _ = BoundedWait::new(1, || {});
 }
+
+/// A jumbo-MTU NIC sends frames larger than a section as page buffers from eight slots
+/// shared out among the queues: it asks for no more than eight queues, so every queue has a
+/// slot of its own and can send a full-size frame (a ninth queue would have none and refuse
+/// every large frame for good).
+#[test]
+fn a_jumbo_nic_opens_no_more_queues_than_it_has_large_frame_slots() {
+    const JUMBO_M: usize = netvsc::nic::receive_message_for(9000);
+    type JumboSub<'b> = SubQueue<'b, SynicTransport<MockVp>, MockHal, 64, JUMBO_M>;
+    let mut rig = rig(host(15));
+    let vsp = rig.vsp.clone();
+    let config = NicConfig {
+        mtu: 9000,
+        recv_buffer_bytes: 1 << 20,
+        send_buffer_bytes: 128 << 10,
+        ..config(16)
+    };
+    let mut subs: [Option<JumboSub<'_>>; 15] = Default::default();
+    let (mut nic, setup) = Nic::<_, _, 64, JUMBO_M>::open_multi(
+        &rig.guest,
+        rig.relid,
+        &config,
+        &mut subs,
+        &mut waiter(&mut rig.host),
+    )
+    .unwrap();
+    assert_eq!(setup.queues, netvsc::nic::LARGE_SLOTS);
+    let mac = nic.mac();
+    let frame = ip_frame(PEER, mac, 0x88B5, &[], &[0x5A; 9000]);
+    assert_eq!(frame.len(), 9014);
+    for q in 0..setup.queues {
+        let mut queue = nic.queue(&mut subs, q).expect("an open queue");
+        assert_eq!(queue.send_frame(&frame), Ok(()), "queue {q}");
+    }
+    for _ in 0..6 {
+        rig.host.step();
+        while nic.poll_queues(&mut subs, 64, |_, _| {}).unwrap() {}
+    }
+    assert_eq!(vsp.frames_from_guest_count(), setup.queues as u64);
+    assert_eq!(
+        nic.close_all(&mut subs, &mut waiter(&mut rig.host)),
+        Released::Freed
+    );
+    assert_all_clean(&rig.host, &vsp);
+}

@@ -184,6 +184,11 @@ impl<'b, T: Transport, H: Hal, const N: usize, const M: usize> Nic<'b, T, H, N, 
             // The host coalesces on every channel: each queue needs a reassembly area.
             wanted = wanted.min(self.rsc_areas());
         }
+        if self.large_buf.is_some() {
+            // Frames larger than a section go as page buffers: each queue needs a slot of
+            // its own (`divide_sections`), or its large frames would wait forever.
+            wanted = wanted.min(LARGE_SLOTS);
+        }
         let single = |reason| {
             log::info!("netvsc {relid}: single queue ({reason:?})");
             Ok(QueueSetup::single(reason))
