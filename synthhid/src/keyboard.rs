@@ -39,6 +39,8 @@ impl<'b, T: Transport, H: Hal> Keyboard<'b, T, H> {
     /// Opens the first synthetic keyboard and negotiates version 1.0 (PROTOCOL_REQUEST with
     /// completion requested, PROTOCOL_RESPONSE bit 0). Keystrokes arriving before the answer
     /// are dropped. Thread context; bounded by `waiter`. On failure the channel is closed.
+    /// Poll once after it returns, before waiting for an interrupt: packets the host
+    /// sent behind the handshake's replies raise none.
     pub fn open(bus: &'b vmbus_guest::Vmbus<T, H>, waiter: &mut impl Wait) -> Result<Self, Error> {
         let cfg = ChannelConfig {
             outbound_pages: 2,

@@ -103,7 +103,8 @@ impl<'b, T: Transport, H: Hal> Mouse<'b, T, H> {
     /// (completion requested), PROTOCOL_RESPONSE, INITIAL_DEVICE_INFO (report descriptor
     /// parsed), then the one INITIAL_DEVICE_INFO_ACK — after which the guest sends nothing.
     /// Positions are scaled to `screen` (width, height). Thread context; bounded by `waiter`.
-    /// On failure the channel is closed.
+    /// On failure the channel is closed. Poll once after it returns, before waiting for an
+    /// interrupt: packets the host sent behind the handshake's replies raise none.
     pub fn open(
         bus: &'b vmbus_guest::Vmbus<T, H>,
         screen: (u32, u32),

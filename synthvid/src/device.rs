@@ -286,7 +286,8 @@ impl<'b, T: Transport, H: Hal, const K: usize> Synthvid<'b, T, H, K> {
     /// maps `mmio_megabytes` MiB of `window` as VRAM, announces it with VRAM_LOCATION (and
     /// waits for the ACK echoing its GPA), sets the mode with SITUATION_UPDATE, hides the
     /// pointer if asked and clears the screen. Thread context; bounded by `waiter`. On failure
-    /// the channel is closed again.
+    /// the channel is closed again. Poll once after it returns, before waiting for an
+    /// interrupt: packets the host sent behind the handshake's replies raise none.
     pub fn open(
         bus: &'b vmbus_guest::Vmbus<T, H>,
         window: VramWindow,

@@ -21,7 +21,9 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
 {
     /// Opens the SCSI channel `relid` on `bus`, runs the VSTOR handshake (version
     /// negotiation newest first, channel properties, end of initialisation) and opens as many
-    /// sub-channels as the host and `CHANNELS` allow. Thread context only.
+    /// sub-channels as the host and `CHANNELS` allow. Thread context only. Poll once after
+    /// it returns, before waiting for an interrupt: packets the host sent behind the
+    /// handshake raise none ([`Polled::more`](crate::queue::Polled) says what is left).
     pub fn open(bus: &'b Vmbus<T, H>, relid: u32, waiter: W) -> Result<Self, StorError> {
         Self::open_with(bus, relid, waiter, ControllerOptions::default())
     }
@@ -127,6 +129,13 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
                 opened += 1;
             }
         }
+        // Packets the host sent behind the handshake's replies (an ENUMERATE_BUS, say) wait
+        // in a ring that raises no interrupt for them: the first poll drains those channels.
+        let more = channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| c.has_more()))
+            .fold(0u32, |m, (i, _)| m | 1 << i);
         let pool_pages = options.pool_pages.clamp(1, MAX_POOL_PAGES);
         let buffers =
             HostBuffer::new(bus, BOUNCE_BYTES / HV_PAGE_SIZE).and_then(
@@ -166,7 +175,7 @@ impl<'b, T: Transport, H: Hal, W: Wait, const CHANNELS: usize, const DEPTH: usiz
             relids,
             submitted: [0; CHANNELS],
             dead: 0,
-            more: 0,
+            more,
             waiter,
             negotiated,
             slots: [const { Slot::new() }; DEPTH],
