@@ -181,7 +181,11 @@ fn send_steered_all<'b>(
     sent
 }
 
-fn settle<'b>(nic: &mut GuestNic<'b>, subs: &mut [Option<Sub<'b>>], host: &mut MockVmbusHost) {
+fn settle<'b, const M: usize>(
+    nic: &mut Nic<'b, SynicTransport<MockVp>, MockHal, 64, M>,
+    subs: &mut [Option<SubQueue<'b, SynicTransport<MockVp>, MockHal, 64, M>>],
+    host: &mut MockVmbusHost,
+) {
     for _ in 0..6 {
         host.step();
         while nic.poll_queues(subs, 64, |_, _| {}).unwrap() {}
@@ -693,10 +697,7 @@ fn a_jumbo_nic_opens_no_more_queues_than_it_has_large_frame_slots() {
         let mut queue = nic.queue(&mut subs, q).expect("an open queue");
         assert_eq!(queue.send_frame(&frame), Ok(()), "queue {q}");
     }
-    for _ in 0..6 {
-        rig.host.step();
-        while nic.poll_queues(&mut subs, 64, |_, _| {}).unwrap() {}
-    }
+    settle(&mut nic, &mut subs, &mut rig.host);
     assert_eq!(vsp.frames_from_guest_count(), setup.queues as u64);
     assert_eq!(
         nic.close_all(&mut subs, &mut waiter(&mut rig.host)),

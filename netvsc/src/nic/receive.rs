@@ -440,10 +440,8 @@ impl<'q, 'b, T: Transport, H: Hal, const N: usize, const M: usize> Queue<'q, 'b,
         let r = self.drain_ring(budget, on_frame);
         // The completions just reaped may have freed the request slot or ring space a
         // refused burst needs; nothing else would retry it (a full ring arms the host's
-        // space signal, a full request table does not).
-        if self.core.burst.is_some() {
-            self.submit_quietly();
-        }
+        // space signal, a full request table does not). Without a burst this returns at once.
+        self.submit_quietly();
         self.end_send_batch();
         r
     }

@@ -38,10 +38,10 @@ const CHUNK: usize = core::mem::size_of::<Chunk>();
 unsafe fn copy_in(src: *const u8, buf: &mut [u8]) {
     let len = buf.len();
     let dst = buf.as_mut_ptr();
+    // Each read of `src` is aligned to its size: the head's units by the bits of the distance
+    // to alignment, then whole chunks, then the tail's units from a chunk boundary.
     // SAFETY: every offset below is < len, so `src + i` is in the caller's range and `dst + i`
-    // in `buf`; each read of `src` is aligned to its size (the head's units by the bits of
-    // the distance to alignment, then whole chunks, then the tail's units from a chunk
-    // boundary); writes into `buf` are unaligned writes.
+    // in `buf`; reads of `src` are aligned (above); writes into `buf` are unaligned writes.
     unsafe {
         let mut i = edge_units(src, len, &mut |at, unit| {
             copy_unit_in(src.add(at), dst.add(at), unit)
